@@ -1,0 +1,17 @@
+//! corelog: a replicated write-ahead log.
+//!
+//! The folder tree follows the path of an append (see `DESIGN.md` in the shared notes):
+//!
+//! - [`frame`]: the one frame format, the same bytes on disk and on the wire.
+//! - [`log`]: the durable log of one group on one core: O_DIRECT segments written through
+//!   io_uring, adaptive group commit, recovery, hard state.
+//! - [`consensus`]: the pure consensus core (no clock, no I/O, no threads).
+//! - [`sim`]: the deterministic simulator that drives the consensus core with a fake network
+//!   and a fake disk and checks the safety invariants after every step.
+//! - [`bench`]: the benchmarks behind `corelog bench`.
+
+pub mod bench;
+pub mod consensus;
+pub mod frame;
+pub mod log;
+pub mod sim;

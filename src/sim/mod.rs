@@ -1,0 +1,2 @@
+//! The deterministic simulator (issue 3). Filled in on its own branch.
+pub mod cli;
