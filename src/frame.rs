@@ -360,6 +360,7 @@ pub fn encode_frame(
 pub struct Frame<'a> {
     header: &'a FrameHeader,
     payload: &'a [u8],
+    bytes: &'a [u8],
 }
 
 impl<'a> Frame<'a> {
@@ -415,7 +416,12 @@ impl<'a> Frame<'a> {
         }
         let payload = &bytes[FRAME_HEADER_LEN..len];
         validate_entries(payload, header.entry_count.get(), limits)?;
-        Ok(Frame { header, payload })
+        Ok(Frame { header, payload, bytes: &bytes[..len] })
+    }
+
+    /// The whole frame's bytes, exactly as encoded (header and payload).
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
     }
 
     /// The frame's header.
