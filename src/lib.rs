@@ -15,3 +15,4 @@ pub mod consensus;
 pub mod frame;
 pub mod log;
 pub mod sim;
+pub mod tools;
