@@ -139,7 +139,10 @@ pub fn run(args: &WalArgs) -> Result<WalReport, String> {
         eprintln!("WARNING: debug build; the figures mean nothing. Use --release.");
     }
     if !direct_io {
-        eprintln!("WARNING: O_DIRECT is not in effect on {} (tmpfs?); the figures are not a disk's.", dir.display());
+        eprintln!(
+            "WARNING: O_DIRECT is not in effect on {} (tmpfs?); the figures are not a disk's.",
+            dir.display()
+        );
     }
     let started = std::time::Instant::now();
     let mut handles = Vec::new();
@@ -163,7 +166,9 @@ pub fn run(args: &WalArgs) -> Result<WalReport, String> {
         handles.push(h);
     }
     // CPU time is taken over the measured window only (not the opening or the warm-up).
-    std::thread::sleep((started + args.warmup).saturating_duration_since(std::time::Instant::now()));
+    std::thread::sleep(
+        (started + args.warmup).saturating_duration_since(std::time::Instant::now()),
+    );
     let cpu0 = process_cpu_time();
     let mut results = Vec::new();
     for h in handles {
@@ -172,7 +177,8 @@ pub fn run(args: &WalArgs) -> Result<WalReport, String> {
     let cpu = process_cpu_time().saturating_sub(cpu0);
     let mut hist = latency_histogram();
     let mut flush_hist = latency_histogram();
-    let (mut appends, mut flushes, mut bytes_written, mut zero_filled, mut recycled, mut errors) = (0, 0, 0, 0, 0, 0);
+    let (mut appends, mut flushes, mut bytes_written, mut zero_filled, mut recycled, mut errors) =
+        (0, 0, 0, 0, 0, 0);
     let mut first_error = None;
     for r in results {
         hist.add(&r.hist).map_err(|e| e.to_string())?;
@@ -221,7 +227,8 @@ pub fn run(args: &WalArgs) -> Result<WalReport, String> {
     print_report(&report);
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-        std::fs::write(path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
     Ok(report)
 }
@@ -248,7 +255,16 @@ fn print_report(r: &WalReport) {
     );
     println!(
         "SUMMARY wal appends_per_sec={:.0} mib_per_sec={:.1} p50_us={} p99_us={} p999_us={} max_us={} entry_size={} concurrency={} groups={} sync={}",
-        r.appends_per_sec, r.mib_per_sec, r.p50_us, r.p99_us, r.p999_us, r.max_us, r.entry_size, r.concurrency, r.groups, r.sync
+        r.appends_per_sec,
+        r.mib_per_sec,
+        r.p50_us,
+        r.p99_us,
+        r.p999_us,
+        r.max_us,
+        r.entry_size,
+        r.concurrency,
+        r.groups,
+        r.sync
     );
 }
 
@@ -261,7 +277,9 @@ async fn run_group(group: u64, dir: PathBuf, args: WalArgs) -> Result<GroupResul
         spare_segments: 2,
         ..LogConfig::new(group)
     };
-    let (log, _) = Log::open(&dir, cfg).await.map_err(|e| format!("opening the log in {}: {e}", dir.display()))?;
+    let (log, _) = Log::open(&dir, cfg)
+        .await
+        .map_err(|e| format!("opening the log in {}: {e}", dir.display()))?;
     let start = Instant::now();
     let measure_from = start + args.warmup;
     let stop_at = measure_from + args.duration;
@@ -272,8 +290,14 @@ async fn run_group(group: u64, dir: PathBuf, args: WalArgs) -> Result<GroupResul
     let data = Rc::new(vec![0xA5u8; args.entry_size]);
     let mut tasks = Vec::new();
     for worker in 0..args.concurrency {
-        let (log, hist, appends, errors, first_error, data) =
-            (log.clone(), hist.clone(), appends.clone(), errors.clone(), first_error.clone(), data.clone());
+        let (log, hist, appends, errors, first_error, data) = (
+            log.clone(),
+            hist.clone(),
+            appends.clone(),
+            errors.clone(),
+            first_error.clone(),
+            data.clone(),
+        );
         tasks.push(glommio::spawn_local(async move {
             let mut seq = 0u64;
             loop {
@@ -282,7 +306,12 @@ async fn run_group(group: u64, dir: PathBuf, args: WalArgs) -> Result<GroupResul
                     break;
                 }
                 seq += 1;
-                let e = [EntryRef { kind: EntryKind::Normal, session: worker as u64 + 1, seq, data: &data }];
+                let e = [EntryRef {
+                    kind: EntryKind::Normal,
+                    session: worker as u64 + 1,
+                    seq,
+                    data: &data,
+                }];
                 let r = match log.append_entries(1, &e).await {
                     Ok(r) => log.wait_durable(r.last).await,
                     Err(e) => Err(e),

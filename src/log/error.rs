@@ -1,7 +1,7 @@
 //! Errors of the log: operational ones the caller handles, and corruption that stops the open.
 
 use std::path::PathBuf;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -15,7 +15,7 @@ pub enum LogError {
         path: PathBuf,
         offset: u64,
         #[source]
-        source: Rc<std::io::Error>,
+        source: Arc<std::io::Error>,
     },
     /// The file system is full: no new segment can be prepared. Nothing was written; appends
     /// work again once space is freed (for example by a trim).
@@ -23,7 +23,7 @@ pub enum LogError {
     NoSpace {
         dir: PathBuf,
         #[source]
-        source: Rc<std::io::Error>,
+        source: Arc<std::io::Error>,
     },
     /// An earlier write or fdatasync failed. After a failed fdatasync Linux may have dropped the
     /// dirty data and cleared the error, so retrying proves nothing: the log refuses all further
@@ -33,7 +33,7 @@ pub enum LogError {
     /// A bad frame lies before valid frames: entries that may have been acknowledged are
     /// damaged. The node must not silently forget them; repair from peers or restore.
     #[error(
-        "corruption in {path} at offset {offset}: entries {first_index}..={last_index} are damaged ({detail})"
+        "corruption in {path} at offset {offset}: entries {first_index}..={last_index} are damaged or cannot be verified ({detail})"
     )]
     Corruption { path: PathBuf, offset: u64, first_index: u64, last_index: u64, detail: String },
     /// The directory holds files this version cannot read (a gap between segments, a foreign
@@ -64,7 +64,7 @@ impl LogError {
         offset: u64,
         e: std::io::Error,
     ) -> Self {
-        LogError::Io { op, path: path.into(), offset, source: Rc::new(e) }
+        LogError::Io { op, path: path.into(), offset, source: Arc::new(e) }
     }
 
     /// Whether this is the file system being full.

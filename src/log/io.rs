@@ -169,7 +169,7 @@ pub(crate) async fn prepare_zeroed(
             dir: dir.to_path_buf(),
             source: match e {
                 LogError::Io { source, .. } => source,
-                _ => Rc::new(std::io::Error::from(std::io::ErrorKind::StorageFull)),
+                _ => std::sync::Arc::new(std::io::Error::from(std::io::ErrorKind::StorageFull)),
             },
         },
         e => e,

@@ -1351,37 +1351,44 @@ async fn recover(st: &mut State, segs: Vec<(u64, u64, PathBuf)>) -> LogResult<Re
         tail_end = pos;
         report.tail = format!("{stop:?} at offset {pos}");
         let torn_window = st.cfg.torn_window_bytes();
-        let search_from = pos + 1;
-        let mut evidence = None;
-        let mut at = search_from;
         let file = st.segments.back().expect("pushed").file.clone();
-        while at < seg_bytes {
-            let want = (window + frame_max).min((seg_bytes - at) as usize);
-            let data = io::read_at(&file, &path, at, want).await?;
-            if let Some(found) =
-                segment::find_later_frame(&data, at, window, group, cursor.expected, &limits)
-            {
-                evidence = Some(found);
-                break;
+        let search = |from: u64, to: u64| {
+            let (file, path) = (file.clone(), path.clone());
+            async move {
+                let mut at = from;
+                while at < to {
+                    let want = (window + frame_max).min((seg_bytes - at) as usize);
+                    let limit = window.min((to - at) as usize);
+                    let data = io::read_at(&file, &path, at, want).await?;
+                    if let Some(found) =
+                        segment::find_later_frame(&data, at, limit, group, cursor.expected, &limits)
+                    {
+                        return Ok::<_, LogError>(Some(found));
+                    }
+                    if data.len() < want {
+                        break;
+                    }
+                    at += limit as u64;
+                }
+                Ok(None)
             }
-            if data.len() < want {
-                break;
-            }
-            at += window as u64;
+        };
+        // Beyond the window of writes that may have been in flight, a valid later frame proves
+        // that entries which may have been acknowledged are damaged.
+        let window_end = (pos + torn_window).min(seg_bytes);
+        if let Some((offset, found_first, _)) = search(window_end + 1, seg_bytes).await? {
+            return Err(LogError::Corruption {
+                path,
+                offset: pos,
+                first_index: cursor.expected,
+                last_index: found_first.saturating_sub(1).max(cursor.expected),
+                detail: format!(
+                    "{stop:?}, yet a valid frame of index {found_first} follows at offset {offset}, beyond the {torn_window}-byte window of writes that may have been in flight"
+                ),
+            });
         }
-        if let Some((offset, found_first, _)) = evidence {
-            if offset > pos + torn_window {
-                return Err(LogError::Corruption {
-                    path,
-                    offset: pos,
-                    first_index: cursor.expected,
-                    last_index: found_first.saturating_sub(1).max(cursor.expected),
-                    detail: format!(
-                        "{stop:?}, yet a valid frame of index {found_first} follows at offset {offset}, beyond the {torn_window}-byte window of writes that may have been in flight"
-                    ),
-                });
-            }
-        }
+        // Within the window, later frames are what remains of writes torn by a crash.
+        let evidence = search(pos + 1, window_end + 1).await?;
         if matches!(stop, Stop::Bad(_)) || evidence.is_some() {
             // A torn tail: zero what a crash may have left after the valid end, durably, so a
             // later crash cannot mistake it for evidence of corruption.

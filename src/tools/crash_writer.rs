@@ -106,12 +106,18 @@ async fn write(args: CrashWriterArgs) -> Result<(), String> {
                 if args.until > 0 && first > args.until {
                     return Ok::<(), String>(());
                 }
-                let datas: Vec<Vec<u8>> =
-                    (first..first + per_frame).map(|i| payload(i, entry_len(i, args.entry_size_max))).collect();
+                let datas: Vec<Vec<u8>> = (first..first + per_frame)
+                    .map(|i| payload(i, entry_len(i, args.entry_size_max)))
+                    .collect();
                 let entries: Vec<EntryRef<'_>> = datas
                     .iter()
                     .enumerate()
-                    .map(|(k, d)| EntryRef { kind: EntryKind::Normal, session: 1, seq: first + k as u64, data: d })
+                    .map(|(k, d)| EntryRef {
+                        kind: EntryKind::Normal,
+                        session: 1,
+                        seq: first + k as u64,
+                        data: d,
+                    })
                     .collect();
                 let r = log.append_entries(1, &entries).await.map_err(|e| e.to_string())?;
                 drop(permit);

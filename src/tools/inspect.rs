@@ -40,18 +40,34 @@ pub fn run(args: &InspectArgs) -> ExitCode {
             if args.frames {
                 let mut next = log.first_index();
                 while next <= log.last_index() {
-                    let frames = log.read(next, log.last_index(), 1 << 20).await.map_err(|e| e.to_string())?;
+                    let frames = log
+                        .read(next, log.last_index(), 1 << 20)
+                        .await
+                        .map_err(|e| e.to_string())?;
                     for f in &frames {
                         let fr = f.frame();
-                        println!("  frame {}..={} term {} bytes {}", f.lo, f.hi, fr.term(), fr.len());
+                        println!(
+                            "  frame {}..={} term {} bytes {}",
+                            f.lo,
+                            f.hi,
+                            fr.term(),
+                            fr.len()
+                        );
                         next = f.hi + 1;
                     }
                 }
             }
             log.close().await.map_err(|e| e.to_string())?;
-            let (hs, state) = HardStateFile::open(&args.dir, args.group).await.map_err(|e| e.to_string())?;
+            let (hs, state) =
+                HardStateFile::open(&args.dir, args.group).await.map_err(|e| e.to_string())?;
             match state {
-                Some(s) => println!("hard state     term {} vote {} commit {} blob {} B", s.term, s.vote, s.commit, s.blob.len()),
+                Some(s) => println!(
+                    "hard state     term {} vote {} commit {} blob {} B",
+                    s.term,
+                    s.vote,
+                    s.commit,
+                    s.blob.len()
+                ),
                 None => println!("hard state     none"),
             }
             hs.close().await.map_err(|e| e.to_string())?;
