@@ -342,11 +342,11 @@ async fn run_group(group: u64, dir: PathBuf, args: WalArgs) -> Result<GroupResul
             while Instant::now() < stop_at {
                 glommio::timer::sleep(Duration::from_millis(50)).await;
                 let upto = log.durable_index().saturating_sub(keep);
-                if upto > log.first_index() {
-                    if let Err(e) = log.trim_before(upto).await {
-                        eprintln!("trim failed: {e}");
-                        break;
-                    }
+                if upto > log.first_index()
+                    && let Err(e) = log.trim_before(upto).await
+                {
+                    eprintln!("trim failed: {e}");
+                    break;
                 }
             }
         })

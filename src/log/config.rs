@@ -88,13 +88,13 @@ impl LogConfig {
 
     /// Checks the settings against each other.
     pub fn validate(&self) -> Result<(), String> {
-        if self.segment_bytes < (1 << 20) || self.segment_bytes % BLOCK as u64 != 0 {
+        if self.segment_bytes < (1 << 20) || !self.segment_bytes.is_multiple_of(BLOCK as u64) {
             return Err(format!(
                 "segment_bytes {} must be at least 1 MiB and a multiple of {BLOCK}",
                 self.segment_bytes
             ));
         }
-        if self.flush_bytes_max < BLOCK || self.flush_bytes_max % BLOCK != 0 {
+        if self.flush_bytes_max < BLOCK || !self.flush_bytes_max.is_multiple_of(BLOCK) {
             return Err(format!(
                 "flush_bytes_max {} must be a positive multiple of {BLOCK}",
                 self.flush_bytes_max

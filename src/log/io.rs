@@ -210,7 +210,7 @@ pub(crate) async fn prepare_zeroed(
 /// Whether O_DIRECT is really in effect for files in `dir` (it is not on tmpfs, where glommio
 /// silently falls back to buffered I/O).
 pub fn direct_io_effective(dir: &Path) -> bool {
-    filesystem_type(dir).map(|t| t != libc::TMPFS_MAGIC as i64).unwrap_or(false)
+    filesystem_type(dir).map(|t| t != libc::TMPFS_MAGIC).unwrap_or(false)
 }
 
 /// The file-system magic of `dir` (statfs `f_type`).

@@ -625,40 +625,57 @@ impl Log {
     /// Waits until `len` bytes fit in the open buffer of a segment with room for them, rolling
     /// to a new segment or waiting for flushes as needed.
     async fn reserve(&self, len: usize) -> LogResult<()> {
+        enum Next {
+            Ready,
+            Roll,
+            TryFlush,
+            Wait(u64),
+        }
         loop {
-            let epoch = {
-                let mut st = self.shared.st.borrow_mut();
+            let next = {
+                let st = self.shared.st.borrow();
                 st.check_usable()?;
-                if !st.exclusive {
-                    let seg_bytes = st.cfg.segment_bytes;
-                    let cap = st.cfg.flush_bytes_max + BLOCK;
+                if st.exclusive {
+                    Next::Wait(st.epoch)
+                } else {
                     let open = st.open.as_ref().expect("open buffer");
                     let end = open.base + open.len as u64;
-                    if end + len as u64 > seg_bytes {
-                        st.exclusive = true;
-                        drop(st);
-                        let r = self.roll().await;
-                        let mut st = self.shared.st.borrow_mut();
-                        st.exclusive = false;
-                        st.changed();
-                        r?;
-                        continue;
-                    }
-                    if open.len + len <= cap {
-                        return Ok(());
-                    }
-                    // Full: try to start a flush that frees the buffer, then wait.
-                    drop(st);
-                    self.start_flushes();
-                    st = self.shared.st.borrow_mut();
-                    let open = st.open.as_ref().expect("open buffer");
-                    if open.len + len <= cap {
-                        return Ok(());
+                    if end + len as u64 > st.cfg.segment_bytes {
+                        Next::Roll
+                    } else if open.len + len <= st.cfg.flush_bytes_max + BLOCK {
+                        Next::Ready
+                    } else {
+                        Next::TryFlush
                     }
                 }
-                st.epoch
             };
-            self.changed_since(epoch).await;
+            match next {
+                Next::Ready => return Ok(()),
+                Next::Roll => {
+                    self.shared.st.borrow_mut().exclusive = true;
+                    let r = self.roll().await;
+                    let mut st = self.shared.st.borrow_mut();
+                    st.exclusive = false;
+                    st.changed();
+                    r?;
+                }
+                Next::TryFlush => {
+                    // Full: start a flush that frees the buffer if the rules allow, else wait
+                    // for one to complete.
+                    let epoch = self.shared.st.borrow().epoch;
+                    self.start_flushes();
+                    let fits = {
+                        let st = self.shared.st.borrow();
+                        st.open
+                            .as_ref()
+                            .is_some_and(|o| o.len + len <= st.cfg.flush_bytes_max + BLOCK)
+                    };
+                    if !fits {
+                        self.changed_since(epoch).await;
+                    }
+                }
+                Next::Wait(epoch) => self.changed_since(epoch).await,
+            }
         }
     }
 
@@ -1068,10 +1085,10 @@ impl Log {
                 while st.frames.back().is_some_and(|f| f.first_index > index) {
                     st.frames.pop_back();
                 }
-                if let Some(f) = st.frames.back_mut() {
-                    if f.last_index() > index {
-                        f.count = (index + 1 - f.first_index) as u32;
-                    }
+                if let Some(f) = st.frames.back_mut()
+                    && f.last_index() > index
+                {
+                    f.count = (index + 1 - f.first_index) as u32;
                 }
                 st.last_index = index;
                 st.last_term = st.frames.back().map_or(0, |f| f.term);
@@ -1291,10 +1308,10 @@ async fn recover(st: &mut State, segs: Vec<(u64, u64, PathBuf)>) -> LogResult<Re
             while st.frames.back().is_some_and(|f| f.first_index >= first_index) {
                 st.frames.pop_back();
             }
-            if let Some(f) = st.frames.back_mut() {
-                if f.last_index() >= first_index {
-                    f.count = (first_index - f.first_index) as u32;
-                }
+            if let Some(f) = st.frames.back_mut()
+                && f.last_index() >= first_index
+            {
+                f.count = (first_index - f.first_index) as u32;
             }
             while st.segments.back().is_some_and(|s| s.first_index >= first_index) {
                 superseded.push(st.segments.pop_back().expect("checked"));

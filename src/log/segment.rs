@@ -128,6 +128,7 @@ pub struct ScanCursor {
 /// Scans frames in `window` (the bytes of a segment starting at `window_offset`), accepting
 /// those that start before `consume_limit` bytes into the window. Returns the number of bytes
 /// consumed (the window offset where the scan stopped) and why it stopped. Never panics.
+#[allow(clippy::too_many_arguments)]
 pub fn scan_window(
     window: &[u8],
     window_offset: u64,
@@ -214,12 +215,12 @@ pub fn find_later_frame(
     let end = search_limit.min(window.len());
     let mut i = 0;
     while i + 4 <= window.len() && i < end {
-        if window[i..i + 4] == magic {
-            if let Ok(f) = Frame::decode(&window[i..], limits) {
-                if f.group() == group && f.first_index() >= expected {
-                    return Some((window_offset + i as u64, f.first_index(), f.last_index()));
-                }
-            }
+        if window[i..i + 4] == magic
+            && let Ok(f) = Frame::decode(&window[i..], limits)
+            && f.group() == group
+            && f.first_index() >= expected
+        {
+            return Some((window_offset + i as u64, f.first_index(), f.last_index()));
         }
         i += 1;
     }
