@@ -157,7 +157,7 @@ pub fn run(args: &WalArgs) -> Result<WalReport, String> {
         // The executor's registered DMA arena must hold the log's buffers (open, in flight,
         // recent cache); when it runs out, glommio falls back to fresh heap memory per flush,
         // and page faults then cost more CPU than the appends themselves.
-        let io_memory = args.flush_bytes_max * (args.flushes_in_flight + 2) + (8 << 20) + (4 << 20);
+        let io_memory = log_config(0, &args).dma_memory_bytes();
         let h = glommio::LocalExecutorBuilder::new(placement)
             .name(&format!("wal-bench-{g}"))
             .io_memory(io_memory)
@@ -268,15 +268,19 @@ fn print_report(r: &WalReport) {
     );
 }
 
-async fn run_group(group: u64, dir: PathBuf, args: WalArgs) -> Result<GroupResult, String> {
-    let cfg = LogConfig {
+fn log_config(group: u64, args: &WalArgs) -> LogConfig {
+    LogConfig {
         segment_bytes: args.segment_bytes as u64,
         flush_bytes_max: args.flush_bytes_max,
         flushes_in_flight_max: args.flushes_in_flight,
         sync: args.sync,
         spare_segments: 2,
         ..LogConfig::new(group)
-    };
+    }
+}
+
+async fn run_group(group: u64, dir: PathBuf, args: WalArgs) -> Result<GroupResult, String> {
+    let cfg = log_config(group, &args);
     let (log, _) = Log::open(&dir, cfg)
         .await
         .map_err(|e| format!("opening the log in {}: {e}", dir.display()))?;

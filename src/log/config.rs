@@ -65,7 +65,8 @@ pub struct LogConfig {
     /// Zero-filled or recycled segments kept ready ahead of need. Default 1.
     pub spare_segments: usize,
     /// Bytes of recently flushed buffers kept in memory to serve reads of recent entries
-    /// (followers catching up, tails) without touching the disk. Default 8 MiB.
+    /// (followers catching up, tails) without touching the disk. Default 4 MiB. The buffer of a
+    /// large flush is kept whole and counts its whole capacity; a small one is kept as a copy.
     pub recent_cache_bytes: usize,
     /// Limits every frame must respect. A frame is at most `flush_bytes_max` bytes long.
     pub frame_limits: FrameLimits,
@@ -81,7 +82,7 @@ impl LogConfig {
             flushes_in_flight_max: 2,
             sync: SyncMethod::Fdatasync,
             spare_segments: 1,
-            recent_cache_bytes: 8 << 20,
+            recent_cache_bytes: 4 << 20,
             frame_limits: FrameLimits::default(),
         }
     }
@@ -107,6 +108,15 @@ impl LogConfig {
             return Err("flushes_in_flight_max must be within 1..=64".into());
         }
         Ok(())
+    }
+
+    /// Bytes of DMA memory the log's buffers may hold at once: the open buffer, the flushes in
+    /// flight and the recent cache. Size the executor's `io_memory` to at least this, or
+    /// flushes fall back to fresh heap memory (page faults on every flush).
+    pub fn dma_memory_bytes(&self) -> usize {
+        (self.flushes_in_flight_max + 1) * (self.flush_bytes_max + BLOCK)
+            + self.recent_cache_bytes
+            + (1 << 20)
     }
 
     /// The largest frame this log accepts, in bytes.

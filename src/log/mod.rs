@@ -174,11 +174,39 @@ struct Flush {
     done: bool,
 }
 
+/// A flushed (or in-flight) buffer kept to serve reads of recent frames from memory.
 #[derive(Debug)]
 struct CachedBuf {
     segment: u64,
     base: u64,
-    buf: Rc<DmaBuffer>,
+    data: CacheData,
+}
+
+/// A large flush keeps its DMA buffer; a small one is copied out at completion so that the
+/// cache does not pin a whole `flush_bytes_max` allocation for a few blocks of data.
+#[derive(Debug, Clone)]
+enum CacheData {
+    Dma(Rc<DmaBuffer>),
+    Heap(Rc<[u8]>),
+}
+
+impl CacheData {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            CacheData::Dma(b) => b.as_bytes(),
+            CacheData::Heap(v) => v,
+        }
+    }
+}
+
+impl CachedBuf {
+    /// Memory this entry holds: a DMA buffer's whole allocation (`cap`), or the copy's length.
+    fn charge(&self, cap: usize) -> usize {
+        match &self.data {
+            CacheData::Dma(_) => cap,
+            CacheData::Heap(v) => v.len(),
+        }
+    }
 }
 
 struct Waiter {
@@ -302,11 +330,39 @@ impl State {
     }
 
     fn cache(&mut self, segment: u64, base: u64, buf: Rc<DmaBuffer>) {
-        self.recent_bytes += buf.len();
-        self.recent.push_back(CachedBuf { segment, base, buf });
-        while self.recent_bytes > self.cfg.recent_cache_bytes && self.recent.len() > 1 {
+        let entry = CachedBuf { segment, base, data: CacheData::Dma(buf) };
+        self.recent_bytes += entry.charge(self.buf_cap());
+        self.recent.push_back(entry);
+        self.evict();
+    }
+
+    /// Capacity of one open buffer.
+    fn buf_cap(&self) -> usize {
+        self.cfg.flush_bytes_max + BLOCK
+    }
+
+    fn evict(&mut self) {
+        let cap = self.buf_cap();
+        while self.recent_bytes > self.cfg.recent_cache_bytes && !self.recent.is_empty() {
             let old = self.recent.pop_front().expect("non-empty");
-            self.recent_bytes -= old.buf.len();
+            self.recent_bytes -= old.charge(cap);
+        }
+    }
+
+    /// After a flush completes: a small flush's cached buffer becomes a right-sized copy, and
+    /// its DMA buffer goes back to the executor's arena.
+    fn shrink_cached(&mut self, segment: u64, base: u64) {
+        let cap = self.buf_cap();
+        if let Some(c) =
+            self.recent.iter_mut().rev().find(|c| c.segment == segment && c.base == base)
+        {
+            if let CacheData::Dma(b) = &c.data {
+                if b.len() * 2 < cap {
+                    let copy: Rc<[u8]> = Rc::from(b.as_bytes());
+                    c.data = CacheData::Heap(copy);
+                    self.recent_bytes = self.recent_bytes - cap + c.charge(cap);
+                }
+            }
         }
     }
 }
@@ -345,7 +401,7 @@ pub struct ReadFrame {
 
 #[derive(Debug)]
 enum FrameBytes {
-    Cached(Rc<DmaBuffer>, usize, usize),
+    Cached(CacheData, usize, usize),
     Disk(ReadResult),
     Owned(Vec<u8>),
 }
@@ -354,7 +410,7 @@ impl ReadFrame {
     /// The frame's bytes, exactly as written.
     pub fn bytes(&self) -> &[u8] {
         match &self.bytes {
-            FrameBytes::Cached(b, start, len) => &b.as_bytes()[*start..*start + *len],
+            FrameBytes::Cached(b, start, len) => &b.bytes()[*start..*start + *len],
             FrameBytes::Disk(r) => r,
             FrameBytes::Owned(v) => v,
         }
@@ -792,13 +848,20 @@ impl Log {
                 if r.is_ok() && sync == SyncMethod::Fdatasync {
                     r = io::fdatasync(&file, &path).await;
                 }
-                log.complete_flush(id, r, started.elapsed(), bytes);
+                log.complete_flush(id, r, started.elapsed(), bytes, (segment, base));
             })
             .detach();
         }
     }
 
-    fn complete_flush(&self, id: u64, result: LogResult<()>, took: Duration, bytes: u64) {
+    fn complete_flush(
+        &self,
+        id: u64,
+        result: LogResult<()>,
+        took: Duration,
+        bytes: u64,
+        at: (u64, u64),
+    ) {
         {
             let mut st = self.shared.st.borrow_mut();
             match result {
@@ -809,6 +872,7 @@ impl Log {
                 Ok(()) => {
                     st.stats.flushes += 1;
                     st.stats.bytes_written += bytes;
+                    st.shrink_cached(at.0, at.1);
                     let ns = (took.as_nanos() as u64).clamp(1_000, 60_000_000_000);
                     st.stats.flush_latency_ns.saturating_record(ns);
                     if let Some(f) = st.inflight.iter_mut().find(|f| f.id == id) {
@@ -979,11 +1043,11 @@ impl Log {
                 } else if let Some(c) = st.recent.iter().rev().find(|c| {
                     c.segment == loc.segment
                         && loc.offset >= c.base
-                        && loc.offset + u64::from(loc.len) <= c.base + c.buf.len() as u64
+                        && loc.offset + u64::from(loc.len) <= c.base + c.data.bytes().len() as u64
                 }) {
                     let start = (loc.offset - c.base) as usize;
                     Err(ReadFrame {
-                        bytes: FrameBytes::Cached(c.buf.clone(), start, loc.len as usize),
+                        bytes: FrameBytes::Cached(c.data.clone(), start, loc.len as usize),
                         lo: next,
                         hi: want_hi,
                     })
@@ -1148,7 +1212,8 @@ impl Log {
                     st.frames.pop_front();
                 }
                 st.recent.retain(|c| c.segment != seg.seq);
-                st.recent_bytes = st.recent.iter().map(|c| c.buf.len()).sum();
+                let cap = st.buf_cap();
+                st.recent_bytes = st.recent.iter().map(|c| c.charge(cap)).sum();
                 removed.push(seg);
             }
             if let Some(first) = st.segments.front().map(|s| s.first_index) {
