@@ -157,7 +157,7 @@ pub fn run(args: &WalArgs) -> Result<WalReport, String> {
         // The executor's registered DMA arena must hold the log's buffers (open, in flight,
         // recent cache); when it runs out, glommio falls back to fresh heap memory per flush,
         // and page faults then cost more CPU than the appends themselves.
-        let io_memory = log_config(0, &args).dma_memory_bytes();
+        let io_memory = log_config(0, args).dma_memory_bytes();
         let h = glommio::LocalExecutorBuilder::new(placement)
             .name(&format!("wal-bench-{g}"))
             .io_memory(io_memory)

@@ -355,14 +355,12 @@ impl State {
         let cap = self.buf_cap();
         if let Some(c) =
             self.recent.iter_mut().rev().find(|c| c.segment == segment && c.base == base)
+            && let CacheData::Dma(b) = &c.data
+            && b.len() * 2 < cap
         {
-            if let CacheData::Dma(b) = &c.data {
-                if b.len() * 2 < cap {
-                    let copy: Rc<[u8]> = Rc::from(b.as_bytes());
-                    c.data = CacheData::Heap(copy);
-                    self.recent_bytes = self.recent_bytes - cap + c.charge(cap);
-                }
-            }
+            let copy: Rc<[u8]> = Rc::from(b.as_bytes());
+            c.data = CacheData::Heap(copy);
+            self.recent_bytes = self.recent_bytes - cap + c.charge(cap);
         }
     }
 }
