@@ -261,6 +261,8 @@ struct State {
     flush_scheduled: bool,
     /// A segment roll, truncation or reset is under way: appends wait.
     exclusive: bool,
+    /// A trim is under way: truncations and resets wait.
+    trimming: bool,
     poisoned: Option<LogError>,
     closed: bool,
     durable_waiters: BinaryHeap<Waiter>,
@@ -490,6 +492,7 @@ impl Log {
             next_flush_id: 0,
             flush_scheduled: false,
             exclusive: false,
+            trimming: false,
             poisoned: None,
             closed: false,
             durable_waiters: BinaryHeap::new(),
@@ -1184,8 +1187,16 @@ impl Log {
                 st.recent_bytes = 0;
                 st.segments.drain(..).rev().collect()
             };
-            log.retire(old).await?;
-            log.activate_segment(next_index).await?;
+            // From here the old segments are gone: failing to start the new one leaves no log to
+            // append to, so the log refuses further work until reopened.
+            let started = match log.retire(old).await {
+                Ok(()) => log.activate_segment(next_index).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = started {
+                log.shared.st.borrow_mut().poison(e.clone());
+                return Err(e);
+            }
             let mut st = log.shared.st.borrow_mut();
             st.first_index = next_index;
             st.last_index = next_index - 1;
@@ -1200,6 +1211,28 @@ impl Log {
     /// up to there). They are recycled as spares while spares are wanted, else deleted. The log's
     /// first index becomes the first entry of the oldest remaining segment (at most `index`).
     pub async fn trim_before(&self, index: u64) -> LogResult<()> {
+        // A truncation or reset rearranges segments at the back while it awaits I/O; a trim
+        // rearranges them at the front. They take turns.
+        loop {
+            let epoch = {
+                let mut st = self.shared.st.borrow_mut();
+                st.check_usable()?;
+                if !st.exclusive && !st.trimming {
+                    st.trimming = true;
+                    break;
+                }
+                st.epoch
+            };
+            self.changed_since(epoch).await;
+        }
+        let r = self.trim_locked(index).await;
+        let mut st = self.shared.st.borrow_mut();
+        st.trimming = false;
+        st.changed();
+        r
+    }
+
+    async fn trim_locked(&self, index: u64) -> LogResult<()> {
         let removed = {
             let mut st = self.shared.st.borrow_mut();
             st.check_usable()?;
@@ -1267,7 +1300,7 @@ impl Log {
             let epoch = {
                 let mut st = self.shared.st.borrow_mut();
                 st.check_usable()?;
-                if !st.exclusive {
+                if !st.exclusive && !st.trimming {
                     st.exclusive = true;
                     break;
                 }
