@@ -212,3 +212,62 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// An EIO on a write or a failed fdatasync: every waiting append gets the error, the durable
+/// index does not move past what was durable before, and the log refuses further work until it
+/// is reopened; reopening recovers what is really on disk.
+#[test]
+fn io_errors_fail_every_waiter_and_poison_the_log() {
+    use corelog::frame::{EntryKind, EntryRef};
+    use corelog::log::faults;
+    for fail_sync in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let p = path.clone();
+        let durable_before = run(move || async move {
+            let (log, _) = Log::open(&p, small_config()).await.unwrap();
+            let last = append_n(&log, 1, 10, 1, 500).await;
+            log.wait_durable(last).await.unwrap();
+            if fail_sync {
+                faults::fail_fdatasync_after(0);
+            } else {
+                faults::fail_write_after(0);
+            }
+            let mut waits = Vec::new();
+            for _ in 0..8 {
+                let log = log.clone();
+                waits.push(glommio::spawn_local(async move {
+                    let data = payload(log.last_index() + 1, 500);
+                    let e = [EntryRef {
+                        kind: EntryKind::Normal,
+                        session: 1,
+                        seq: log.last_index() + 1,
+                        data: &data,
+                    }];
+                    let r = log.append_entries(1, &e).await?;
+                    log.wait_durable(r.last).await
+                }));
+            }
+            for w in waits {
+                let err = w.await.expect_err("a failed flush fails its waiters");
+                assert!(
+                    err.to_string().contains("Input/output error")
+                        || matches!(err, LogError::Poisoned(_)),
+                    "{err}"
+                );
+            }
+            faults::clear();
+            assert_eq!(log.durable_index(), last, "nothing became durable through a failed flush");
+            let data = [1u8; 3];
+            let e = [EntryRef { kind: EntryKind::Normal, session: 1, seq: 99, data: &data }];
+            assert!(matches!(log.append_entries(1, &e).await, Err(LogError::Poisoned(_))));
+            assert!(matches!(log.read(1, 1, 10).await, Err(LogError::Poisoned(_))));
+            let _ = log.close().await;
+            last
+        });
+        // Reopen: at least what was durable, every entry intact.
+        let (first, last, _) = reopen(&path).unwrap();
+        assert_eq!(first, 1);
+        assert!(last >= durable_before, "sync {fail_sync}: {last} < {durable_before}");
+    }
+}

@@ -77,6 +77,56 @@ pub(crate) async fn create_rw(path: &Path) -> LogResult<DmaFile> {
         .map_err(|e| LogError::io("creating", path, 0, to_io(e)))
 }
 
+/// Fault injection for tests of the failure paths (EIO on a write, a failed fdatasync), which
+/// a real device cannot be made to produce on demand here (no device-mapper in CI). Per
+/// executor thread, so concurrent tests do not disturb each other; off unless a test arms it.
+pub mod faults {
+    use std::cell::Cell;
+
+    thread_local! {
+        static WRITE_FAILS_AFTER: Cell<Option<u64>> = const { Cell::new(None) };
+        static SYNC_FAILS_AFTER: Cell<Option<u64>> = const { Cell::new(None) };
+    }
+
+    /// The next `n` writes on this thread succeed; the one after fails with EIO.
+    pub fn fail_write_after(n: u64) {
+        WRITE_FAILS_AFTER.with(|c| c.set(Some(n)));
+    }
+
+    /// The next `n` fdatasyncs on this thread succeed; the one after fails with EIO.
+    pub fn fail_fdatasync_after(n: u64) {
+        SYNC_FAILS_AFTER.with(|c| c.set(Some(n)));
+    }
+
+    /// Disarms both.
+    pub fn clear() {
+        WRITE_FAILS_AFTER.with(|c| c.set(None));
+        SYNC_FAILS_AFTER.with(|c| c.set(None));
+    }
+
+    fn take(cell: &'static std::thread::LocalKey<Cell<Option<u64>>>) -> bool {
+        cell.with(|c| match c.get() {
+            None => false,
+            Some(0) => {
+                c.set(None);
+                true
+            }
+            Some(n) => {
+                c.set(Some(n - 1));
+                false
+            }
+        })
+    }
+
+    pub(crate) fn write_should_fail() -> bool {
+        take(&WRITE_FAILS_AFTER)
+    }
+
+    pub(crate) fn sync_should_fail() -> bool {
+        take(&SYNC_FAILS_AFTER)
+    }
+}
+
 /// Writes a whole aligned buffer at `pos`; a short write is an error.
 pub(crate) async fn write_all_at(
     file: &DmaFile,
@@ -84,6 +134,14 @@ pub(crate) async fn write_all_at(
     buf: Rc<DmaBuffer>,
     pos: u64,
 ) -> LogResult<()> {
+    if faults::write_should_fail() {
+        return Err(LogError::io(
+            "writing",
+            path,
+            pos,
+            std::io::Error::from_raw_os_error(libc::EIO),
+        ));
+    }
     debug_assert_eq!(pos % BLOCK as u64, 0);
     debug_assert_eq!(buf.len() % BLOCK, 0);
     let len = buf.len();
@@ -107,6 +165,14 @@ pub(crate) async fn write_all_at(
 
 /// `fdatasync` of a file.
 pub(crate) async fn fdatasync(file: &DmaFile, path: &Path) -> LogResult<()> {
+    if faults::sync_should_fail() {
+        return Err(LogError::io(
+            "fdatasync",
+            path,
+            0,
+            std::io::Error::from_raw_os_error(libc::EIO),
+        ));
+    }
     file.fdatasync().await.map_err(|e| LogError::io("fdatasync", path, 0, to_io(e)))
 }
 

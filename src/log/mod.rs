@@ -60,7 +60,7 @@ use hdrhistogram::Histogram;
 pub use config::{BLOCK, LogConfig, SyncMethod};
 pub use error::{LogError, LogResult};
 pub use hardstate::{HardState, HardStateFile};
-pub use io::{direct_io_effective, filesystem_type};
+pub use io::{direct_io_effective, faults, filesystem_type};
 
 use crate::frame::{EncodeError, EntryRef, Frame, FrameEncoder};
 use segment::{FileKind, FrameLoc, ScanCursor, Stop};
