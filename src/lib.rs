@@ -8,6 +8,7 @@
 //! - [`consensus`]: the pure consensus core (no clock, no I/O, no threads).
 //! - [`sim`]: the deterministic simulator that drives the consensus core with a fake network
 //!   and a fake disk and checks the safety invariants after every step.
+//! - [`wire`]: the envelope of every message on a TCP connection (peers and clients).
 //! - [`bench`]: the benchmarks behind `corelog bench`.
 
 pub mod bench;
@@ -16,3 +17,4 @@ pub mod frame;
 pub mod log;
 pub mod sim;
 pub mod tools;
+pub mod wire;
