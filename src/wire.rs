@@ -244,7 +244,7 @@ mod tests {
         huge[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(check_envelope(&huge, 1 << 20), Err(WireError::TooLarge { .. })));
         assert!(matches!(
-            verify(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n________", 1 << 20),
+            verify(b"GET / HTTP/1.1\r\nHost: example\r\nAccept: */*\r\n\r\n", 1 << 20),
             Err(WireError::BadMagic { .. })
         ));
     }
