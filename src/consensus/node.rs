@@ -481,7 +481,7 @@ impl Node {
             self.election_elapsed += 1;
             if self.can_campaign() && self.election_elapsed >= self.randomized_timeout {
                 self.election_elapsed = 0;
-                self.campaign(self.cfg.pre_vote, false);
+                self.start_campaign(self.cfg.pre_vote, false);
             }
         }
     }
@@ -614,6 +614,15 @@ impl Node {
         }
         let next = self.membership.apply(change)?;
         Ok(self.append_local(EntryKind::Config, 0, 0, next.encode()))
+    }
+
+    /// Starts an election now, as if the election timeout had fired (PreVote and leases
+    /// still apply). For tests and for operators forcing an election; no-op for a leader and
+    /// for a member that may not campaign.
+    pub fn campaign(&mut self) {
+        if self.role != Role::Leader && self.can_campaign() {
+            self.start_campaign(self.cfg.pre_vote, false);
+        }
     }
 
     /// Hands leadership to `to` (leader only): catch it up, then tell it to campaign now.
@@ -785,7 +794,7 @@ impl Node {
             }
             Body::TimeoutNow => {
                 if self.role != Role::Leader && self.can_campaign() {
-                    self.campaign(false, true);
+                    self.start_campaign(false, true);
                 }
             }
         }
@@ -894,7 +903,7 @@ impl Node {
         self.need_heartbeat = false;
     }
 
-    fn campaign(&mut self, pre_vote: bool, transfer: bool) {
+    fn start_campaign(&mut self, pre_vote: bool, transfer: bool) {
         let campaign_term = if pre_vote {
             self.role = Role::PreCandidate;
             self.term + 1
@@ -1001,7 +1010,7 @@ impl Node {
         let q = self.membership.quorum();
         if granted >= q {
             match self.role {
-                Role::PreCandidate => self.campaign(false, false),
+                Role::PreCandidate => self.start_campaign(false, false),
                 Role::Candidate => self.become_leader(),
                 _ => {}
             }

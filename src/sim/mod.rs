@@ -60,6 +60,10 @@ pub struct SimOptions {
     pub clients: usize,
     /// After faults stop, the simulated time within which liveness must be reached.
     pub liveness_bound_us: u64,
+    /// Protocol settings instead of the per-seed variation (bugs still come from `bugs`).
+    pub config: Option<Config>,
+    /// Extra nodes that start outside the group (to be added as learners or voters).
+    pub spares: usize,
 }
 
 impl SimOptions {
@@ -74,6 +78,8 @@ impl SimOptions {
             random_faults: true,
             clients: 3,
             liveness_bound_us: 10_000_000,
+            config: None,
+            spares: 0,
         }
     }
 }
@@ -97,6 +103,8 @@ pub struct SimReport {
     pub messages: u64,
     /// Highest committed index.
     pub committed: Index,
+    /// Snapshots installed by followers.
+    pub snapshots_installed: u64,
     /// The last steps, if tracing.
     pub trace: Vec<String>,
 }
@@ -188,6 +196,8 @@ impl Disk {
 
 struct SimNode {
     id: NodeId,
+    /// Membership the node was bootstrapped with.
+    initial: Membership,
     core: Option<Node>,
     epoch: u64,
     tick_us: u64,
@@ -218,7 +228,6 @@ struct Client {
 pub struct Sim {
     opts: SimOptions,
     cfg: Config,
-    initial: Membership,
     rng: SplitMix64,
     now_us: u64,
     seq: u64,
@@ -229,12 +238,15 @@ pub struct Sim {
     link_up: Vec<Vec<bool>>,
     drop_ppm: u32,
     dup_ppm: u32,
+    /// Fault frequency multiplier for this seed (1 = a fault every 10-160 ms).
+    fault_rate: u64,
     /// The checker.
     pub checker: Checker,
     steps: u64,
     quiet_since_us: Option<u64>,
     faults: BTreeMap<&'static str, u64>,
     messages: u64,
+    snapshots_installed: u64,
     trace: Option<VecDeque<String>>,
 }
 
@@ -263,37 +275,65 @@ impl Sim {
             })
             .collect();
         let initial = Membership::with_voters(&voters);
-        let cfg = Config {
+        // Vary the protocol settings across seeds: small batches and windows open the
+        // windows the classic bugs need; PreVote and CheckQuorum off exercise the plain
+        // protocol.
+        let mut cfg = Config {
             bugs: opts.bugs,
             ..Config::default()
         };
+        if rng.chance_ppm(300_000) {
+            cfg.max_batch_bytes = 128;
+            cfg.max_inflight_msgs = 1 + rng.below(4) as usize;
+        }
+        if rng.chance_ppm(200_000) {
+            cfg.pre_vote = false;
+        }
+        if rng.chance_ppm(200_000) {
+            cfg.check_quorum = false;
+            cfg.lease_read = false;
+        }
+        if let Some(c) = &opts.config {
+            cfg = Config {
+                bugs: opts.bugs,
+                ..c.clone()
+            };
+        }
         let mut sim = Self {
             cfg: cfg.clone(),
-            initial: initial.clone(),
             now_us: 0,
             seq: 0,
             events: BinaryHeap::new(),
             nodes: Vec::new(),
             clients: Vec::new(),
-            link_up: vec![vec![true; n]; n],
+            link_up: vec![vec![true; n + opts.spares]; n + opts.spares],
             drop_ppm: 0,
             dup_ppm: 0,
+            fault_rate: 1,
             checker: Checker::default(),
             steps: 0,
             quiet_since_us: None,
             faults: BTreeMap::new(),
             messages: 0,
+            snapshots_installed: 0,
             trace: opts.trace.then(VecDeque::new),
             rng,
             opts,
         };
-        for i in 0..n {
+        sim.fault_rate = [1, 1, 2, 4][sim.rng.below(4) as usize];
+        for i in 0..n + sim.opts.spares {
             let id = i as NodeId + 1;
             let tick_us = sim.skewed_tick();
             let seed = sim.rng.next_u64();
+            let start = if i < n {
+                initial.clone()
+            } else {
+                Membership::default()
+            };
             sim.nodes.push(SimNode {
                 id,
-                core: Some(Node::new(id, cfg.clone(), initial.clone(), seed)),
+                core: Some(Node::new(id, cfg.clone(), start.clone(), seed)),
+                initial: start,
                 epoch: 0,
                 tick_us,
                 disk: Disk::default(),
@@ -336,7 +376,7 @@ impl Sim {
     }
 
     fn fault_gap(&mut self) -> u64 {
-        10_000 + self.rng.below(150_000)
+        (10_000 + self.rng.below(150_000)) / self.fault_rate
     }
 
     fn schedule(&mut self, after_us: u64, kind: EventKind) {
@@ -400,6 +440,7 @@ impl Sim {
             stats: self.checker.stats,
             messages: self.messages,
             committed: self.checker.max_committed,
+            snapshots_installed: self.snapshots_installed,
             trace: self.trace.map(Vec::from).unwrap_or_default(),
         }
     }
@@ -562,6 +603,7 @@ impl Sim {
                 checker.on_commit(id, term, e);
             }
         }
+        let leader_committed = commit > node.checked_commit && core.role() == Role::Leader;
         node.checked_commit = commit;
         // Role changes.
         let seen = (core.role(), core.term());
@@ -569,6 +611,9 @@ impl Sim {
             node.seen = seen;
             checker.on_role(core);
             self.log(|| format!("node {id} is {:?} in term {}", seen.0, seen.1));
+        }
+        if rd.snapshot.is_some() {
+            self.snapshots_installed += 1;
         }
         // Writes.
         if rd.snapshot.is_some() || rd.entries.is_some() || rd.hard_state.is_some() {
@@ -597,6 +642,18 @@ impl Sim {
         }
         for r in rd.replies {
             self.on_reply(i, r);
+        }
+        // The worst moment to crash: a leader just advanced its commit index, its next
+        // flush (say, the entries of its own term) is still in flight.
+        if leader_committed
+            && self.opts.random_faults
+            && self.quiet_since_us.is_none()
+            && self.rng.chance_ppm(3_000)
+        {
+            self.crash(i);
+            self.fault("crash-after-commit");
+            let d = 20_000 + self.rng.below(300_000);
+            self.schedule(d, EventKind::Restart(i));
         }
     }
 
@@ -674,7 +731,8 @@ impl Sim {
         };
         let id = self.nodes[i].id;
         let seed = self.rng.next_u64();
-        let core = Node::restart(id, self.cfg.clone(), self.initial.clone(), seed, state);
+        let initial = self.nodes[i].initial.clone();
+        let core = Node::restart(id, self.cfg.clone(), initial, seed, state);
         self.nodes[i].checked_commit = core.commit_index();
         self.nodes[i].seen = (core.role(), core.term());
         self.nodes[i].core = Some(core);
