@@ -1085,6 +1085,31 @@ impl Sim {
             .max_by_key(|c| c.term())
             .map(|c| c.id())
     }
+    /// Number of nodes (replicas and spares).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+    /// A lease read at node `id`, checked like a client's (no other leader of a later term
+    /// may exist while it is served).
+    pub fn lease_read(&mut self, id: NodeId) -> Result<Index, Error> {
+        let core = self.nodes[id as usize - 1]
+            .core
+            .as_ref()
+            .ok_or(Error::NotLeader { leader_hint: None })?;
+        let index = core.lease_read()?;
+        let term = core.term();
+        for n in &self.nodes {
+            if let Some(o) = &n.core
+                && o.role() == Role::Leader
+                && o.term() > term
+            {
+                self.checker.lease_overlap(id, term, o.id(), o.term());
+            }
+        }
+        let floor = self.checker.max_committed;
+        self.checker.on_read(id, index, floor, true);
+        Ok(index)
+    }
     /// The trace so far (when tracing).
     pub fn trace(&self) -> Vec<String> {
         self.trace.iter().flatten().cloned().collect()
