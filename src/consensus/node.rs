@@ -1447,9 +1447,25 @@ impl Node {
         }
     }
 
+    /// Sends new entries to every follower; a follower that gets none but can learn a
+    /// higher commit index gets a heartbeat carrying it (so followers apply promptly).
     fn bcast_append(&mut self) {
         for k in 0..self.progress.len() {
             self.send_append(k);
+            let p = &self.progress[k];
+            let commit = self.commit.min(p.match_index);
+            if commit > p.commit_sent {
+                let to = p.id;
+                self.progress[k].commit_sent = commit;
+                self.send(
+                    to,
+                    Body::Heartbeat {
+                        commit,
+                        round: self.hb_round,
+                        sent_tick: self.now_tick,
+                    },
+                );
+            }
         }
     }
 
@@ -1458,8 +1474,10 @@ impl Node {
         let round = self.hb_round;
         for k in 0..self.progress.len() {
             let (to, commit) = {
-                let p = &self.progress[k];
-                (p.id, self.commit.min(p.match_index))
+                let p = &mut self.progress[k];
+                let commit = self.commit.min(p.match_index);
+                p.commit_sent = p.commit_sent.max(commit);
+                (p.id, commit)
             };
             self.send(
                 to,
@@ -1521,6 +1539,7 @@ impl Node {
                 p.inflights.push_back((prev_index + n, bytes));
                 p.inflight_bytes += bytes;
             }
+            p.commit_sent = p.commit_sent.max(self.commit.min(prev_index + n));
             self.send(
                 to,
                 Body::Append {

@@ -41,6 +41,8 @@ pub(crate) struct Progress {
     /// Leader tick at which the latest acknowledged heartbeat was sent (lease).
     pub acked_sent_tick: u64,
     pub is_voter: bool,
+    /// Highest commit index sent to the follower (so a commit advance is announced once).
+    pub commit_sent: Index,
 }
 
 impl Progress {
@@ -58,6 +60,7 @@ impl Progress {
             acked_round: 0,
             acked_sent_tick: 0,
             is_voter,
+            commit_sent: 0,
         }
     }
 
