@@ -1,5 +1,7 @@
 //! The checker has teeth: each classic bug, switched on, is found within a bounded number of
-//! seeds (and the same seeds pass with the bug off, see `tests/sim.rs`).
+//! seeds (and the same seeds pass with the bug off, see `tests/sim.rs`). Counting an old
+//! term's replicas (Figure 8) is too rare for random search; `tests/scenarios/figure8.txt`
+//! builds the history that exposes it.
 
 use corelog::consensus::ProtocolBugs;
 use corelog::sim::{ViolationKind, run_seed};
@@ -57,5 +59,28 @@ fn forget_vote_on_restart_is_caught() {
         ViolationKind::ElectionSafety
             | ViolationKind::LogMatching
             | ViolationKind::StateMachineSafety
+    ));
+}
+
+#[test]
+fn skipping_the_session_lookup_is_caught() {
+    let bugs = ProtocolBugs {
+        skip_session_dedupe: true,
+        ..ProtocolBugs::default()
+    };
+    let (_, kind) = hunt(bugs, 500).expect("bug not found");
+    assert_eq!(kind, ViolationKind::ExactlyOnce);
+}
+
+#[test]
+fn an_overlong_lease_is_caught() {
+    let bugs = ProtocolBugs {
+        overlong_lease: true,
+        ..ProtocolBugs::default()
+    };
+    let (_, kind) = hunt(bugs, 5_000).expect("bug not found");
+    assert!(matches!(
+        kind,
+        ViolationKind::LeaseOverlap | ViolationKind::StaleRead
     ));
 }

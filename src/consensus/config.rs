@@ -74,6 +74,10 @@ pub struct ProtocolBugs {
     pub ack_before_durable: bool,
     /// Forget the vote cast in the current term on restart.
     pub forget_vote_on_restart: bool,
+    /// The leader does not look up sessions before appending (retries append twice).
+    pub skip_session_dedupe: bool,
+    /// The lease lasts two election timeouts and a restarted node votes at once.
+    pub overlong_lease: bool,
 }
 
 impl ProtocolBugs {
@@ -83,6 +87,8 @@ impl ProtocolBugs {
             || self.vote_without_log_check
             || self.ack_before_durable
             || self.forget_vote_on_restart
+            || self.skip_session_dedupe
+            || self.overlong_lease
     }
 }
 
@@ -152,6 +158,9 @@ impl Config {
 
     /// Ticks a leader's lease lasts after a quorum acknowledged a heartbeat.
     pub fn lease_ticks(&self) -> u32 {
+        if self.bugs.overlong_lease {
+            return 2 * self.election_tick;
+        }
         self.election_tick - self.lease_margin_ticks
     }
 }

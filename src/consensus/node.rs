@@ -503,7 +503,7 @@ impl Node {
                 max_bytes: self.cfg.max_entry_bytes,
             });
         }
-        if session != 0 {
+        if session != 0 && !self.cfg.bugs.skip_session_dedupe {
             if let Some(&(seq, index)) = self.pending_sessions.get(&session) {
                 if seq == sequence {
                     return Ok(Proposed::Pending { index });
@@ -818,7 +818,7 @@ impl Node {
         if !self.cfg.check_quorum {
             return false;
         }
-        if self.now_tick < self.vote_guard_until_tick {
+        if self.now_tick < self.vote_guard_until_tick && !self.cfg.bugs.overlong_lease {
             return true;
         }
         match self.role {
@@ -829,7 +829,10 @@ impl Node {
 
     /// Just restarted and backing a lease we may have forgotten: no votes yet.
     fn vote_guarded(&self, transfer: bool) -> bool {
-        self.cfg.check_quorum && !transfer && self.now_tick < self.vote_guard_until_tick
+        !self.cfg.bugs.overlong_lease
+            && self.cfg.check_quorum
+            && !transfer
+            && self.now_tick < self.vote_guard_until_tick
     }
 
     fn reset_election_timer(&mut self) {

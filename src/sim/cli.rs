@@ -24,7 +24,8 @@ pub struct SimArgs {
     #[arg(long)]
     pub replicas: Option<usize>,
     /// Switch on a deliberate protocol bug (to see the checker catch it): one of
-    /// commit-old-term, vote-without-log-check, ack-before-durable, forget-vote.
+    /// commit-old-term, vote-without-log-check, ack-before-durable, forget-vote,
+    /// skip-session-dedupe, overlong-lease.
     #[arg(long = "bug")]
     pub bugs: Vec<String>,
     /// Print the trace of the last steps even when nothing fails.
@@ -44,6 +45,8 @@ pub fn parse_bugs(names: &[String]) -> Result<ProtocolBugs, String> {
             "vote-without-log-check" => b.vote_without_log_check = true,
             "ack-before-durable" => b.ack_before_durable = true,
             "forget-vote" => b.forget_vote_on_restart = true,
+            "skip-session-dedupe" => b.skip_session_dedupe = true,
+            "overlong-lease" => b.overlong_lease = true,
             other => return Err(format!("unknown bug {other:?}")),
         }
     }

@@ -33,8 +33,8 @@ use bytes::Bytes;
 
 use crate::consensus::rand::SplitMix64;
 use crate::consensus::{
-    Config, Entry, Error, HardState, Index, LogWrite, Membership, Message, Node, NodeId, Proposed,
-    ProtocolBugs, Reply, RestartState, Role, Snapshot, Term,
+    ConfChange, Config, Entry, Error, HardState, Index, LogWrite, Membership, Message, Node,
+    NodeId, Proposed, ProtocolBugs, Reply, RestartState, Role, Snapshot, Term,
 };
 pub use checker::{Checker, Violation, ViolationKind};
 
@@ -79,7 +79,8 @@ impl SimOptions {
             clients: 3,
             liveness_bound_us: 10_000_000,
             config: None,
-            spares: 0,
+            // A third of the seeds get a spare node and membership changes.
+            spares: usize::from(seed.is_multiple_of(3)),
         }
     }
 }
@@ -829,6 +830,7 @@ impl Sim {
                 self.nodes[i].slow_disk_until_us = self.now_us + 50_000 + self.rng.below(300_000);
                 self.fault("slow-disk");
             }
+            89..=96 if self.opts.spares > 0 => self.random_membership_change(),
             _ => {
                 let i = self.rng.below(n as u64) as usize;
                 if let Some(c) = self.nodes[i].core.as_mut()
@@ -841,6 +843,43 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// At the leader: add a learner, promote it, remove a voter or change a priority.
+    fn random_membership_change(&mut self) {
+        let Some(l) = self.leader() else { return };
+        let total = self.nodes.len() as u64;
+        let target = 1 + self.rng.below(total);
+        let priority = self.rng.below(3) as u8 + u8::from(self.rng.chance_ppm(800_000));
+        let remove = self.rng.chance_ppm(700_000);
+        let core = self.nodes[l as usize - 1]
+            .core
+            .as_mut()
+            .expect("leader is up");
+        let m = core.membership();
+        let change = if m.is_learner(target) {
+            ConfChange::Promote {
+                id: target,
+                priority,
+            }
+        } else if m.is_voter(target) {
+            if m.voters.len() > 3 && remove {
+                ConfChange::Remove { id: target }
+            } else {
+                ConfChange::SetPriority {
+                    id: target,
+                    priority,
+                }
+            }
+        } else {
+            ConfChange::AddLearner { id: target }
+        };
+        let r = core.change_membership(change);
+        self.log(|| format!("membership change at leader {l}: {change:?}: {r:?}"));
+        if r.is_ok() {
+            self.fault("membership-change");
+        }
+        self.drain(l as usize - 1);
     }
 
     // ------------------------------------------------------------ clients
