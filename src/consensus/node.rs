@@ -4,6 +4,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use super::session::{SessionHasherBuilder, SessionMap};
+
 use bytes::Bytes;
 
 use super::config::Config;
@@ -183,7 +185,7 @@ pub struct Node {
     /// Normal entries in `(commit, last]`.
     pending_proposals: usize,
     /// Uncommitted proposals in the log: session -> (sequence, index).
-    pending_sessions: HashMap<u64, (u64, Index)>,
+    pending_sessions: SessionMap<(u64, Index)>,
     reads: VecDeque<PendingRead>,
     /// Heartbeat round counter (ReadIndex).
     hb_round: u64,
@@ -250,9 +252,11 @@ impl Node {
         if cfg.bugs.forget_vote_on_restart {
             hs.vote = None;
         }
+        let mut rng = SplitMix64::new(seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let key = rng.next_u64();
         let mut n = Self {
             id,
-            rng: SplitMix64::new(seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            rng,
             term: hs.term,
             vote: hs.vote,
             hs_pending: false,
@@ -278,7 +282,7 @@ impl Node {
             progress: Vec::new(),
             uncommitted_bytes: 0,
             pending_proposals: 0,
-            pending_sessions: HashMap::new(),
+            pending_sessions: HashMap::with_hasher(SessionHasherBuilder::new(key)),
             reads: VecDeque::new(),
             hb_round: 0,
             leader_since_tick: 0,
