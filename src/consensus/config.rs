@@ -32,6 +32,10 @@ pub struct Config {
     pub max_batch_bytes: u64,
     /// Maximum size of one proposal's payload. Default 4 MiB.
     pub max_entry_bytes: u64,
+    /// Committed entries kept in memory beyond which the oldest are evicted (uncommitted
+    /// entries are always kept; evicted ones are fetched from disk when a follower needs
+    /// them). Default 16 MiB.
+    pub max_cache_bytes: u64,
     /// PreVote: a node first asks whether it could win before it bumps its term, so a
     /// partitioned node cannot disrupt a healthy leader when it comes back. Default on.
     pub pre_vote: bool,
@@ -104,6 +108,7 @@ impl Default for Config {
             max_pending_reads: 4_096,
             max_batch_bytes: 1 << 20,
             max_entry_bytes: 4 << 20,
+            max_cache_bytes: 16 << 20,
             pre_vote: true,
             check_quorum: true,
             lease_read: true,

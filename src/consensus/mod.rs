@@ -83,7 +83,7 @@ pub use config::{Config, ConfigError, ProtocolBugs};
 pub use error::{Bound, Error};
 pub use membership::{ConfChange, Membership, MembershipError, Voter};
 pub use message::{Body, Message, Reply, Snapshot};
-pub use node::{LogWrite, Node, Proposed, Ready, RestartState, Role};
+pub use node::{Fetch, LogWrite, Node, Proposed, Ready, RestartState, Role};
 pub use progress::ProgressState;
 pub use session::{SessionRecord, SessionTable};
 pub use types::{ENTRY_OVERHEAD_BYTES, Entry, EntryKind, HardState, Index, NodeId, Term};

@@ -48,6 +48,19 @@ impl LogWrite {
     }
 }
 
+/// A request to read entries `lo..=hi` (at most `max_bytes`, at least one entry) from the
+/// durable log, because they were evicted from the core's cache and a follower needs them.
+/// Answer with [`Node::on_fetched`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fetch {
+    /// First index wanted.
+    pub lo: Index,
+    /// Last index wanted.
+    pub hi: Index,
+    /// Byte budget for the answer.
+    pub max_bytes: u64,
+}
+
 /// Work for the runtime, collected since the last [`Node::take_ready`].
 #[derive(Debug, Default)]
 pub struct Ready {
@@ -66,6 +79,8 @@ pub struct Ready {
     pub commit_index: Option<Index>,
     /// Answers for clients.
     pub replies: Vec<Reply>,
+    /// Read these ranges from the durable log and hand them to `on_fetched`.
+    pub fetches: Vec<Fetch>,
 }
 
 impl Ready {
@@ -77,6 +92,7 @@ impl Ready {
             && self.messages.is_empty()
             && self.commit_index.is_none()
             && self.replies.is_empty()
+            && self.fetches.is_empty()
     }
 }
 
@@ -198,6 +214,9 @@ pub struct Node {
     need_broadcast: bool,
     need_heartbeat: bool,
     scratch: Vec<Index>,
+    /// Commit index handed out by the previous `take_ready`: entries up to it were seen
+    /// committed by the runtime and may be evicted from the cache.
+    ready_commit: Index,
 
     ready: Ready,
 }
@@ -292,6 +311,7 @@ impl Node {
             need_broadcast: false,
             need_heartbeat: false,
             scratch: Vec::new(),
+            ready_commit: 0,
             ready: Ready::default(),
             cfg,
         };
@@ -404,6 +424,9 @@ impl Node {
     /// Takes the work accumulated since the last call. Appends proposed since then are sent
     /// to followers here, as one batch per follower.
     pub fn take_ready(&mut self) -> Ready {
+        self.log
+            .evict(self.ready_commit.min(self.commit), self.cfg.max_cache_bytes);
+        self.ready_commit = self.commit;
         if self.need_broadcast {
             self.need_broadcast = false;
             self.bcast_append();
@@ -1403,11 +1426,12 @@ impl Node {
         }
         for k in 0..self.progress.len() {
             let p = &mut self.progress[k];
-            let stalled = match p.state {
-                ProgressState::Replicate => !p.inflights.is_empty(),
-                ProgressState::Probe => p.probe_sent,
-                ProgressState::Snapshot(_) => true,
-            };
+            let stalled = p.fetching
+                || match p.state {
+                    ProgressState::Replicate => !p.inflights.is_empty(),
+                    ProgressState::Probe => p.probe_sent,
+                    ProgressState::Snapshot(_) => true,
+                };
             if stalled {
                 p.stall_ticks += 1;
                 let limit = match p.state {
@@ -1503,6 +1527,9 @@ impl Node {
         loop {
             let last = self.log.last_index();
             let p = &self.progress[k];
+            if p.fetching {
+                return; // waiting for entries from disk
+            }
             match p.state {
                 ProgressState::Snapshot(_) => return,
                 ProgressState::Probe if p.probe_sent => return,
@@ -1528,37 +1555,98 @@ impl Node {
             if next > last && (!probing || p.match_index >= last) {
                 return;
             }
-            let prev_index = next - 1;
-            let prev_term = self.log.term(prev_index).expect("prev in log");
+            if next < self.log.cache_start() {
+                // Evicted: ask the runtime to read them from disk; `on_fetched` resumes.
+                let p = &mut self.progress[k];
+                p.fetching = true;
+                p.stall_ticks = 0;
+                self.ready.fetches.push(Fetch {
+                    lo: next,
+                    hi: self.log.cache_start() - 1,
+                    max_bytes: self.cfg.max_batch_bytes,
+                });
+                return;
+            }
             let entries = if next <= last {
                 self.log.slice(next, last, self.cfg.max_batch_bytes)
             } else {
                 Vec::new()
             };
-            let n = entries.len() as Index;
-            let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
-            let p = &mut self.progress[k];
-            if probing {
-                p.probe_sent = true;
-                p.stall_ticks = 0;
-            } else {
-                p.next_index = prev_index + n + 1;
-                p.inflights.push_back((prev_index + n, bytes));
-                p.inflight_bytes += bytes;
-            }
-            p.commit_sent = p.commit_sent.max(self.commit.min(prev_index + n));
-            self.send(
-                to,
-                Body::Append {
-                    prev_index,
-                    prev_term,
-                    entries,
-                    commit: self.commit,
-                },
-            );
-            if probing {
+            if !self.emit_append(k, next - 1, entries) {
                 return;
             }
+        }
+    }
+
+    /// Sends `entries` after `prev_index` to follower `k` and records it in its progress.
+    /// Returns true if more may be sent right away (pipelining in Replicate).
+    fn emit_append(&mut self, k: usize, prev_index: Index, entries: Vec<Entry>) -> bool {
+        let prev_term = self.log.term(prev_index).expect("prev in log");
+        let n = entries.len() as Index;
+        let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
+        let commit = self.commit;
+        let p = &mut self.progress[k];
+        let probing = p.state == ProgressState::Probe;
+        if probing {
+            p.probe_sent = true;
+            p.stall_ticks = 0;
+        } else {
+            p.next_index = prev_index + n + 1;
+            p.inflights.push_back((prev_index + n, bytes));
+            p.inflight_bytes += bytes;
+        }
+        p.commit_sent = p.commit_sent.max(commit.min(prev_index + n));
+        let to = p.id;
+        self.send(
+            to,
+            Body::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            },
+        );
+        !probing
+    }
+
+    /// The runtime read entries starting at `lo` from its durable log, answering a
+    /// [`Fetch`]. Entries that no longer match the log (trimmed, or a stale answer) are
+    /// ignored; an empty answer makes the leader retry (or send a snapshot if trimmed).
+    pub fn on_fetched(&mut self, lo: Index, entries: Vec<Entry>) {
+        if self.role != Role::Leader {
+            return;
+        }
+        // Keep the valid prefix: contiguous from `lo`, matching our terms.
+        let mut valid = 0;
+        for (i, e) in entries.iter().enumerate() {
+            if e.index != lo + i as Index
+                || e.index <= self.log.base_index
+                || self.log.term(e.index) != Some(e.term)
+            {
+                break;
+            }
+            valid = i + 1;
+        }
+        let end = lo + valid as Index; // exclusive
+        for k in 0..self.progress.len() {
+            let p = &self.progress[k];
+            if !p.fetching {
+                continue;
+            }
+            let next = p.next_index;
+            if next < lo || next > end {
+                continue;
+            }
+            self.progress[k].fetching = false;
+            if next < end {
+                let from = (next - lo) as usize;
+                let batch =
+                    super::log::take_bytes(entries[from..valid].iter(), self.cfg.max_batch_bytes);
+                if !self.emit_append(k, next - 1, batch) {
+                    continue;
+                }
+            }
+            self.send_append(k);
         }
     }
 

@@ -41,6 +41,8 @@ pub(crate) struct Progress {
     /// Leader tick at which the latest acknowledged heartbeat was sent (lease).
     pub acked_sent_tick: u64,
     pub is_voter: bool,
+    /// A read of evicted entries from disk is outstanding for this follower.
+    pub fetching: bool,
     /// Highest commit index sent to the follower (so a commit advance is announced once).
     pub commit_sent: Index,
 }
@@ -61,11 +63,13 @@ impl Progress {
             acked_sent_tick: 0,
             is_voter,
             commit_sent: 0,
+            fetching: false,
         }
     }
 
     pub fn become_probe(&mut self) {
         self.state = ProgressState::Probe;
+        self.fetching = false;
         self.probe_sent = false;
         self.next_index = self.next_index.max(self.match_index + 1);
         self.inflights.clear();
@@ -75,6 +79,7 @@ impl Progress {
 
     pub fn become_replicate(&mut self) {
         self.state = ProgressState::Replicate;
+        self.fetching = false;
         self.probe_sent = false;
         self.next_index = self.match_index + 1;
         self.inflights.clear();

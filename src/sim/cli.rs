@@ -88,7 +88,7 @@ pub fn run(args: &SimArgs) -> ExitCode {
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut violations: BTreeMap<String, u64> = BTreeMap::new();
     let mut failed = Vec::new();
-    let mut stats = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut stats = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     let mut seeds_run = 0;
     for seed in first..first + count {
         let replicas = args.replicas.unwrap_or_else(|| default_replicas(seed));
@@ -106,6 +106,7 @@ pub fn run(args: &SimArgs) -> ExitCode {
         stats.2 += r.stats.reads;
         stats.3 += r.stats.lease_reads;
         stats.4 += r.snapshots_installed;
+        stats.5 += r.fetches;
         if args.trace && r.violations.is_empty() {
             for l in &r.trace {
                 println!("{l}");
@@ -129,8 +130,8 @@ pub fn run(args: &SimArgs) -> ExitCode {
         secs
     );
     println!(
-        "leaders elected: {}; proposals acknowledged: {}; reads: {} ({} lease); snapshots installed: {}",
-        stats.0, stats.1, stats.2, stats.3, stats.4
+        "leaders elected: {}; proposals acknowledged: {}; reads: {} ({} lease); snapshots installed: {}; disk fetches: {}",
+        stats.0, stats.1, stats.2, stats.3, stats.4, stats.5
     );
     let f: Vec<String> = faults.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!("faults injected: {}", f.join(" "));

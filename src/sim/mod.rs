@@ -106,6 +106,8 @@ pub struct SimReport {
     pub committed: Index,
     /// Snapshots installed by followers.
     pub snapshots_installed: u64,
+    /// Reads of evicted entries from disk.
+    pub fetches: u64,
     /// The last steps, if tracing.
     pub trace: Vec<String>,
 }
@@ -113,12 +115,24 @@ pub struct SimReport {
 #[derive(Debug)]
 enum EventKind {
     Deliver(Message),
-    Tick { node: usize, epoch: u64 },
-    DiskDone { node: usize, epoch: u64 },
+    Tick {
+        node: usize,
+        epoch: u64,
+    },
+    DiskDone {
+        node: usize,
+        epoch: u64,
+    },
     Client(usize),
     Fault,
     Restart(usize),
     Trim(usize),
+    /// A read of evicted entries from node's durable log completes.
+    Fetch {
+        node: usize,
+        epoch: u64,
+        fetch: crate::consensus::Fetch,
+    },
 }
 
 #[derive(Debug)]
@@ -248,6 +262,7 @@ pub struct Sim {
     faults: BTreeMap<&'static str, u64>,
     messages: u64,
     snapshots_installed: u64,
+    fetches: u64,
     trace: Option<VecDeque<String>>,
 }
 
@@ -290,6 +305,10 @@ impl Sim {
         if rng.chance_ppm(200_000) {
             cfg.pre_vote = false;
         }
+        if rng.chance_ppm(300_000) {
+            // A tiny entry cache: lagging followers are served through disk reads.
+            cfg.max_cache_bytes = 2_048;
+        }
         if rng.chance_ppm(200_000) {
             cfg.check_quorum = false;
             cfg.lease_read = false;
@@ -317,6 +336,7 @@ impl Sim {
             faults: BTreeMap::new(),
             messages: 0,
             snapshots_installed: 0,
+            fetches: 0,
             trace: opts.trace.then(VecDeque::new),
             rng,
             opts,
@@ -442,6 +462,7 @@ impl Sim {
             messages: self.messages,
             committed: self.checker.max_committed,
             snapshots_installed: self.snapshots_installed,
+            fetches: self.fetches,
             trace: self.trace.map(Vec::from).unwrap_or_default(),
         }
     }
@@ -530,6 +551,39 @@ impl Sim {
             EventKind::Restart(i) => {
                 if self.nodes[i].core.is_none() {
                     self.restart(i);
+                }
+            }
+            EventKind::Fetch { node, epoch, fetch } => {
+                if self.nodes[node].epoch == epoch && self.nodes[node].core.is_some() {
+                    let disk = &self.nodes[node].disk;
+                    let base = disk.base();
+                    let mut out = Vec::new();
+                    let mut bytes = 0;
+                    if fetch.lo > base {
+                        for e in disk.entries.iter().skip((fetch.lo - base - 1) as usize) {
+                            bytes += e.size_bytes();
+                            if e.index > fetch.hi || (!out.is_empty() && bytes > fetch.max_bytes) {
+                                break;
+                            }
+                            out.push(e.clone());
+                        }
+                    }
+                    self.fetches += 1;
+                    self.log(|| {
+                        format!(
+                            "fetch at node {}: {}..={} -> {} entries",
+                            node + 1,
+                            fetch.lo,
+                            fetch.hi,
+                            out.len()
+                        )
+                    });
+                    self.nodes[node]
+                        .core
+                        .as_mut()
+                        .expect("up")
+                        .on_fetched(fetch.lo, out);
+                    self.drain(node);
                 }
             }
             EventKind::Trim(i) => {
@@ -643,6 +697,18 @@ impl Sim {
         }
         for r in rd.replies {
             self.on_reply(i, r);
+        }
+        for fetch in rd.fetches {
+            let epoch = self.nodes[i].epoch;
+            let d = 100 + self.rng.below(2_000);
+            self.schedule(
+                d,
+                EventKind::Fetch {
+                    node: i,
+                    epoch,
+                    fetch,
+                },
+            );
         }
         // The worst moment to crash: a leader just advanced its commit index, its next
         // flush (say, the entries of its own term) is still in flight.
