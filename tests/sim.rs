@@ -1,7 +1,7 @@
 //! The simulator over many seeds: the CI gate for the consensus core.
 //!
-//! Default: 4,000 seeds (2,000 with 3 replicas, 2,000 with 5), 3,000 fault steps each plus
-//! the liveness phase: about 13 million steps. Soak: `CORELOG_SIM_SEEDS=100000` (seeds per
+//! Default: 10,000 seeds (5,000 with 3 replicas, 5,000 with 5), 3,000 fault steps each plus
+//! the liveness phase: about 32 million steps, a few seconds in release. Soak: `CORELOG_SIM_SEEDS=100000` (seeds per
 //! replica count), `CORELOG_SIM_STEPS`, `CORELOG_SIM_FIRST_SEED`.
 
 use std::time::Instant;
@@ -18,7 +18,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn run_many(replicas: usize) {
-    let seeds = env_u64("CORELOG_SIM_SEEDS", 2_000);
+    let seeds = env_u64("CORELOG_SIM_SEEDS", 5_000);
     let steps = env_u64("CORELOG_SIM_STEPS", 3_000);
     let first = env_u64("CORELOG_SIM_FIRST_SEED", 1);
     let started = Instant::now();

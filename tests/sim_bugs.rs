@@ -44,7 +44,7 @@ fn ack_before_durable_is_caught() {
         ack_before_durable: true,
         ..ProtocolBugs::default()
     };
-    hunt(bugs, 5_000).expect("bug not found");
+    hunt(bugs, 10_000).expect("bug not found");
 }
 
 #[test]
@@ -53,7 +53,7 @@ fn forget_vote_on_restart_is_caught() {
         forget_vote_on_restart: true,
         ..ProtocolBugs::default()
     };
-    let (_, kind) = hunt(bugs, 5_000).expect("bug not found");
+    let (_, kind) = hunt(bugs, 10_000).expect("bug not found");
     assert!(matches!(
         kind,
         ViolationKind::ElectionSafety
@@ -78,7 +78,7 @@ fn an_overlong_lease_is_caught() {
         overlong_lease: true,
         ..ProtocolBugs::default()
     };
-    let (_, kind) = hunt(bugs, 5_000).expect("bug not found");
+    let (_, kind) = hunt(bugs, 10_000).expect("bug not found");
     assert!(matches!(
         kind,
         ViolationKind::LeaseOverlap | ViolationKind::StaleRead
