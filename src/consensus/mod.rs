@@ -16,6 +16,7 @@
 //! | [`Node::read_index`], [`Node::lease_read`] | a linearizable read of the commit point |
 //! | [`Node::on_entries_durable`] | a log write ending at `(index, term)` is on stable storage |
 //! | [`Node::on_hard_state_durable`] | the term and vote handed out are on stable storage |
+//! | [`Node::on_fetched`] | entries read from disk in answer to a [`Fetch`] |
 //! | [`Node::change_membership`], [`Node::transfer_leader`], [`Node::trim`] | admin |
 //!
 //! # Outputs and the order the runtime must respect
@@ -35,7 +36,10 @@
 //!    by `on_hard_state_durable`), and a follower acknowledges only entries that are durable,
 //!    so the runtime needs no ordering of its own between writes and sends.
 //! 3. **Commit index and replies**: entries up to `commit_index` may be applied (read them
-//!    from the log or from [`Node::entry`]); replies go to the clients waiting on them.
+//!    from the log, or from [`Node::entry`] until the next `take_ready`); replies go to the
+//!    clients waiting on them.
+//! 4. **Fetches**: read each range from the durable log (asynchronously) and hand the entries
+//!    to [`Node::on_fetched`]; they go to a follower that lags behind the entry cache.
 //!
 //! # What the protocol guarantees, and how
 //!
@@ -64,9 +68,16 @@
 //!
 //! # Memory
 //!
-//! The core keeps the log after the last trim in memory (payloads are refcounted `Bytes`,
-//! shared with the frames the runtime holds); the runtime bounds it by trimming. A bounded
-//! entry cache with reads of old entries from disk is not built yet (see `log`).
+//! Everything the core holds is bounded by configuration: term runs for the whole log (one
+//! pair per leader change), a cache of recent entries (`max_cache_bytes`, plus the
+//! uncommitted tail, itself bounded by `max_uncommitted_bytes` at the leader), the in-flight
+//! window per follower, the pending reads and proposals, the held messages and the session
+//! table (`max_sessions`). Entries evicted from the cache are read back through
+//! [`Ready::fetches`] when a lagging follower needs them; entries trimmed away
+//! ([`Node::trim`]) are replaced by a snapshot. Two exceptions, documented where they live:
+//! at restart the runtime hands the whole recovered tail (`RestartState::entries`) to the
+//! core, which caches it until it is committed again; and `Ready` grows until the runtime
+//! takes it.
 
 mod config;
 mod error;
