@@ -90,6 +90,7 @@ pub fn run(args: &SimArgs) -> ExitCode {
     let mut failed = Vec::new();
     let mut stats = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     let mut seeds_run = 0;
+    let mut liveness_ms: Vec<u64> = Vec::new();
     for seed in first..first + count {
         let replicas = args.replicas.unwrap_or_else(|| default_replicas(seed));
         let mut o = SimOptions::new(seed, replicas, args.steps);
@@ -107,6 +108,9 @@ pub fn run(args: &SimArgs) -> ExitCode {
         stats.3 += r.stats.lease_reads;
         stats.4 += r.snapshots_installed;
         stats.5 += r.fetches;
+        if r.violations.is_empty() {
+            liveness_ms.push(r.liveness_us / 1000);
+        }
         if args.trace && r.violations.is_empty() {
             for l in &r.trace {
                 println!("{l}");
@@ -133,6 +137,16 @@ pub fn run(args: &SimArgs) -> ExitCode {
         "leaders elected: {}; proposals acknowledged: {}; reads: {} ({} lease); snapshots installed: {}; disk fetches: {}",
         stats.0, stats.1, stats.2, stats.3, stats.4, stats.5
     );
+    liveness_ms.sort_unstable();
+    if let Some(&max) = liveness_ms.last() {
+        let pct = |p: usize| liveness_ms[(liveness_ms.len() - 1) * p / 100];
+        println!(
+            "after faults stop, leader and client progress within (simulated ms): p50 {} p99 {} max {}",
+            pct(50),
+            pct(99),
+            max
+        );
+    }
     let f: Vec<String> = faults.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!("faults injected: {}", f.join(" "));
     if violations.is_empty() {

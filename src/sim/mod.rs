@@ -77,7 +77,7 @@ impl SimOptions {
             trace: false,
             random_faults: true,
             clients: 3,
-            liveness_bound_us: 10_000_000,
+            liveness_bound_us: 5_000_000,
             config: None,
             // A third of the seeds get a spare node and membership changes.
             spares: usize::from(seed.is_multiple_of(3)),
@@ -108,6 +108,9 @@ pub struct SimReport {
     pub snapshots_installed: u64,
     /// Reads of evicted entries from disk.
     pub fetches: u64,
+    /// Simulated time from the end of faults until a leader led and every client had
+    /// completed two new operations (0 if the run stopped before).
+    pub liveness_us: u64,
     /// The last steps, if tracing.
     pub trace: Vec<String>,
 }
@@ -263,6 +266,7 @@ pub struct Sim {
     messages: u64,
     snapshots_installed: u64,
     fetches: u64,
+    liveness_us: u64,
     trace: Option<VecDeque<String>>,
 }
 
@@ -337,6 +341,7 @@ impl Sim {
             messages: 0,
             snapshots_installed: 0,
             fetches: 0,
+            liveness_us: 0,
             trace: opts.trace.then(VecDeque::new),
             rng,
             opts,
@@ -436,6 +441,7 @@ impl Sim {
             }
             if let Some(q) = self.quiet_since_us {
                 if self.live() {
+                    self.liveness_us = self.now_us - q;
                     break;
                 }
                 if self.now_us > q + self.opts.liveness_bound_us {
@@ -463,6 +469,7 @@ impl Sim {
             committed: self.checker.max_committed,
             snapshots_installed: self.snapshots_installed,
             fetches: self.fetches,
+            liveness_us: self.liveness_us,
             trace: self.trace.map(Vec::from).unwrap_or_default(),
         }
     }
