@@ -17,7 +17,11 @@
 //! Priority (X-Paxos election weight, PALF priority): among candidates with equally
 //! up-to-date logs the one with the higher priority wins, and a leader hands leadership to a
 //! caught-up voter of higher priority. Priority 0 is the "logger" of X-Paxos and openGauss
-//! DCF: it stores the log and votes but never campaigns.
+//! DCF: it stores the log and votes, and campaigns only as a last resort (no leader heard for
+//! `LOGGER_LAST_RESORT_TIMEOUTS` election timeouts: its log may be the only up-to-date one,
+//! for instance when the other up-to-date voter was just removed), handing leadership to a
+//! caught-up voter of higher priority as soon as there is one. The simulator found the
+//! deadlock that a strict "never campaigns" rule causes.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -28,7 +32,8 @@ use super::types::NodeId;
 pub struct Voter {
     /// The member.
     pub id: NodeId,
-    /// Election priority: 0 never campaigns (logger); higher wins ties between equal logs.
+    /// Election priority: 0 is a logger (campaigns only as a last resort); higher wins ties
+    /// between equally up-to-date logs.
     pub priority: u8,
 }
 

@@ -47,8 +47,9 @@
 //!   CheckQuorum (a leader steps down when a majority has been silent for an election
 //!   timeout; a follower that heard from its leader within one ignores vote requests);
 //!   priority among equally up-to-date candidates; leader transfer by `TimeoutNow`, also
-//!   automatic towards a caught-up voter of higher priority. Priority 0 voters (loggers) and
-//!   learners never campaign; learners never vote.
+//!   automatic towards a caught-up voter of higher priority. Learners never campaign and
+//!   never vote; priority 0 voters (loggers) vote and campaign only as a last resort, after
+//!   three election timeouts without a leader, and then hand over at once.
 //! - Replication: per-follower progress (probe, replicate, snapshot); pipelined appends
 //!   bounded by `max_inflight_msgs` and `max_inflight_bytes`; proposals batched per
 //!   `take_ready`; fast back-off with `(hint_index, hint_term)`; heartbeats carry the commit.

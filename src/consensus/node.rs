@@ -18,6 +18,9 @@ use super::rand::SplitMix64;
 use super::session::{Lookup, SessionTable};
 use super::types::{Entry, EntryKind, HardState, Index, NodeId, Term};
 
+/// A priority-0 voter (logger) campaigns after this many election timeouts without a leader.
+pub const LOGGER_LAST_RESORT_TIMEOUTS: u32 = 3;
+
 /// The role a node plays in its current term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -506,7 +509,17 @@ impl Node {
             self.tick_leader();
         } else {
             self.election_elapsed += 1;
-            if self.can_campaign() && self.election_elapsed >= self.randomized_timeout {
+            let timeout = if self.can_campaign() {
+                self.randomized_timeout
+            } else if self.membership.priority(self.id) == Some(0) {
+                // A logger campaigns only as a last resort: when no leader has been heard
+                // for three election timeouts, its log may be the only up-to-date one the
+                // electable voters could be elected against (it hands over at once).
+                LOGGER_LAST_RESORT_TIMEOUTS * self.randomized_timeout
+            } else {
+                u32::MAX
+            };
+            if self.election_elapsed >= timeout {
                 self.election_elapsed = 0;
                 self.start_campaign(self.cfg.pre_vote, false);
             }
@@ -1452,14 +1465,14 @@ impl Node {
     }
 
     fn maybe_transfer_to_priority(&mut self) {
-        if !self.cfg.transfer_to_higher_priority
+        let mine = self.membership.priority(self.id).unwrap_or(0);
+        if !(self.cfg.transfer_to_higher_priority || mine == 0)
             || self.transfer.is_some()
             || self.now_tick < self.transfer_cooldown_until_tick
             || !self.committed_in_term()
         {
             return;
         }
-        let mine = self.membership.priority(self.id).unwrap_or(0);
         let last = self.log.last_index();
         let best = self
             .membership

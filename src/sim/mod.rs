@@ -258,6 +258,8 @@ pub struct Sim {
     dup_ppm: u32,
     /// Fault frequency multiplier for this seed (1 = a fault every 10-160 ms).
     fault_rate: u64,
+    /// Chance that a leader crashes right after it advanced its commit index.
+    crash_after_commit_ppm: u32,
     /// The checker.
     pub checker: Checker,
     steps: u64,
@@ -303,7 +305,7 @@ impl Sim {
             ..Config::default()
         };
         if rng.chance_ppm(300_000) {
-            cfg.max_batch_bytes = 128;
+            cfg.max_batch_bytes = [40, 128][rng.below(2) as usize];
             cfg.max_inflight_msgs = 1 + rng.below(4) as usize;
         }
         if rng.chance_ppm(200_000) {
@@ -334,6 +336,7 @@ impl Sim {
             drop_ppm: 0,
             dup_ppm: 0,
             fault_rate: 1,
+            crash_after_commit_ppm: 0,
             checker: Checker::default(),
             steps: 0,
             quiet_since_us: None,
@@ -347,6 +350,7 @@ impl Sim {
             opts,
         };
         sim.fault_rate = [1, 1, 2, 4][sim.rng.below(4) as usize];
+        sim.crash_after_commit_ppm = [3_000, 30_000, 300_000][sim.rng.below(3) as usize];
         for i in 0..n + sim.opts.spares {
             let id = i as NodeId + 1;
             let tick_us = sim.skewed_tick();
@@ -504,12 +508,19 @@ impl Sim {
             .iter()
             .map(|n| match &n.core {
                 Some(c) => format!(
-                    "n{}:{:?}/t{}/commit{}/last{}",
+                    "n{}:{:?}/t{}/commit{}/last{}(t{})/voters{:?}/learners{:?}",
                     n.id,
                     c.role(),
                     c.term(),
                     c.commit_index(),
-                    c.last_index()
+                    c.last_index(),
+                    c.log_term(c.last_index()).unwrap_or(0),
+                    c.membership()
+                        .voters
+                        .iter()
+                        .map(|v| (v.id, v.priority))
+                        .collect::<Vec<_>>(),
+                    c.membership().learners
                 ),
                 None => format!("n{}:down", n.id),
             })
@@ -669,9 +680,11 @@ impl Sim {
         node.checked_commit = commit;
         // Role changes.
         let seen = (core.role(), core.term());
+        let mut new_leader = false;
         if seen != node.seen {
             node.seen = seen;
             checker.on_role(core);
+            new_leader = seen.0 == Role::Leader;
             self.log(|| format!("node {id} is {:?} in term {}", seen.0, seen.1));
         }
         if rd.snapshot.is_some() {
@@ -705,6 +718,16 @@ impl Sim {
         for r in rd.replies {
             self.on_reply(i, r);
         }
+        // A leader whose network fails the moment it is elected: its no-op and first
+        // entries stay on it alone (the uncommitted tails Figure 8 is made of).
+        if new_leader
+            && self.opts.random_faults
+            && self.quiet_since_us.is_none()
+            && self.rng.chance_ppm(50_000)
+        {
+            self.isolate_index(i);
+            self.fault("isolate-new-leader");
+        }
         for fetch in rd.fetches {
             let epoch = self.nodes[i].epoch;
             let d = 100 + self.rng.below(2_000);
@@ -722,7 +745,7 @@ impl Sim {
         if leader_committed
             && self.opts.random_faults
             && self.quiet_since_us.is_none()
-            && self.rng.chance_ppm(3_000)
+            && self.rng.chance_ppm(self.crash_after_commit_ppm)
         {
             self.crash(i);
             self.fault("crash-after-commit");
@@ -831,6 +854,15 @@ impl Sim {
                 let drop = ((s.index - base) as usize).min(disk.entries.len());
                 disk.entries.drain(..drop);
                 disk.snapshot = Some(s);
+            }
+        }
+    }
+
+    fn isolate_index(&mut self, i: usize) {
+        for j in 0..self.nodes.len() {
+            if j != i {
+                self.link_up[i][j] = false;
+                self.link_up[j][i] = false;
             }
         }
     }
