@@ -28,9 +28,7 @@ impl Trio {
         };
         let m = Membership::with_voters(&[(1, 1), (2, 1), (3, 1)]);
         let mut t = Self {
-            nodes: (1..=3)
-                .map(|i| Node::new(i, cfg.clone(), m.clone(), 1))
-                .collect(),
+            nodes: (1..=3).map(|i| Node::new(i, cfg.clone(), m.clone(), 1)).collect(),
             net: Vec::new(),
             replies: 0,
         };
@@ -83,11 +81,7 @@ fn bench(c: &mut Criterion) {
                 for i in 0..batch {
                     seq += 1;
                     let data = buf.slice(i * 64..(i + 1) * 64);
-                    black_box(
-                        t.nodes[0]
-                            .propose(1 + (seq & 1023), seq, data)
-                            .expect("accepted"),
-                    );
+                    black_box(t.nodes[0].propose(1 + (seq & 1023), seq, data).expect("accepted"));
                 }
                 t.settle();
                 // Keep memory flat: trim what every replica has committed.

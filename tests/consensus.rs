@@ -19,9 +19,7 @@ impl Cluster {
     fn new(cfg: Config) -> Self {
         let m = Membership::with_voters(&[(1, 1), (2, 1), (3, 1)]);
         Self {
-            nodes: (1..=3)
-                .map(|id| Node::new(id, cfg.clone(), m.clone(), 7))
-                .collect(),
+            nodes: (1..=3).map(|id| Node::new(id, cfg.clone(), m.clone(), 7)).collect(),
             unflushed: vec![Vec::new(), Vec::new(), Vec::new()],
             net: Vec::new(),
             replies: Vec::new(),
@@ -87,34 +85,21 @@ impl Cluster {
 }
 
 fn quiet_cfg() -> Config {
-    Config {
-        election_tick: 1_000,
-        ..Config::default()
-    }
+    Config { election_tick: 1_000, ..Config::default() }
 }
 
 #[test]
 fn messages_wait_for_the_hard_state_they_depend_on() {
-    let mut c = Cluster::new(Config {
-        pre_vote: false,
-        ..quiet_cfg()
-    });
+    let mut c = Cluster::new(Config { pre_vote: false, ..quiet_cfg() });
     c.n(1).campaign();
     let rd = c.n(1).take_ready();
     let hs = rd.hard_state.expect("term and vote to persist");
     assert_eq!((hs.term, hs.vote), (1, Some(1)));
-    assert!(
-        rd.messages.is_empty(),
-        "RequestVote sent before the vote was durable"
-    );
+    assert!(rd.messages.is_empty(), "RequestVote sent before the vote was durable");
     c.n(1).on_hard_state_durable(hs);
     let rd = c.n(1).take_ready();
     assert_eq!(rd.messages.len(), 2);
-    assert!(
-        rd.messages
-            .iter()
-            .all(|m| matches!(m.body, Body::RequestVote { .. }))
-    );
+    assert!(rd.messages.iter().all(|m| matches!(m.body, Body::RequestVote { .. })));
     // A voter does not answer before its own vote is durable either.
     let req = rd.messages[0].clone();
     c.n(2).step(req);
@@ -123,10 +108,7 @@ fn messages_wait_for_the_hard_state_they_depend_on() {
     assert!(rd.messages.is_empty(), "vote granted before it was durable");
     c.n(2).on_hard_state_durable(rd.hard_state.unwrap());
     let rd = c.n(2).take_ready();
-    assert!(matches!(
-        rd.messages[0].body,
-        Body::VoteResponse { granted: true, .. }
-    ));
+    assert!(matches!(rd.messages[0].body, Body::VoteResponse { granted: true, .. }));
 }
 
 #[test]
@@ -169,21 +151,12 @@ fn the_leader_counts_its_own_flush_towards_the_quorum() {
         c.n(1).step(m);
     }
     c.collect();
-    assert_eq!(
-        c.n(1).commit_index(),
-        before,
-        "committed without the leader's flush"
-    );
+    assert_eq!(c.n(1).commit_index(), before, "committed without the leader's flush");
     c.flush(1);
     assert_eq!(c.n(1).commit_index(), before + 1);
-    assert!(c.replies.iter().any(|r| matches!(
-        r,
-        Reply::Committed {
-            session: 9,
-            sequence: 1,
-            ..
-        }
-    )));
+    assert!(
+        c.replies.iter().any(|r| matches!(r, Reply::Committed { session: 9, sequence: 1, .. }))
+    );
 }
 
 #[test]
@@ -191,9 +164,7 @@ fn a_retried_proposal_is_appended_once() {
     let mut c = Cluster::new(quiet_cfg());
     c.elect_1();
     let first = c.n(1).propose(5, 1, Bytes::from_static(b"a")).unwrap();
-    let Proposed::Appended { index, term } = first else {
-        panic!("{first:?}")
-    };
+    let Proposed::Appended { index, term } = first else { panic!("{first:?}") };
     assert_eq!(
         c.n(1).propose(5, 1, Bytes::from_static(b"a")).unwrap(),
         Proposed::Pending { index }
@@ -227,18 +198,13 @@ fn a_retried_proposal_is_appended_once() {
 
 #[test]
 fn bounds_turn_into_busy_errors() {
-    let mut c = Cluster::new(Config {
-        max_pending_proposals: 2,
-        ..quiet_cfg()
-    });
+    let mut c = Cluster::new(Config { max_pending_proposals: 2, ..quiet_cfg() });
     c.elect_1();
     c.n(1).propose(0, 0, Bytes::from_static(b"a")).unwrap();
     c.n(1).propose(0, 0, Bytes::from_static(b"b")).unwrap();
     assert_eq!(
         c.n(1).propose(0, 0, Bytes::from_static(b"c")),
-        Err(Error::Busy {
-            bound: Bound::PendingProposals
-        })
+        Err(Error::Busy { bound: Bound::PendingProposals })
     );
     c.settle();
     c.n(1).propose(0, 0, Bytes::from_static(b"c")).unwrap();
@@ -253,9 +219,7 @@ fn bounds_turn_into_busy_errors() {
     c.n(1).propose(0, 0, big.clone()).unwrap();
     assert_eq!(
         c.n(1).propose(0, 0, big.clone()),
-        Err(Error::Busy {
-            bound: Bound::UncommittedBytes
-        })
+        Err(Error::Busy { bound: Bound::UncommittedBytes })
     );
     assert!(matches!(
         c.n(1).propose(0, 0, Bytes::from(vec![0u8; 4_000_001])),
@@ -269,16 +233,9 @@ fn followers_redirect_to_the_leader() {
     c.elect_1();
     assert_eq!(
         c.n(2).propose(0, 0, Bytes::from_static(b"a")),
-        Err(Error::NotLeader {
-            leader_hint: Some(1)
-        })
+        Err(Error::NotLeader { leader_hint: Some(1) })
     );
-    assert!(matches!(
-        c.n(3).read_index(1),
-        Err(Error::NotLeader {
-            leader_hint: Some(1)
-        })
-    ));
+    assert!(matches!(c.n(3).read_index(1), Err(Error::NotLeader { leader_hint: Some(1) })));
 }
 
 #[test]
@@ -287,9 +244,7 @@ fn proposals_between_two_readies_form_one_batch() {
     c.elect_1();
     c.settle();
     for i in 0..100u64 {
-        c.n(1)
-            .propose(0, 0, Bytes::copy_from_slice(&i.to_le_bytes()))
-            .unwrap();
+        c.n(1).propose(0, 0, Bytes::copy_from_slice(&i.to_le_bytes())).unwrap();
     }
     let rd = c.n(1).take_ready();
     let w = rd.entries.expect("one log write");
@@ -307,25 +262,17 @@ fn proposals_between_two_readies_form_one_batch() {
 
 #[test]
 fn read_index_waits_for_a_quorum_round() {
-    let mut c = Cluster::new(Config {
-        lease_read: false,
-        ..quiet_cfg()
-    });
+    let mut c = Cluster::new(Config { lease_read: false, ..quiet_cfg() });
     c.elect_1();
     c.settle();
     let commit = c.n(1).commit_index();
     c.n(1).read_index(42).unwrap();
     c.collect();
     assert!(
-        !c.replies
-            .iter()
-            .any(|r| matches!(r, Reply::ReadReady { id: 42, .. })),
+        !c.replies.iter().any(|r| matches!(r, Reply::ReadReady { id: 42, .. })),
         "read served before a quorum confirmed leadership"
     );
     c.settle();
-    assert!(c.replies.contains(&Reply::ReadReady {
-        id: 42,
-        index: commit
-    }));
+    assert!(c.replies.contains(&Reply::ReadReady { id: 42, index: commit }));
     assert_eq!(c.n(1).lease_read(), Err(Error::NoLease));
 }

@@ -11,10 +11,7 @@ use corelog::sim::cli::replay_command;
 use corelog::sim::run_seed;
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn run_many(replicas: usize) {
@@ -47,10 +44,7 @@ fn run_many(replicas: usize) {
         total_steps as f64 / secs
     );
     assert!(total_steps >= seeds * steps, "runs stopped early");
-    assert!(
-        acks > seeds * 10,
-        "clients made too little progress: {acks}"
-    );
+    assert!(acks > seeds * 10, "clients made too little progress: {acks}");
 }
 
 #[test]

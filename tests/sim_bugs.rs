@@ -12,10 +12,7 @@ fn hunt(bugs: ProtocolBugs, max_seeds: u64) -> Option<(u64, ViolationKind)> {
         let replicas = if seed % 2 == 0 { 3 } else { 5 };
         let r = run_seed(seed, replicas, 3_000, bugs);
         if let Some(v) = r.violations.first() {
-            eprintln!(
-                "found after {seed} seeds: step {}: {}: {}",
-                v.step, v.kind, v.detail
-            );
+            eprintln!("found after {seed} seeds: step {}: {}: {}", v.step, v.kind, v.detail);
             return Some((seed, v.kind));
         }
     }
@@ -24,10 +21,7 @@ fn hunt(bugs: ProtocolBugs, max_seeds: u64) -> Option<(u64, ViolationKind)> {
 
 #[test]
 fn vote_without_log_check_is_caught() {
-    let bugs = ProtocolBugs {
-        vote_without_log_check: true,
-        ..ProtocolBugs::default()
-    };
+    let bugs = ProtocolBugs { vote_without_log_check: true, ..ProtocolBugs::default() };
     let (_, kind) = hunt(bugs, 200).expect("bug not found");
     assert!(matches!(
         kind,
@@ -40,19 +34,13 @@ fn vote_without_log_check_is_caught() {
 
 #[test]
 fn ack_before_durable_is_caught() {
-    let bugs = ProtocolBugs {
-        ack_before_durable: true,
-        ..ProtocolBugs::default()
-    };
+    let bugs = ProtocolBugs { ack_before_durable: true, ..ProtocolBugs::default() };
     hunt(bugs, 10_000).expect("bug not found");
 }
 
 #[test]
 fn forget_vote_on_restart_is_caught() {
-    let bugs = ProtocolBugs {
-        forget_vote_on_restart: true,
-        ..ProtocolBugs::default()
-    };
+    let bugs = ProtocolBugs { forget_vote_on_restart: true, ..ProtocolBugs::default() };
     let (_, kind) = hunt(bugs, 10_000).expect("bug not found");
     assert!(matches!(
         kind,
@@ -64,23 +52,14 @@ fn forget_vote_on_restart_is_caught() {
 
 #[test]
 fn skipping_the_session_lookup_is_caught() {
-    let bugs = ProtocolBugs {
-        skip_session_dedupe: true,
-        ..ProtocolBugs::default()
-    };
+    let bugs = ProtocolBugs { skip_session_dedupe: true, ..ProtocolBugs::default() };
     let (_, kind) = hunt(bugs, 500).expect("bug not found");
     assert_eq!(kind, ViolationKind::ExactlyOnce);
 }
 
 #[test]
 fn an_overlong_lease_is_caught() {
-    let bugs = ProtocolBugs {
-        overlong_lease: true,
-        ..ProtocolBugs::default()
-    };
+    let bugs = ProtocolBugs { overlong_lease: true, ..ProtocolBugs::default() };
     let (_, kind) = hunt(bugs, 10_000).expect("bug not found");
-    assert!(matches!(
-        kind,
-        ViolationKind::LeaseOverlap | ViolationKind::StaleRead
-    ));
+    assert!(matches!(kind, ViolationKind::LeaseOverlap | ViolationKind::StaleRead));
 }

@@ -44,14 +44,9 @@ struct Script {
 
 fn parse_config(cfg: &mut Config, words: &[&str]) {
     for w in words {
-        let (k, v) = w
-            .split_once('=')
-            .unwrap_or_else(|| panic!("bad setting {w}"));
+        let (k, v) = w.split_once('=').unwrap_or_else(|| panic!("bad setting {w}"));
         let b = || v.parse::<bool>().unwrap_or_else(|_| panic!("bad bool {w}"));
-        let n = || {
-            v.parse::<u64>()
-                .unwrap_or_else(|_| panic!("bad number {w}"))
-        };
+        let n = || v.parse::<u64>().unwrap_or_else(|_| panic!("bad number {w}"));
         match k {
             "election_tick" => cfg.election_tick = n() as u32,
             "heartbeat_tick" => cfg.heartbeat_tick = n() as u32,
@@ -81,10 +76,7 @@ fn run_variant(script: &Script, variant: &str) -> Result<(), String> {
     let mut replicas = 3;
     let mut spares = 0;
     let mut seed = 1;
-    let mut cfg = Config {
-        election_tick: 1_000,
-        ..Config::default()
-    };
+    let mut cfg = Config { election_tick: 1_000, ..Config::default() };
     let mut expected_violation: Option<String> = None;
     let mut steps: Vec<(usize, Vec<String>)> = Vec::new();
     for (no, line) in &script.lines {
@@ -121,16 +113,8 @@ fn run_variant(script: &Script, variant: &str) -> Result<(), String> {
     for (no, words) in &steps {
         // `L` stands for the current leader.
         let leader = sim.leader().map_or("0".to_string(), |l| l.to_string());
-        let w: Vec<&str> = words
-            .iter()
-            .map(|x| {
-                if x == "L" {
-                    leader.as_str()
-                } else {
-                    x.as_str()
-                }
-            })
-            .collect();
+        let w: Vec<&str> =
+            words.iter().map(|x| if x == "L" { leader.as_str() } else { x.as_str() }).collect();
         if let Err(e) = run_step(&mut sim, &w) {
             failure = Some(format!("line {no} `{}`: {e}", words.join(" ")));
             break;
@@ -194,17 +178,11 @@ fn run_step(sim: &mut Sim, w: &[&str]) -> Result<(), String> {
             }
         }
         ["wait", "leader", "in", rest @ ..] => {
-            let ids: Vec<u64> = rest
-                .iter()
-                .take_while(|w| **w != "within")
-                .map(|w| id(w))
-                .collect();
+            let ids: Vec<u64> =
+                rest.iter().take_while(|w| **w != "within").map(|w| id(w)).collect();
             let ok = sim.run_until(within(w), |s| s.leader().is_some_and(|l| ids.contains(&l)));
             if !ok {
-                return Err(format!(
-                    "no leader among {ids:?} (leader: {:?})",
-                    sim.leader()
-                ));
+                return Err(format!("no leader among {ids:?} (leader: {:?})", sim.leader()));
             }
         }
         ["wait", "leader", n, ..] => {
@@ -228,14 +206,9 @@ fn run_step(sim: &mut Sim, w: &[&str]) -> Result<(), String> {
         }
         ["wait", "commit", n, rest @ ..] => {
             let (n, c) = (id(n), cmp_ge(rest));
-            let ok = sim.run_until(within(w), |s| {
-                s.node(n).is_some_and(|x| x.commit_index() >= c)
-            });
+            let ok = sim.run_until(within(w), |s| s.node(n).is_some_and(|x| x.commit_index() >= c));
             if !ok {
-                return Err(format!(
-                    "commit is {:?}",
-                    sim.node(n).map(|x| x.commit_index())
-                ));
+                return Err(format!("commit is {:?}", sim.node(n).map(|x| x.commit_index())));
             }
         }
         ["run", ms] => sim.run_for(ms.parse::<u64>().map_err(|e| e.to_string())? * MS),
@@ -247,12 +220,7 @@ fn run_step(sim: &mut Sim, w: &[&str]) -> Result<(), String> {
         ["heal"] => sim.heal_all(),
         ["crash", n] => sim.crash_node(id(n)),
         ["restart", n] => sim.restart_node(id(n)),
-        [
-            op @ ("add-learner" | "promote" | "remove" | "priority"),
-            l,
-            t,
-            rest @ ..,
-        ] => {
+        [op @ ("add-learner" | "promote" | "remove" | "priority"), l, t, rest @ ..] => {
             let (l, t) = (id(l), id(t));
             let change = match *op {
                 "add-learner" => ConfChange::AddLearner { id: t },
@@ -263,19 +231,13 @@ fn run_step(sim: &mut Sim, w: &[&str]) -> Result<(), String> {
                     priority: rest[0].parse().map_err(|_| "priority")?,
                 },
             };
-            let r = sim
-                .node_mut(l)
-                .ok_or("node is down")?
-                .change_membership(change);
+            let r = sim.node_mut(l).ok_or("node is down")?.change_membership(change);
             sim.flush_node(l);
             r.map_err(|e| format!("change refused: {e}"))?;
         }
         ["transfer", l, t] => {
             let l = id(l);
-            let r = sim
-                .node_mut(l)
-                .ok_or("node is down")?
-                .transfer_leader(id(t));
+            let r = sim.node_mut(l).ok_or("node is down")?.transfer_leader(id(t));
             sim.flush_node(l);
             r.map_err(|e| format!("transfer refused: {e}"))?;
         }
@@ -315,10 +277,8 @@ fn run_step(sim: &mut Sim, w: &[&str]) -> Result<(), String> {
             }
         }
         ["expect", "entry", n, i, "term", t] => {
-            let got = sim
-                .node(id(n))
-                .ok_or("node is down")?
-                .log_term(i.parse().map_err(|_| "index")?);
+            let got =
+                sim.node(id(n)).ok_or("node is down")?.log_term(i.parse().map_err(|_| "index")?);
             if got != Some(t.parse().map_err(|_| "term")?) {
                 return Err(format!("entry term is {got:?}"));
             }

@@ -138,9 +138,7 @@ impl Config {
             return Err(ConfigError("lease_read requires check_quorum"));
         }
         if self.lease_margin_ticks >= self.election_tick {
-            return Err(ConfigError(
-                "lease_margin_ticks must be below election_tick",
-            ));
+            return Err(ConfigError("lease_margin_ticks must be below election_tick"));
         }
         if self.max_inflight_msgs == 0 || self.max_pending_proposals == 0 {
             return Err(ConfigError("window and queue bounds must be positive"));
@@ -149,14 +147,10 @@ impl Config {
             return Err(ConfigError("byte bounds too small"));
         }
         if self.max_uncommitted_bytes < self.max_entry_bytes + ENTRY_OVERHEAD_BYTES {
-            return Err(ConfigError(
-                "max_uncommitted_bytes must hold one maximal entry",
-            ));
+            return Err(ConfigError("max_uncommitted_bytes must hold one maximal entry"));
         }
         if self.max_sessions == 0 || self.resend_after_ticks == 0 {
-            return Err(ConfigError(
-                "max_sessions and resend_after_ticks must be positive",
-            ));
+            return Err(ConfigError("max_sessions and resend_after_ticks must be positive"));
         }
         Ok(())
     }

@@ -32,11 +32,7 @@ pub enum Error {
     Busy { bound: Bound },
     /// The session already committed a later sequence.
     #[error("stale sequence {sequence} for session {session} (latest {latest})")]
-    StaleSequence {
-        session: u64,
-        sequence: u64,
-        latest: u64,
-    },
+    StaleSequence { session: u64, sequence: u64, latest: u64 },
     /// The payload exceeds `max_entry_bytes`.
     #[error("entry of {bytes} bytes exceeds the maximum of {max_bytes}")]
     TooLarge { bytes: u64, max_bytes: u64 },

@@ -150,11 +150,8 @@ impl Log {
         let term = self.term(index).expect("trim point must be in the log");
         // Runs that end at or before `index` go; the run holding `index + 1` starts there.
         let drop = self.terms.partition_point(|r| r.0 <= index + 1);
-        let tail_term = if index < self.last {
-            Some(self.terms[self.run_of(index + 1)].1)
-        } else {
-            None
-        };
+        let tail_term =
+            if index < self.last { Some(self.terms[self.run_of(index + 1)].1) } else { None };
         self.terms.drain(..drop);
         if let Some(t) = tail_term {
             self.terms.insert(0, (index + 1, t));
@@ -214,11 +211,7 @@ impl Log {
         if index <= self.base_index {
             return index;
         }
-        self.terms[self.run_of(index)]
-            .0
-            .max(floor)
-            .max(self.base_index + 1)
-            .min(index)
+        self.terms[self.run_of(index)].0.max(floor).max(self.base_index + 1).min(index)
     }
 
     /// Asserts the invariants (O(cached entries); called in debug builds and tests).
@@ -232,26 +225,16 @@ impl Log {
             assert!(r.1 >= self.base_term);
         }
         for w in self.terms.windows(2) {
-            assert!(
-                w[0].0 < w[1].0 && w[0].1 < w[1].1,
-                "term runs {:?}",
-                self.terms
-            );
+            assert!(w[0].0 < w[1].0 && w[0].1 < w[1].1, "term runs {:?}", self.terms);
         }
         let mut bytes = 0;
         for (i, e) in self.entries.iter().enumerate() {
             assert_eq!(e.index, self.cache_start + i as Index);
-            assert_eq!(
-                Some(e.term),
-                self.terms.get(self.run_of(e.index)).map(|r| r.1)
-            );
+            assert_eq!(Some(e.term), self.terms.get(self.run_of(e.index)).map(|r| r.1));
             bytes += e.size_bytes();
         }
         assert_eq!(bytes, self.cache_bytes);
-        assert_eq!(
-            self.cache_start + self.entries.len() as Index,
-            self.last + 1
-        );
+        assert_eq!(self.cache_start + self.entries.len() as Index, self.last + 1);
     }
 }
 

@@ -82,10 +82,7 @@ impl Membership {
     /// A membership of voters given as `(id, priority)`.
     pub fn with_voters(voters: &[(NodeId, u8)]) -> Self {
         let m = Self {
-            voters: voters
-                .iter()
-                .map(|&(id, priority)| Voter { id, priority })
-                .collect(),
+            voters: voters.iter().map(|&(id, priority)| Voter { id, priority }).collect(),
             learners: Vec::new(),
         };
         assert!(m.is_well_formed(), "malformed membership {m:?}");
@@ -102,10 +99,7 @@ impl Membership {
 
     /// Every member, voters first.
     pub fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.voters
-            .iter()
-            .map(|v| v.id)
-            .chain(self.learners.iter().copied())
+        self.voters.iter().map(|v| v.id).chain(self.learners.iter().copied())
     }
 
     /// True if `id` is a voter.
@@ -243,15 +237,10 @@ mod tests {
             Err(MembershipError::NotAMember(2))
         );
         let m2 = m.apply(ConfChange::AddLearner { id: 4 }).unwrap();
-        let m3 = m2
-            .apply(ConfChange::Promote { id: 4, priority: 0 })
-            .unwrap();
+        let m3 = m2.apply(ConfChange::Promote { id: 4, priority: 0 }).unwrap();
         assert!(m3.is_voter(4) && !m3.is_learner(4));
         assert_eq!(m3.quorum(), 3);
         let one = Membership::with_voters(&[(1, 1), (2, 0)]);
-        assert_eq!(
-            one.apply(ConfChange::Remove { id: 1 }),
-            Err(MembershipError::NoElectableVoter)
-        );
+        assert_eq!(one.apply(ConfChange::Remove { id: 1 }), Err(MembershipError::NoElectableVoter));
     }
 }

@@ -42,12 +42,7 @@ pub enum Body {
     /// Answer to `RequestVote`.
     VoteResponse { pre_vote: bool, granted: bool },
     /// Entries after `(prev_index, prev_term)`, and the leader's commit index.
-    Append {
-        prev_index: Index,
-        prev_term: Term,
-        entries: Vec<Entry>,
-        commit: Index,
-    },
+    Append { prev_index: Index, prev_term: Term, entries: Vec<Entry>, commit: Index },
     /// Answer to `Append` (or `InstallSnapshot`). On success, `match_index` is the highest
     /// index the follower holds *durably* and knows to match the leader's log. On rejection,
     /// `reject_index` is the rejected `prev_index` and `(hint_index, hint_term)` let the leader
@@ -61,11 +56,7 @@ pub enum Body {
         hint_term: Term,
     },
     /// Leader liveness, commit index and a round number for ReadIndex and the lease.
-    Heartbeat {
-        commit: Index,
-        round: u64,
-        sent_tick: u64,
-    },
+    Heartbeat { commit: Index, round: u64, sent_tick: u64 },
     /// Echo of a heartbeat's round and send tick.
     HeartbeatResponse { round: u64, sent_tick: u64 },
     /// The leader's log restarts after this snapshot.
@@ -100,19 +91,10 @@ pub enum Reply {
     /// leader for every normal entry it commits (also ones appended by earlier leaders), so
     /// a client that retried to the new leader is answered; the runtime drops replies that
     /// no connected client waits for.
-    Committed {
-        session: u64,
-        sequence: u64,
-        index: Index,
-        term: Term,
-    },
+    Committed { session: u64, sequence: u64, index: Index, term: Term },
     /// The leader lost leadership with this proposal uncommitted: the outcome is unknown and
     /// the client should retry with the same session and sequence at `leader_hint`.
-    Abandoned {
-        session: u64,
-        sequence: u64,
-        leader_hint: Option<NodeId>,
-    },
+    Abandoned { session: u64, sequence: u64, leader_hint: Option<NodeId> },
     /// Read `id` may be served once the state has applied up to `index` (linearizable).
     ReadReady { id: u64, index: Index },
     /// Read `id` failed (leadership lost before its quorum round completed).

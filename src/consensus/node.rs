@@ -246,10 +246,8 @@ impl Node {
         if let Err(e) = cfg.validate() {
             panic!("{e}");
         }
-        let snapshot = state.snapshot.unwrap_or(Snapshot {
-            membership: initial,
-            ..Snapshot::default()
-        });
+        let snapshot =
+            state.snapshot.unwrap_or(Snapshot { membership: initial, ..Snapshot::default() });
         let mut log = Log::new(snapshot.index, snapshot.term);
         let mut config_log = Vec::new();
         for e in state.entries {
@@ -261,9 +259,8 @@ impl Node {
             log.append(e);
         }
         log.durable = log.last_index();
-        let membership = config_log
-            .last()
-            .map_or_else(|| snapshot.membership.clone(), |(_, m)| m.clone());
+        let membership =
+            config_log.last().map_or_else(|| snapshot.membership.clone(), |(_, m)| m.clone());
         let sessions = SessionTable::restore(
             &snapshot.sessions,
             snapshot.sessions_applied,
@@ -338,10 +335,7 @@ impl Node {
     }
     /// Current term and vote.
     pub fn hard_state(&self) -> HardState {
-        HardState {
-            term: self.term,
-            vote: self.vote,
-        }
+        HardState { term: self.term, vote: self.vote }
     }
     /// The leader this node knows of in its term.
     pub fn leader(&self) -> Option<NodeId> {
@@ -389,10 +383,7 @@ impl Node {
     }
     /// Leader: the match index of each follower (for status pages and tests).
     pub fn progress_match(&self) -> Vec<(NodeId, Index)> {
-        self.progress
-            .iter()
-            .map(|p| (p.id, p.match_index))
-            .collect()
+        self.progress.iter().map(|p| (p.id, p.match_index)).collect()
     }
 
     /// True if this leader may serve a read from its lease right now.
@@ -427,8 +418,7 @@ impl Node {
     /// Takes the work accumulated since the last call. Appends proposed since then are sent
     /// to followers here, as one batch per follower.
     pub fn take_ready(&mut self) -> Ready {
-        self.log
-            .evict(self.ready_commit.min(self.commit), self.cfg.max_cache_bytes);
+        self.log.evict(self.ready_commit.min(self.commit), self.cfg.max_cache_bytes);
         self.ready_commit = self.commit;
         if self.need_broadcast {
             self.need_broadcast = false;
@@ -472,10 +462,8 @@ impl Node {
 
     /// The runtime made every write up to the one ending at `(index, term)` durable.
     pub fn on_entries_durable(&mut self, index: Index, term: Term) {
-        let Some(pos) = self
-            .unstable
-            .iter()
-            .position(|w| w.last_index == index && w.last_term == term)
+        let Some(pos) =
+            self.unstable.iter().position(|w| w.last_index == index && w.last_term == term)
         else {
             return; // not a write we handed out in this incarnation
         };
@@ -532,16 +520,11 @@ impl Node {
             return Err(self.not_leader());
         }
         if self.transfer.is_some() {
-            return Err(Error::Busy {
-                bound: Bound::LeaderTransfer,
-            });
+            return Err(Error::Busy { bound: Bound::LeaderTransfer });
         }
         let bytes = data.len() as u64;
         if bytes > self.cfg.max_entry_bytes {
-            return Err(Error::TooLarge {
-                bytes,
-                max_bytes: self.cfg.max_entry_bytes,
-            });
+            return Err(Error::TooLarge { bytes, max_bytes: self.cfg.max_entry_bytes });
         }
         if session != 0 && !self.cfg.bugs.skip_session_dedupe {
             if let Some(&(seq, index)) = self.pending_sessions.get(&session) {
@@ -549,11 +532,7 @@ impl Node {
                     return Ok(Proposed::Pending { index });
                 }
                 if seq > sequence {
-                    return Err(Error::StaleSequence {
-                        session,
-                        sequence,
-                        latest: seq,
-                    });
+                    return Err(Error::StaleSequence { session, sequence, latest: seq });
                 }
             }
             match self.sessions.lookup(session, sequence) {
@@ -561,34 +540,23 @@ impl Node {
                     return Ok(Proposed::Duplicate { index, term });
                 }
                 Lookup::Stale { latest } => {
-                    return Err(Error::StaleSequence {
-                        session,
-                        sequence,
-                        latest,
-                    });
+                    return Err(Error::StaleSequence { session, sequence, latest });
                 }
                 Lookup::New => {}
             }
         }
         let size = bytes + super::types::ENTRY_OVERHEAD_BYTES;
         if self.uncommitted_bytes + size > self.cfg.max_uncommitted_bytes {
-            return Err(Error::Busy {
-                bound: Bound::UncommittedBytes,
-            });
+            return Err(Error::Busy { bound: Bound::UncommittedBytes });
         }
         if self.pending_proposals >= self.cfg.max_pending_proposals {
-            return Err(Error::Busy {
-                bound: Bound::PendingProposals,
-            });
+            return Err(Error::Busy { bound: Bound::PendingProposals });
         }
         let index = self.append_local(EntryKind::Normal, session, sequence, data);
         if session != 0 {
             self.pending_sessions.insert(session, (sequence, index));
         }
-        Ok(Proposed::Appended {
-            index,
-            term: self.term,
-        })
+        Ok(Proposed::Appended { index, term: self.term })
     }
 
     /// Starts a ReadIndex read: `Reply::ReadReady { id, index }` follows once a quorum has
@@ -598,20 +566,12 @@ impl Node {
             return Err(self.not_leader());
         }
         if !self.committed_in_term() {
-            return Err(Error::Busy {
-                bound: Bound::LeaderNotReady,
-            });
+            return Err(Error::Busy { bound: Bound::LeaderNotReady });
         }
         if self.reads.len() >= self.cfg.max_pending_reads {
-            return Err(Error::Busy {
-                bound: Bound::PendingReads,
-            });
+            return Err(Error::Busy { bound: Bound::PendingReads });
         }
-        self.reads.push_back(PendingRead {
-            id,
-            index: self.commit,
-            round: self.hb_round + 1,
-        });
+        self.reads.push_back(PendingRead { id, index: self.commit, round: self.hb_round + 1 });
         self.need_heartbeat = true;
         self.check_reads();
         Ok(())
@@ -623,9 +583,7 @@ impl Node {
             return Err(self.not_leader());
         }
         if !self.committed_in_term() {
-            return Err(Error::Busy {
-                bound: Bound::LeaderNotReady,
-            });
+            return Err(Error::Busy { bound: Bound::LeaderNotReady });
         }
         if !self.lease_valid() {
             return Err(Error::NoLease);
@@ -639,18 +597,10 @@ impl Node {
             return Err(self.not_leader());
         }
         if !self.committed_in_term() {
-            return Err(Error::Busy {
-                bound: Bound::LeaderNotReady,
-            });
+            return Err(Error::Busy { bound: Bound::LeaderNotReady });
         }
-        if self
-            .config_log
-            .last()
-            .is_some_and(|(i, _)| *i > self.commit)
-        {
-            return Err(Error::Busy {
-                bound: Bound::ConfigChangePending,
-            });
+        if self.config_log.last().is_some_and(|(i, _)| *i > self.commit) {
+            return Err(Error::Busy { bound: Bound::ConfigChangePending });
         }
         let next = self.membership.apply(change)?;
         Ok(self.append_local(EntryKind::Config, 0, 0, next.encode()))
@@ -676,10 +626,8 @@ impl Node {
         if self.membership.priority(to).is_none_or(|p| p == 0) {
             return Err(Error::BadTransferTarget(to));
         }
-        self.transfer = Some(Transfer {
-            to,
-            deadline_tick: self.now_tick + u64::from(self.cfg.election_tick),
-        });
+        self.transfer =
+            Some(Transfer { to, deadline_tick: self.now_tick + u64::from(self.cfg.election_tick) });
         self.lease_revoked = true;
         if let Some(k) = self.progress_pos(to) {
             if self.progress[k].match_index == self.log.last_index() {
@@ -720,9 +668,7 @@ impl Node {
         debug_assert_eq!(m.to, self.id, "misrouted message");
         if m.term > self.term {
             match &m.body {
-                Body::RequestVote {
-                    pre_vote, transfer, ..
-                } => {
+                Body::RequestVote { pre_vote, transfer, .. } => {
                     if !transfer && self.in_lease() {
                         return; // a leader we back is alive: ignore (CheckQuorum)
                     }
@@ -730,10 +676,7 @@ impl Node {
                         self.become_follower(m.term, None);
                     }
                 }
-                Body::VoteResponse {
-                    pre_vote: true,
-                    granted: true,
-                } => {} // a PreVote grant carries the term we would campaign in
+                Body::VoteResponse { pre_vote: true, granted: true } => {} // a PreVote grant carries the term we would campaign in
                 Body::Append { .. } | Body::Heartbeat { .. } | Body::InstallSnapshot { .. } => {
                     self.become_follower(m.term, Some(m.from));
                 }
@@ -755,13 +698,7 @@ impl Node {
                     );
                 }
                 Body::RequestVote { pre_vote: true, .. } => {
-                    self.send(
-                        m.from,
-                        Body::VoteResponse {
-                            pre_vote: true,
-                            granted: false,
-                        },
-                    );
+                    self.send(m.from, Body::VoteResponse { pre_vote: true, granted: false });
                 }
                 _ => {}
             }
@@ -769,33 +706,19 @@ impl Node {
         }
         let from = m.from;
         match m.body {
-            Body::RequestVote {
-                pre_vote,
-                last_index,
-                last_term,
-                priority,
-                transfer,
-            } => self.handle_vote_request(
-                from, m.term, pre_vote, last_index, last_term, priority, transfer,
-            ),
+            Body::RequestVote { pre_vote, last_index, last_term, priority, transfer } => self
+                .handle_vote_request(
+                    from, m.term, pre_vote, last_index, last_term, priority, transfer,
+                ),
             Body::VoteResponse { pre_vote, granted } => {
                 self.handle_vote_response(from, m.term, pre_vote, granted)
             }
-            Body::Append {
-                prev_index,
-                prev_term,
-                entries,
-                commit,
-            } => {
+            Body::Append { prev_index, prev_term, entries, commit } => {
                 if self.accept_leader(from) {
                     self.handle_append(prev_index, prev_term, entries, commit);
                 }
             }
-            Body::Heartbeat {
-                commit,
-                round,
-                sent_tick,
-            } => {
+            Body::Heartbeat { commit, round, sent_tick } => {
                 if self.accept_leader(from) {
                     let c = commit.min(self.matched);
                     if c > self.commit {
@@ -809,13 +732,7 @@ impl Node {
                     self.handle_snapshot(snapshot);
                 }
             }
-            Body::AppendResponse {
-                success,
-                match_index,
-                reject_index,
-                hint_index,
-                hint_term,
-            } => {
+            Body::AppendResponse { success, match_index, reject_index, hint_index, hint_term } => {
                 if self.role == Role::Leader {
                     self.handle_append_response(
                         from,
@@ -843,9 +760,7 @@ impl Node {
     // ---------------------------------------------------------------- roles
 
     fn not_leader(&self) -> Error {
-        Error::NotLeader {
-            leader_hint: self.leader.filter(|&l| l != self.id),
-        }
+        Error::NotLeader { leader_hint: self.leader.filter(|&l| l != self.id) }
     }
 
     fn can_campaign(&self) -> bool {
@@ -932,10 +847,9 @@ impl Node {
             }
         }
         for r in self.reads.drain(..) {
-            self.ready.replies.push(Reply::ReadFailed {
-                id: r.id,
-                error: Error::NotLeader { leader_hint },
-            });
+            self.ready
+                .replies
+                .push(Reply::ReadFailed { id: r.id, error: Error::NotLeader { leader_hint } });
         }
         self.progress.clear();
         self.pending_sessions.clear();
@@ -968,13 +882,8 @@ impl Node {
             priority: self.membership.priority(self.id).unwrap_or(0),
             transfer,
         };
-        let voters: Vec<NodeId> = self
-            .membership
-            .voters
-            .iter()
-            .map(|v| v.id)
-            .filter(|&v| v != self.id)
-            .collect();
+        let voters: Vec<NodeId> =
+            self.membership.voters.iter().map(|v| v.id).filter(|&v| v != self.id).collect();
         for v in voters {
             self.send_with_term(v, campaign_term, body.clone());
         }
@@ -1136,10 +1045,7 @@ impl Node {
                 w.entries.extend_from_slice(entries);
             }
             slot => {
-                *slot = Some(LogWrite {
-                    first_index,
-                    entries: entries.to_vec(),
-                });
+                *slot = Some(LogWrite { first_index, entries: entries.to_vec() });
             }
         }
     }
@@ -1202,10 +1108,7 @@ impl Node {
                 (self.log.last_index() + 1, 0)
             } else {
                 let t = self.log.term(prev_index).expect("in log");
-                (
-                    self.log.first_index_of_term_at(prev_index, self.commit + 1),
-                    t,
-                )
+                (self.log.first_index_of_term_at(prev_index, self.commit + 1), t)
             };
             let leader = self.leader.expect("set by accept_leader");
             self.send(
@@ -1279,11 +1182,8 @@ impl Node {
         if self.snapshot_pending() {
             return 0;
         }
-        let have = if self.cfg.bugs.ack_before_durable {
-            self.log.last_index()
-        } else {
-            self.log.durable
-        };
+        let have =
+            if self.cfg.bugs.ack_before_durable { self.log.last_index() } else { self.log.durable };
         have.min(self.matched)
     }
 
@@ -1345,10 +1245,7 @@ impl Node {
             let m = if v.id == self.id {
                 self.log.durable
             } else {
-                self.progress
-                    .iter()
-                    .find(|p| p.id == v.id)
-                    .map_or(0, |p| p.match_index)
+                self.progress.iter().find(|p| p.id == v.id).map_or(0, |p| p.match_index)
             };
             self.scratch.push(m);
         }
@@ -1503,11 +1400,7 @@ impl Node {
                 self.progress[k].commit_sent = commit;
                 self.send(
                     to,
-                    Body::Heartbeat {
-                        commit,
-                        round: self.hb_round,
-                        sent_tick: self.now_tick,
-                    },
+                    Body::Heartbeat { commit, round: self.hb_round, sent_tick: self.now_tick },
                 );
             }
         }
@@ -1523,14 +1416,7 @@ impl Node {
                 p.commit_sent = p.commit_sent.max(commit);
                 (p.id, commit)
             };
-            self.send(
-                to,
-                Body::Heartbeat {
-                    commit,
-                    round,
-                    sent_tick: self.now_tick,
-                },
-            );
+            self.send(to, Body::Heartbeat { commit, round, sent_tick: self.now_tick });
         }
         self.check_reads();
     }
@@ -1610,15 +1496,7 @@ impl Node {
         }
         p.commit_sent = p.commit_sent.max(commit.min(prev_index + n));
         let to = p.id;
-        self.send(
-            to,
-            Body::Append {
-                prev_index,
-                prev_term,
-                entries,
-                commit,
-            },
-        );
+        self.send(to, Body::Append { prev_index, prev_term, entries, commit });
         !probing
     }
 
@@ -1749,10 +1627,7 @@ impl Node {
             let r = if v.id == self.id {
                 self.hb_round
             } else {
-                self.progress
-                    .iter()
-                    .find(|p| p.id == v.id)
-                    .map_or(0, |p| p.acked_round)
+                self.progress.iter().find(|p| p.id == v.id).map_or(0, |p| p.acked_round)
             };
             self.scratch.push(r);
         }
@@ -1765,10 +1640,7 @@ impl Node {
             if r.round > confirmed {
                 break;
             }
-            self.ready.replies.push(Reply::ReadReady {
-                id: r.id,
-                index: r.index,
-            });
+            self.ready.replies.push(Reply::ReadReady { id: r.id, index: r.index });
             self.reads.pop_front();
         }
     }
@@ -1780,12 +1652,7 @@ impl Node {
     }
 
     fn send_with_term(&mut self, to: NodeId, term: Term, body: Body) {
-        let m = Message {
-            from: self.id,
-            to,
-            term,
-            body,
-        };
+        let m = Message { from: self.id, to, term, body };
         if self.hs_pending {
             if self.held.len() >= self.cfg.max_held_messages {
                 self.held.pop_front();

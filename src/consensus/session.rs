@@ -41,10 +41,7 @@ impl SessionHasherBuilder {
 impl BuildHasher for SessionHasherBuilder {
     type Hasher = SessionHasher;
     fn build_hasher(&self) -> SessionHasher {
-        SessionHasher {
-            key: self.key,
-            state: 0,
-        }
+        SessionHasher { key: self.key, state: 0 }
     }
 }
 
@@ -165,10 +162,7 @@ impl SessionTable {
     /// What is known about `(session, sequence)` in the committed log.
     pub fn lookup(&self, session: u64, sequence: u64) -> Lookup {
         match self.records.get(&session) {
-            Some(r) if r.sequence == sequence => Lookup::Committed {
-                index: r.index,
-                term: r.term,
-            },
+            Some(r) if r.sequence == sequence => Lookup::Committed { index: r.index, term: r.term },
             Some(r) if r.sequence > sequence => Lookup::Stale { latest: r.sequence },
             _ => Lookup::New,
         }
@@ -181,11 +175,7 @@ impl SessionTable {
         if e.index <= self.applied_index {
             return true;
         }
-        debug_assert_eq!(
-            e.index,
-            self.applied_index + 1,
-            "session table skipped an index"
-        );
+        debug_assert_eq!(e.index, self.applied_index + 1, "session table skipped an index");
         self.applied_index = e.index;
         let mut fresh = true;
         if e.kind == EntryKind::Normal && e.session != 0 {
@@ -229,11 +219,7 @@ impl SessionTable {
     }
 
     fn evict_least_recent(&mut self) {
-        let victim = self
-            .records
-            .values()
-            .min_by_key(|r| (r.index, r.session))
-            .map(|r| r.session);
+        let victim = self.records.values().min_by_key(|r| (r.index, r.session)).map(|r| r.session);
         if let Some(s) = victim {
             self.records.remove(&s);
         }
@@ -246,14 +232,7 @@ mod tests {
     use bytes::Bytes;
 
     fn e(index: Index, session: u64, sequence: u64) -> Entry {
-        Entry {
-            index,
-            term: 1,
-            kind: EntryKind::Normal,
-            session,
-            sequence,
-            data: Bytes::new(),
-        }
+        Entry { index, term: 1, kind: EntryKind::Normal, session, sequence, data: Bytes::new() }
     }
 
     #[test]
@@ -272,9 +251,6 @@ mod tests {
         for i in 6..=512 {
             t.apply(&e(i, 0, 0));
         }
-        assert!(
-            t.is_empty(),
-            "sessions idle for 300 entries expire at the sweep"
-        );
+        assert!(t.is_empty(), "sessions idle for 300 entries expire at the sweep");
     }
 }

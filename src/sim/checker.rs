@@ -130,11 +130,7 @@ pub struct CheckerStats {
 
 impl Checker {
     fn violate(&mut self, kind: ViolationKind, detail: String) {
-        self.violations.push(Violation {
-            kind,
-            step: self.step,
-            detail,
-        });
+        self.violations.push(Violation { kind, step: self.step, detail });
     }
 
     /// A node wrote `entries` to its log; `prev_term` is the term of the entry before the
@@ -170,17 +166,12 @@ impl Checker {
         let id = EntryId::of(e);
         match &self.committed[i - 1] {
             None => {
-                self.committed[i - 1] = Some(Committed {
-                    id,
-                    commit_term: term,
-                    acked: false,
-                });
+                self.committed[i - 1] = Some(Committed { id, commit_term: term, acked: false });
                 self.max_committed = self.max_committed.max(e.index);
                 if e.kind == EntryKind::Normal
                     && e.session != 0
-                    && let Some(j) = self
-                        .committed_sessions
-                        .insert((e.session, e.sequence), e.index)
+                    && let Some(j) =
+                        self.committed_sessions.insert((e.session, e.sequence), e.index)
                     && j != e.index
                 {
                     let detail = format!(
@@ -201,11 +192,7 @@ impl Checker {
                     id,
                     e.index,
                     c.id,
-                    if c.acked {
-                        " and acknowledged to its client"
-                    } else {
-                        ""
-                    }
+                    if c.acked { " and acknowledged to its client" } else { "" }
                 );
                 self.violate(kind, detail);
             }
@@ -216,13 +203,9 @@ impl Checker {
     /// A reply told a client that `(session, sequence)` is committed at `index`.
     pub fn on_ack(&mut self, session: u64, sequence: u64, index: Index, term: Term) {
         self.stats.acks += 1;
-        let ok = self
-            .committed
-            .get(index as usize - 1)
-            .and_then(|c| c.as_ref())
-            .is_some_and(|c| {
-                c.id.session == session && c.id.sequence == sequence && c.id.term == term
-            });
+        let ok = self.committed.get(index as usize - 1).and_then(|c| c.as_ref()).is_some_and(|c| {
+            c.id.session == session && c.id.sequence == sequence && c.id.term == term
+        });
         if !ok {
             let detail = format!(
                 "(session {session}, seq {sequence}) acknowledged at ({index}, term {term}) \

@@ -160,17 +160,11 @@ pub fn run(args: &SimArgs) -> ExitCode {
 }
 
 fn report_failure(r: &SimReport, replicas: usize, args: &SimArgs) {
-    println!(
-        "=== VIOLATION at seed {} ({} replicas) ===",
-        r.seed, replicas
-    );
+    println!("=== VIOLATION at seed {} ({} replicas) ===", r.seed, replicas);
     for v in &r.violations {
         println!("step {}: {}: {}", v.step, v.kind, v.detail);
     }
-    println!(
-        "replay: {}",
-        replay_command(r.seed, replicas, args.steps, &args.bugs)
-    );
+    println!("replay: {}", replay_command(r.seed, replicas, args.steps, &args.bugs));
     // Replay with tracing on (same seed, same execution) to show how it got there.
     let mut o = SimOptions::new(r.seed, replicas, args.steps);
     o.bugs = parse_bugs(&args.bugs).unwrap_or_default();

@@ -195,11 +195,7 @@ impl Disk {
             let base = self.base();
             assert!(w.first_index > base, "write into the snapshot");
             let keep = (w.first_index - base - 1) as usize;
-            assert!(
-                self.entries.len() >= keep,
-                "disk write leaves a hole at {}",
-                w.first_index
-            );
+            assert!(self.entries.len() >= keep, "disk write leaves a hole at {}", w.first_index);
             self.entries.truncate(keep);
             let n = torn_keep.unwrap_or(w.entries.len()).min(w.entries.len());
             self.entries.extend_from_slice(&w.entries[..n]);
@@ -285,11 +281,7 @@ impl Sim {
         let voters: Vec<(NodeId, u8)> = (1..=n as NodeId)
             .map(|id| {
                 let p = if with_priority {
-                    if n >= 5 && id == n as NodeId {
-                        0
-                    } else {
-                        1 + rng.below(3) as u8
-                    }
+                    if n >= 5 && id == n as NodeId { 0 } else { 1 + rng.below(3) as u8 }
                 } else {
                     1
                 };
@@ -300,10 +292,7 @@ impl Sim {
         // Vary the protocol settings across seeds: small batches and windows open the
         // windows the classic bugs need; PreVote and CheckQuorum off exercise the plain
         // protocol.
-        let mut cfg = Config {
-            bugs: opts.bugs,
-            ..Config::default()
-        };
+        let mut cfg = Config { bugs: opts.bugs, ..Config::default() };
         if rng.chance_ppm(300_000) {
             cfg.max_batch_bytes = [40, 128][rng.below(2) as usize];
             cfg.max_inflight_msgs = 1 + rng.below(4) as usize;
@@ -320,10 +309,7 @@ impl Sim {
             cfg.lease_read = false;
         }
         if let Some(c) = &opts.config {
-            cfg = Config {
-                bugs: opts.bugs,
-                ..c.clone()
-            };
+            cfg = Config { bugs: opts.bugs, ..c.clone() };
         }
         let mut sim = Self {
             cfg: cfg.clone(),
@@ -355,11 +341,7 @@ impl Sim {
             let id = i as NodeId + 1;
             let tick_us = sim.skewed_tick();
             let seed = sim.rng.next_u64();
-            let start = if i < n {
-                initial.clone()
-            } else {
-                Membership::default()
-            };
+            let start = if i < n { initial.clone() } else { Membership::default() };
             sim.nodes.push(SimNode {
                 id,
                 core: Some(Node::new(id, cfg.clone(), start.clone(), seed)),
@@ -411,11 +393,7 @@ impl Sim {
 
     fn schedule(&mut self, after_us: u64, kind: EventKind) {
         self.seq += 1;
-        self.events.push(Event {
-            at_us: self.now_us + after_us,
-            seq: self.seq,
-            kind,
-        });
+        self.events.push(Event { at_us: self.now_us + after_us, seq: self.seq, kind });
     }
 
     fn fault(&mut self, kind: &'static str) {
@@ -494,11 +472,8 @@ impl Sim {
     }
 
     fn live(&self) -> bool {
-        let leader = self
-            .nodes
-            .iter()
-            .filter_map(|n| n.core.as_ref())
-            .any(|c| c.role() == Role::Leader);
+        let leader =
+            self.nodes.iter().filter_map(|n| n.core.as_ref()).any(|c| c.role() == Role::Leader);
         leader && self.clients.iter().all(|c| c.done_after_quiet >= 2)
     }
 
@@ -515,21 +490,14 @@ impl Sim {
                     c.commit_index(),
                     c.last_index(),
                     c.log_term(c.last_index()).unwrap_or(0),
-                    c.membership()
-                        .voters
-                        .iter()
-                        .map(|v| (v.id, v.priority))
-                        .collect::<Vec<_>>(),
+                    c.membership().voters.iter().map(|v| (v.id, v.priority)).collect::<Vec<_>>(),
                     c.membership().learners
                 ),
                 None => format!("n{}:down", n.id),
             })
             .collect();
-        let clients: Vec<String> = self
-            .clients
-            .iter()
-            .map(|c| format!("s{}:{:?}", c.session, c.op))
-            .collect();
+        let clients: Vec<String> =
+            self.clients.iter().map(|c| format!("s{}:{:?}", c.session, c.op)).collect();
         format!(
             "no progress {} ms after faults stopped; nodes {}; clients {}",
             self.opts.liveness_bound_us / 1000,
@@ -596,11 +564,7 @@ impl Sim {
                             out.len()
                         )
                     });
-                    self.nodes[node]
-                        .core
-                        .as_mut()
-                        .expect("up")
-                        .on_fetched(fetch.lo, out);
+                    self.nodes[node].core.as_mut().expect("up").on_fetched(fetch.lo, out);
                     self.drain(node);
                 }
             }
@@ -621,15 +585,7 @@ impl Sim {
             return;
         }
         self.messages += 1;
-        self.log(|| {
-            format!(
-                "deliver {} -> {} t{} {}",
-                m.from,
-                m.to,
-                m.term,
-                body_str(&m)
-            )
-        });
+        self.log(|| format!("deliver {} -> {} t{} {}", m.from, m.to, m.term, body_str(&m)));
         self.nodes[to].core.as_mut().expect("up").step(m);
         self.drain(to);
     }
@@ -731,14 +687,7 @@ impl Sim {
         for fetch in rd.fetches {
             let epoch = self.nodes[i].epoch;
             let d = 100 + self.rng.below(2_000);
-            self.schedule(
-                d,
-                EventKind::Fetch {
-                    node: i,
-                    epoch,
-                    fetch,
-                },
-            );
+            self.schedule(d, EventKind::Fetch { node: i, epoch, fetch });
         }
         // The worst moment to crash: a leader just advanced its commit index, its next
         // flush (say, the entries of its own term) is still in flight.
@@ -758,11 +707,7 @@ impl Sim {
         if self.nodes[i].epoch != epoch || self.nodes[i].core.is_none() {
             return;
         }
-        let f = self.nodes[i]
-            .disk
-            .pending
-            .pop_front()
-            .expect("flush completion without a flush");
+        let f = self.nodes[i].disk.pending.pop_front().expect("flush completion without a flush");
         self.nodes[i].disk.apply(&f, None);
         let core = self.nodes[i].core.as_mut().expect("up");
         if let Some(hs) = f.hard_state {
@@ -798,11 +743,7 @@ impl Sim {
             // A torn write: its truncation and a prefix of its entries landed.
             if f.snapshot.is_none() {
                 self.nodes[i].disk.apply(
-                    &Flush {
-                        snapshot: None,
-                        write: Some(w.clone()),
-                        hard_state: None,
-                    },
+                    &Flush { snapshot: None, write: Some(w.clone()), hard_state: None },
                     Some(keep),
                 );
                 self.fault("torn-write");
@@ -811,10 +752,7 @@ impl Sim {
         self.nodes[i].disk.last_done_us = 0;
         let id = self.nodes[i].id;
         self.log(|| {
-            format!(
-                "CRASH node {id} ({landed} of {} pending flushes landed)",
-                pending.len()
-            )
+            format!("CRASH node {id} ({landed} of {} pending flushes landed)", pending.len())
         });
     }
 
@@ -957,24 +895,15 @@ impl Sim {
         let target = 1 + self.rng.below(total);
         let priority = self.rng.below(3) as u8 + u8::from(self.rng.chance_ppm(800_000));
         let remove = self.rng.chance_ppm(700_000);
-        let core = self.nodes[l as usize - 1]
-            .core
-            .as_mut()
-            .expect("leader is up");
+        let core = self.nodes[l as usize - 1].core.as_mut().expect("leader is up");
         let m = core.membership();
         let change = if m.is_learner(target) {
-            ConfChange::Promote {
-                id: target,
-                priority,
-            }
+            ConfChange::Promote { id: target, priority }
         } else if m.is_voter(target) {
             if m.voters.len() > 3 && remove {
                 ConfChange::Remove { id: target }
             } else {
-                ConfChange::SetPriority {
-                    id: target,
-                    priority,
-                }
+                ConfChange::SetPriority { id: target, priority }
             }
         } else {
             ConfChange::AddLearner { id: target }
@@ -1002,18 +931,12 @@ impl Sim {
                     v.extend_from_slice(&cl.session.to_le_bytes());
                     v.extend_from_slice(&seq.to_le_bytes());
                     v.resize(len, (seq % 251) as u8);
-                    Op::Propose {
-                        seq,
-                        data: Bytes::from(v),
-                    }
+                    Op::Propose { seq, data: Bytes::from(v) }
                 } else {
                     let cl = &mut self.clients[c];
                     let id = cl.session << 32 | cl.next_read_id;
                     cl.next_read_id += 1;
-                    Op::Read {
-                        id,
-                        floor: self.checker.max_committed,
-                    }
+                    Op::Read { id, floor: self.checker.max_committed }
                 };
                 self.clients[c].op = Some(op);
                 self.clients[c].started_at_us = self.now_us;
@@ -1050,16 +973,9 @@ impl Sim {
         let session = self.clients[c].session;
         match op {
             Op::Propose { seq, data } => {
-                let r = self.nodes[t]
-                    .core
-                    .as_mut()
-                    .expect("up")
-                    .propose(session, seq, data);
+                let r = self.nodes[t].core.as_mut().expect("up").propose(session, seq, data);
                 self.log(|| {
-                    format!(
-                        "client s{session} propose seq {seq} at node {}: {r:?}",
-                        t + 1
-                    )
+                    format!("client s{session} propose seq {seq} at node {}: {r:?}", t + 1)
                 });
                 match r {
                     Ok(Proposed::Duplicate { index, term }) => {
@@ -1114,12 +1030,7 @@ impl Sim {
 
     fn on_reply(&mut self, node: usize, r: Reply) {
         match r {
-            Reply::Committed {
-                session,
-                sequence,
-                index,
-                term,
-            } => {
+            Reply::Committed { session, sequence, index, term } => {
                 self.checker.on_ack(session, sequence, index, term);
                 if let Some(c) = self.client_of_session(session)
                     && matches!(self.clients[c].op, Some(Op::Propose { seq, .. }) if seq == sequence)
@@ -1127,11 +1038,7 @@ impl Sim {
                     self.client_done(c);
                 }
             }
-            Reply::Abandoned {
-                session,
-                sequence,
-                leader_hint,
-            } => {
+            Reply::Abandoned { session, sequence, leader_hint } => {
                 if let Some(c) = self.client_of_session(session)
                     && matches!(self.clients[c].op, Some(Op::Propose { seq, .. }) if seq == sequence)
                 {
@@ -1144,8 +1051,7 @@ impl Sim {
                     && let Some(Op::Read { id: rid, floor }) = self.clients[c].op
                     && rid == id
                 {
-                    self.checker
-                        .on_read(self.nodes[node].id, index, floor, false);
+                    self.checker.on_read(self.nodes[node].id, index, floor, false);
                     self.client_done(c);
                 }
             }
@@ -1263,12 +1169,7 @@ impl Sim {
 fn body_str(m: &Message) -> String {
     use crate::consensus::Body;
     match &m.body {
-        Body::Append {
-            prev_index,
-            prev_term,
-            entries,
-            commit,
-        } => format!(
+        Body::Append { prev_index, prev_term, entries, commit } => format!(
             "Append prev=({prev_index},t{prev_term}) entries={} commit={commit}",
             match (entries.first(), entries.last()) {
                 (Some(a), Some(b)) =>
