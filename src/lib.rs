@@ -15,6 +15,7 @@ pub mod bench;
 pub mod consensus;
 pub mod frame;
 pub mod log;
+pub mod node;
 pub mod sim;
 pub mod tools;
 pub mod wire;
