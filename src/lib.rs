@@ -12,6 +12,7 @@
 //! - [`bench`]: the benchmarks behind `corelog bench`.
 
 pub mod bench;
+pub mod client;
 pub mod consensus;
 pub mod frame;
 pub mod log;

@@ -1,2 +1,200 @@
 //! The node runtime: consensus groups on pinned executors, wired to their logs and peers.
+//!
+//! One glommio executor per core (pinned when `pin` is set). Group `g` lives on core
+//! `g % cores`: its log, hard state, consensus core and timers belong to that executor. Core
+//! `i` talks only to core `i` of the other nodes (see [`peer`]), and serves the clients of its
+//! groups on its own client port (client port + `i`): connections reach the right core by
+//! port, not by a hand-off at accept, so no connection and no byte ever crosses cores. A
+//! request that arrives at the wrong core is answered with the right port.
+//!
+//! Inside a core everything is single-threaded: per group one driver task owns the core and
+//! the log ([`group`]); peer readers, client connections, the tick timer and log completions
+//! reach it through its inbox.
+//!
+//! Copies of an appended payload, from the client's socket to a follower's disk: the kernel
+//! copies it into the leader's receive buffer; the leader copies it into its log's aligned
+//! write buffer (1) and into the frame it sends to each follower (2, see [`codec`]); the kernel
+//! copies it to and from the socket; the follower copies it from its receive buffer into its
+//! log's write buffer (3). Three copies in user space, none per entry in the protocol core.
+
 pub mod codec;
+pub mod config;
+mod group;
+pub mod inbox;
+mod peer;
+pub mod proto;
+mod server;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+pub use config::{NodeConfig, PeerConfig};
+use group::{GroupDriver, GroupHandle, Input};
+use peer::Peers;
+
+/// What one core shares among its tasks.
+pub(crate) struct CoreCtx {
+    cfg: Rc<NodeConfig>,
+    core: usize,
+    groups: RefCell<HashMap<u64, Rc<GroupHandle>>>,
+    stop: Rc<Cell<bool>>,
+    client_connections: Cell<usize>,
+    errors_unknown_group: Cell<u64>,
+}
+
+impl CoreCtx {
+    fn group(&self, g: u64) -> Option<Rc<GroupHandle>> {
+        self.groups.borrow().get(&g).cloned()
+    }
+}
+
+/// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
+pub struct NodeHandle {
+    stop: Arc<AtomicBool>,
+    threads: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>,
+}
+
+impl NodeHandle {
+    /// Stops accepting, lets in-flight flushes finish, closes the logs, and waits.
+    pub fn shutdown(self) -> Result<(), String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.wait()
+    }
+
+    /// Waits until the node stops (after a shutdown request from elsewhere).
+    pub fn wait(self) -> Result<(), String> {
+        let mut first_err = None;
+        for t in self.threads {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => first_err = first_err.or(Some(e)),
+                Err(e) => first_err = first_err.or(Some(e.to_string())),
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// The flag that stops the node when set (for signal handlers).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+}
+
+/// Starts a node: one executor per core, each opening (recovering) its groups and binding its
+/// ports before this returns.
+pub fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
+    cfg.validate()?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| format!("creating {}: {e}", cfg.data_dir.display()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let mut threads = Vec::new();
+    for core in 0..cfg.cores {
+        let placement =
+            if cfg.pin { glommio::Placement::Fixed(core) } else { glommio::Placement::Unbound };
+        let (cfg, stop, ready_tx) = (cfg.clone(), stop.clone(), ready_tx.clone());
+        let io_memory = crate::log::LogConfig {
+            flush_bytes_max: cfg.flush_bytes_max,
+            ..crate::log::LogConfig::new(0)
+        }
+        .dma_memory_bytes()
+            * (cfg.groups as usize).div_ceil(cfg.cores).max(1);
+        let t = glommio::LocalExecutorBuilder::new(placement)
+            .name(&format!("corelog-{}-{core}", cfg.node_id))
+            .io_memory(io_memory)
+            .spawn(move || async move { run_core(cfg, core, stop, ready_tx).await })
+            .map_err(|e| format!("starting core {core}: {e}"))?;
+        threads.push(t);
+    }
+    drop(ready_tx);
+    for _ in 0..cfg.cores {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                stop.store(true, Ordering::SeqCst);
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(e);
+            }
+            Err(_) => return Err("a core stopped while starting".into()),
+        }
+    }
+    Ok(NodeHandle { stop, threads })
+}
+
+async fn run_core(
+    cfg: NodeConfig,
+    core: usize,
+    stop_all: Arc<AtomicBool>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) -> Result<(), String> {
+    let cfg = Rc::new(cfg);
+    let stop = Rc::new(Cell::new(false));
+    let me = cfg.me().clone();
+    let bind = |mut a: std::net::SocketAddr| {
+        a.set_port(a.port() + core as u16);
+        glommio::net::TcpListener::bind(a).map_err(|e| format!("binding {a}: {e}"))
+    };
+    let listeners = bind(me.peer_addr).and_then(|p| Ok((p, bind(me.client_addr)?)));
+    let (peer_listener, client_listener) = match listeners {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(e.clone()));
+            return Err(e);
+        }
+    };
+    let peers = Peers::start(&cfg, core, stop.clone());
+    let ctx = Rc::new(CoreCtx {
+        cfg: cfg.clone(),
+        core,
+        groups: RefCell::new(HashMap::new()),
+        stop: stop.clone(),
+        client_connections: Cell::new(0),
+        errors_unknown_group: Cell::new(0),
+    });
+    let mut drivers = Vec::new();
+    for g in (core as u64..cfg.groups).step_by(cfg.cores) {
+        let handle = Rc::new(GroupHandle { inbox: Default::default() });
+        match GroupDriver::open(g, cfg.clone(), handle.clone(), peers.clone()).await {
+            Ok(d) => {
+                ctx.groups.borrow_mut().insert(g, handle);
+                drivers.push(glommio::spawn_local(d.run()));
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e.clone()));
+                stop.set(true);
+                peers.wake_all();
+                return Err(e);
+            }
+        }
+    }
+    let peer_server = glommio::spawn_local(peer::serve(ctx.clone(), peer_listener));
+    let client_server = glommio::spawn_local(server::serve(ctx.clone(), client_listener));
+    let _ = ready.send(Ok(()));
+    // The tick: every group on this core, every `tick_ms`; also watches for shutdown.
+    let tick = Duration::from_millis(cfg.tick_ms);
+    while !stop_all.load(Ordering::SeqCst) {
+        glommio::timer::sleep(tick).await;
+        for g in ctx.groups.borrow().values() {
+            g.inbox.push(Input::Tick);
+        }
+    }
+    // Shutdown: stop accepting, stop the drivers (each closes its log after its in-flight
+    // flushes), then the links.
+    stop.set(true);
+    for g in ctx.groups.borrow().values() {
+        g.inbox.close();
+    }
+    for d in drivers {
+        d.await;
+    }
+    peers.wake_all();
+    peer_server.await;
+    client_server.await;
+    Ok(())
+}

@@ -1,0 +1,570 @@
+//! The driver of one consensus group on its core: it owns the pure core, the log and the hard
+//! state, takes every input from one [`Inbox`], and executes the core's outputs in order:
+//! writes (snapshot, truncation, entries, hard state), then messages, then replies.
+//!
+//! Inputs that arrive together (a burst of client appends, several peer messages) are handed to
+//! the core before one `take_ready`, so they become one batch: one frame for the log, one append
+//! per follower. The log's group commit and the transport's batching do the rest.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use super::config::NodeConfig;
+use super::inbox::Inbox;
+use super::peer::Peers;
+use super::proto::{ResponseMeta, Status};
+use super::server::ClientConn;
+use crate::consensus::{
+    self, Entry, EntryKind as CoreKind, Membership, Message, Node, Proposed, Ready, Reply,
+    RestartState, Role, Snapshot,
+};
+use crate::frame::{EntryKind, EntryRef};
+use crate::log::{HardState, HardStateFile, Log, LogConfig, LogError};
+
+/// Where a client response goes.
+#[derive(Clone)]
+pub(crate) struct ReplyTo {
+    pub conn: Rc<ClientConn>,
+    pub id: u64,
+}
+
+impl ReplyTo {
+    pub fn send(&self, group: u64, meta: ResponseMeta, payload: &[u8]) {
+        self.conn.respond(group, self.id, meta, payload);
+    }
+}
+
+/// Inputs of a group driver.
+pub(crate) enum Input {
+    Peer(Message),
+    Tick,
+    Durable { index: u64, term: u64 },
+    Failed(LogError),
+    Fetched { lo: u64, entries: Vec<Entry> },
+    Append { entries: Vec<(u64, u64, Bytes)>, reply: ReplyTo },
+    Status { reply: ReplyTo },
+    Read { lo: u64, hi: u64, max_bytes: usize, reply: ReplyTo },
+    Trim { index: u64, reply: ReplyTo },
+}
+
+/// A client append waiting for its entries to commit.
+struct PendingAppend {
+    reply: ReplyTo,
+    positions: RefCell<Vec<(u64, u64)>>,
+    remaining: Cell<usize>,
+}
+
+/// The handle other tasks of the core use to reach a group.
+pub(crate) struct GroupHandle {
+    pub inbox: Inbox<Input>,
+}
+
+pub(crate) struct GroupDriver {
+    group: u64,
+    cfg: Rc<NodeConfig>,
+    node: Node,
+    log: Log,
+    hs_file: HardStateFile,
+    /// The snapshot the log restarts from (persisted in the hard-state blob).
+    snapshot_meta: Option<(u64, u64, Membership)>,
+    handle: Rc<GroupHandle>,
+    peers: Rc<Peers>,
+    pending: HashMap<(u64, u64), (Rc<PendingAppend>, usize)>,
+    commit: u64,
+}
+
+fn encode_snapshot_meta(index: u64, term: u64, m: &Membership) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&index.to_le_bytes());
+    v.extend_from_slice(&term.to_le_bytes());
+    v.extend_from_slice(&m.encode());
+    v
+}
+
+fn decode_snapshot_meta(b: &[u8]) -> Option<(u64, u64, Membership)> {
+    let index = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
+    let term = u64::from_le_bytes(b.get(8..16)?.try_into().ok()?);
+    Some((index, term, Membership::decode(b.get(16..)?)?))
+}
+
+impl GroupDriver {
+    /// Opens the group's log and hard state, recovers, and builds the core.
+    pub async fn open(
+        group: u64,
+        cfg: Rc<NodeConfig>,
+        handle: Rc<GroupHandle>,
+        peers: Rc<Peers>,
+    ) -> Result<GroupDriver, String> {
+        let dir = cfg.data_dir.join(format!("group-{group}"));
+        let log_cfg = LogConfig {
+            segment_bytes: cfg.segment_bytes,
+            flush_bytes_max: cfg.flush_bytes_max,
+            ..LogConfig::new(group)
+        };
+        let (log, _) = Log::open(&dir, log_cfg).await.map_err(|e| format!("group {group}: {e}"))?;
+        let (hs_file, hs) =
+            HardStateFile::open(&dir, group).await.map_err(|e| format!("group {group}: {e}"))?;
+        let initial =
+            Membership::with_voters(&cfg.members.iter().map(|m| (m.id, 1u8)).collect::<Vec<_>>());
+        let core_cfg = consensus::Config {
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            ..consensus::Config::default()
+        };
+        let mut snapshot_meta = None;
+        let mut restart = RestartState::default();
+        if let Some(hs) = &hs {
+            restart.hard_state =
+                consensus::HardState { term: hs.term, vote: (hs.vote != 0).then_some(hs.vote) };
+            if !hs.blob.is_empty() {
+                let (index, term, membership) =
+                    decode_snapshot_meta(&hs.blob).ok_or_else(|| {
+                        format!("group {group}: unreadable snapshot metadata in the hard state")
+                    })?;
+                restart.snapshot = Some(Snapshot {
+                    index,
+                    term,
+                    membership: membership.clone(),
+                    ..Snapshot::default()
+                });
+                snapshot_meta = Some((index, term, membership));
+            }
+        }
+        // The durable entries after the snapshot, as the core's entries (data copied out of
+        // the read buffers once, at start).
+        let from = snapshot_meta.as_ref().map_or(1, |s| s.0 + 1).max(log.first_index());
+        let mut next = from;
+        while next <= log.last_index() {
+            let frames = log
+                .read(next, log.last_index(), 4 << 20)
+                .await
+                .map_err(|e| format!("group {group}: {e}"))?;
+            for f in &frames {
+                let term = f.frame().term();
+                for e in f.entries() {
+                    restart.entries.push(Entry {
+                        index: e.index,
+                        term,
+                        kind: CoreKind::from_u8(e.kind as u8).expect("valid kind"),
+                        session: e.session,
+                        sequence: e.seq,
+                        data: Bytes::copy_from_slice(e.data),
+                    });
+                    next = e.index + 1;
+                }
+            }
+        }
+        let seed =
+            cfg.node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ group ^ std::process::id() as u64;
+        let node = if hs.is_none() && restart.entries.is_empty() {
+            Node::new(cfg.node_id, core_cfg, initial, seed)
+        } else {
+            Node::restart(cfg.node_id, core_cfg, initial, seed, restart)
+        };
+        let commit = node.commit_index();
+        Ok(GroupDriver {
+            group,
+            cfg,
+            node,
+            log,
+            hs_file,
+            snapshot_meta,
+            handle,
+            peers,
+            pending: HashMap::new(),
+            commit,
+        })
+    }
+
+    /// Runs until the inbox is closed, then closes the log.
+    pub async fn run(mut self) {
+        let mut batch = Vec::new();
+        while self.handle.inbox.drain_into(&mut batch).await {
+            for input in batch.drain(..) {
+                self.handle_input(input).await;
+            }
+            loop {
+                let ready = self.node.take_ready();
+                if ready.is_empty() {
+                    break;
+                }
+                if let Err(e) = self.execute(ready).await {
+                    tracing::error!(group = self.group, error = %e, "log write failed; the group stops");
+                    self.fail_all(&e.to_string());
+                    let _ = self.log.clone().close().await;
+                    return;
+                }
+            }
+        }
+        let _ = self.log.clone().close().await;
+    }
+
+    fn leader_hint(&self) -> u64 {
+        self.node.leader().unwrap_or(0)
+    }
+
+    fn not_leader(&self, reply: &ReplyTo) {
+        let leader = self.leader_hint();
+        let addr = self
+            .cfg
+            .members
+            .iter()
+            .find(|m| m.id == leader)
+            .map(|m| m.client_addr.to_string())
+            .unwrap_or_default();
+        reply.send(self.group, ResponseMeta::new(Status::NotLeader, leader, 0, 0), addr.as_bytes());
+    }
+
+    async fn handle_input(&mut self, input: Input) {
+        match input {
+            Input::Peer(m) => {
+                if m.to == self.cfg.node_id {
+                    self.node.step(m);
+                }
+            }
+            Input::Tick => self.node.tick(),
+            Input::Durable { index, term } => self.node.on_entries_durable(index, term),
+            Input::Failed(e) => {
+                tracing::error!(group = self.group, error = %e, "a log flush failed");
+                self.fail_all(&e.to_string());
+                self.handle.inbox.close();
+            }
+            Input::Fetched { lo, entries } => self.node.on_fetched(lo, entries),
+            Input::Append { entries, reply } => self.propose(entries, reply),
+            Input::Status { reply } => {
+                let text = self.status_json();
+                reply.send(
+                    self.group,
+                    ResponseMeta::new(
+                        Status::Ok,
+                        self.leader_hint(),
+                        self.node.term(),
+                        self.commit,
+                    ),
+                    text.as_bytes(),
+                );
+            }
+            Input::Read { lo, hi, max_bytes, reply } => {
+                let hi = hi.min(self.commit);
+                let log = self.log.clone();
+                let group = self.group;
+                let (leader, commit) = (self.leader_hint(), self.commit);
+                glommio::spawn_local(async move {
+                    if lo > hi {
+                        reply.send(group, ResponseMeta::new(Status::Ok, leader, commit, 0), &[]);
+                        return;
+                    }
+                    match log.read(lo, hi, max_bytes).await {
+                        Ok(frames) => {
+                            let mut payload = Vec::new();
+                            for f in &frames {
+                                payload.extend_from_slice(f.bytes());
+                            }
+                            reply.send(
+                                group,
+                                ResponseMeta::new(Status::Ok, leader, commit, frames.len() as u64),
+                                &payload,
+                            );
+                        }
+                        Err(e) => reply.send(
+                            group,
+                            ResponseMeta::new(Status::BadRequest, leader, commit, 0),
+                            e.to_string().as_bytes(),
+                        ),
+                    }
+                })
+                .detach();
+            }
+            Input::Trim { index, reply } => {
+                let index = index.min(self.commit);
+                match self.node.trim(index, Bytes::new()) {
+                    Some(s) => {
+                        self.snapshot_meta = Some((s.index, s.term, s.membership.clone()));
+                        // The snapshot metadata must be durable before the prefix goes.
+                        let saved = self.save_hard_state(self.node.hard_state()).await;
+                        let log = self.log.clone();
+                        let group = self.group;
+                        let leader = self.leader_hint();
+                        glommio::spawn_local(async move {
+                            let r = match saved {
+                                Ok(()) => log.trim_before(index + 1).await,
+                                Err(e) => Err(e),
+                            };
+                            match r {
+                                Ok(()) => reply.send(
+                                    group,
+                                    ResponseMeta::new(Status::Ok, leader, index, log.first_index()),
+                                    &[],
+                                ),
+                                Err(e) => reply.send(
+                                    group,
+                                    ResponseMeta::new(Status::Failed, leader, 0, 0),
+                                    e.to_string().as_bytes(),
+                                ),
+                            }
+                        })
+                        .detach();
+                    }
+                    None => reply.send(
+                        self.group,
+                        ResponseMeta::new(
+                            Status::Ok,
+                            self.leader_hint(),
+                            index,
+                            self.log.first_index(),
+                        ),
+                        &[],
+                    ),
+                }
+            }
+        }
+    }
+
+    fn propose(&mut self, entries: Vec<(u64, u64, Bytes)>, reply: ReplyTo) {
+        if self.node.role() != Role::Leader {
+            self.not_leader(&reply);
+            return;
+        }
+        let n = entries.len();
+        let pa = Rc::new(PendingAppend {
+            reply,
+            positions: RefCell::new(vec![(0, 0); n]),
+            remaining: Cell::new(n),
+        });
+        for (k, (session, seq, data)) in entries.into_iter().enumerate() {
+            match self.node.propose(session, seq, data) {
+                Ok(Proposed::Appended { .. }) | Ok(Proposed::Pending { .. }) => {
+                    self.pending.insert((session, seq), (pa.clone(), k));
+                }
+                Ok(Proposed::Duplicate { index, term }) => self.resolve(&pa, k, index, term),
+                Err(e) => {
+                    // Entries before this one are proposed and will commit; the client retries
+                    // the whole request with the same sessions and sequences, which dedupes them.
+                    let (status, leader) = match &e {
+                        consensus::Error::NotLeader { leader_hint } => {
+                            (Status::NotLeader, leader_hint.unwrap_or(0))
+                        }
+                        consensus::Error::Busy { .. } => (Status::Busy, self.leader_hint()),
+                        consensus::Error::TooLarge { .. } => (Status::TooLarge, self.leader_hint()),
+                        consensus::Error::StaleSequence { .. } => {
+                            (Status::StaleSequence, self.leader_hint())
+                        }
+                        _ => (Status::BadRequest, self.leader_hint()),
+                    };
+                    self.pending.retain(|_, (p, _)| !Rc::ptr_eq(p, &pa));
+                    pa.remaining.set(0);
+                    pa.reply.send(
+                        self.group,
+                        ResponseMeta::new(status, leader, 0, 0),
+                        e.to_string().as_bytes(),
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    fn resolve(&self, pa: &Rc<PendingAppend>, k: usize, index: u64, term: u64) {
+        if pa.remaining.get() == 0 {
+            return;
+        }
+        pa.positions.borrow_mut()[k] = (index, term);
+        pa.remaining.set(pa.remaining.get() - 1);
+        if pa.remaining.get() == 0 {
+            let positions = pa.positions.borrow();
+            let mut payload = Vec::with_capacity(positions.len() * 16);
+            for (i, t) in positions.iter() {
+                payload.extend_from_slice(&i.to_le_bytes());
+                payload.extend_from_slice(&t.to_le_bytes());
+            }
+            pa.reply.send(
+                self.group,
+                ResponseMeta::new(
+                    Status::Ok,
+                    self.cfg.node_id,
+                    self.commit,
+                    positions.len() as u64,
+                ),
+                &payload,
+            );
+        }
+    }
+
+    fn fail_all(&mut self, why: &str) {
+        for (_, (pa, _)) in self.pending.drain() {
+            if pa.remaining.get() > 0 {
+                pa.remaining.set(0);
+                pa.reply.send(
+                    self.group,
+                    ResponseMeta::new(Status::Failed, 0, 0, 0),
+                    why.as_bytes(),
+                );
+            }
+        }
+    }
+
+    async fn execute(&mut self, ready: Ready) -> Result<(), LogError> {
+        let Ready { snapshot, entries, hard_state, messages, commit_index, replies, fetches } =
+            ready;
+        if let Some(s) = &snapshot {
+            self.log.reset(s.index + 1).await?;
+            self.snapshot_meta = Some((s.index, s.term, s.membership.clone()));
+            let hs = self.node.hard_state();
+            self.save_hard_state(hs).await?;
+            if entries.is_none() {
+                self.node.on_entries_durable(s.index, s.term);
+            }
+        }
+        if let Some(w) = entries {
+            if w.first_index <= self.log.last_index() {
+                self.log.truncate_after(w.first_index - 1).await?;
+            }
+            let mut start = 0;
+            let max_frame = self.log_frame_budget();
+            while start < w.entries.len() {
+                let term = w.entries[start].term;
+                let mut end = start + 1;
+                let mut bytes = w.entries[start].data.len() + 24;
+                while end < w.entries.len()
+                    && w.entries[end].term == term
+                    && bytes + w.entries[end].data.len() + 24 + 48 <= max_frame
+                {
+                    bytes += w.entries[end].data.len() + 24;
+                    end += 1;
+                }
+                let refs: Vec<EntryRef<'_>> = w.entries[start..end]
+                    .iter()
+                    .map(|e| EntryRef {
+                        kind: EntryKind::from_code(e.kind.as_u8()).expect("same codes"),
+                        session: e.session,
+                        seq: e.sequence,
+                        data: &e.data,
+                    })
+                    .collect();
+                let r = self.log.append_entries(term, &refs).await?;
+                assert_eq!(
+                    r.first, w.entries[start].index,
+                    "the log and the core disagree on the next index"
+                );
+                start = end;
+            }
+            let last = w.entries.last().expect("non-empty write");
+            let (index, term) = (last.index, last.term);
+            let log = self.log.clone();
+            let handle = self.handle.clone();
+            glommio::spawn_local(async move {
+                match log.wait_durable(index).await {
+                    Ok(()) => handle.inbox.push(Input::Durable { index, term }),
+                    Err(LogError::Truncated { .. }) => {}
+                    Err(e) => handle.inbox.push(Input::Failed(e)),
+                }
+            })
+            .detach();
+        }
+        if let Some(hs) = hard_state {
+            self.save_hard_state(hs).await?;
+            self.node.on_hard_state_durable(hs);
+        }
+        for m in &messages {
+            self.peers.send(self.group, m);
+        }
+        if let Some(c) = commit_index {
+            self.commit = c;
+        }
+        for r in replies {
+            match r {
+                Reply::Committed { session, sequence, index, term } => {
+                    if let Some((pa, k)) = self.pending.remove(&(session, sequence)) {
+                        self.resolve(&pa, k, index, term);
+                    }
+                }
+                Reply::Abandoned { session, sequence, leader_hint } => {
+                    if let Some((pa, _)) = self.pending.remove(&(session, sequence))
+                        && pa.remaining.get() > 0
+                    {
+                        pa.remaining.set(0);
+                        self.pending.retain(|_, (p, _)| !Rc::ptr_eq(p, &pa));
+                        pa.reply.send(
+                            self.group,
+                            ResponseMeta::new(Status::Retry, leader_hint.unwrap_or(0), 0, 0),
+                            b"leadership changed before the append committed; retry",
+                        );
+                    }
+                }
+                Reply::ReadReady { .. } | Reply::ReadFailed { .. } => {}
+            }
+        }
+        for f in fetches {
+            let log = self.log.clone();
+            let handle = self.handle.clone();
+            glommio::spawn_local(async move {
+                let mut entries = Vec::new();
+                if let Ok(frames) = log.read(f.lo, f.hi, f.max_bytes as usize).await {
+                    for fr in &frames {
+                        let term = fr.frame().term();
+                        for e in fr.entries() {
+                            entries.push(Entry {
+                                index: e.index,
+                                term,
+                                kind: CoreKind::from_u8(e.kind as u8).expect("valid kind"),
+                                session: e.session,
+                                sequence: e.seq,
+                                data: Bytes::copy_from_slice(e.data),
+                            });
+                        }
+                    }
+                }
+                handle.inbox.push(Input::Fetched { lo: f.lo, entries });
+            })
+            .detach();
+        }
+        Ok(())
+    }
+
+    fn log_frame_budget(&self) -> usize {
+        self.cfg.flush_bytes_max.min(1 << 20)
+    }
+
+    async fn save_hard_state(&mut self, hs: consensus::HardState) -> Result<(), LogError> {
+        let blob = self
+            .snapshot_meta
+            .as_ref()
+            .map_or_else(Vec::new, |(i, t, m)| encode_snapshot_meta(*i, *t, m));
+        self.hs_file
+            .save(&HardState {
+                term: hs.term,
+                vote: hs.vote.unwrap_or(0),
+                commit: self.commit,
+                blob,
+            })
+            .await
+    }
+
+    fn status_json(&self) -> String {
+        let members: Vec<u64> = self.node.membership().members().collect();
+        let progress: Vec<serde_json::Value> = self
+            .node
+            .progress_match()
+            .into_iter()
+            .map(|(id, m)| serde_json::json!({"node": id, "match_index": m, "lag": self.node.last_index().saturating_sub(m)}))
+            .collect();
+        serde_json::json!({
+            "group": self.group,
+            "node": self.cfg.node_id,
+            "role": format!("{:?}", self.node.role()),
+            "term": self.node.term(),
+            "leader": self.node.leader(),
+            "commit_index": self.commit,
+            "last_index": self.node.last_index(),
+            "durable_index": self.log.durable_index(),
+            "first_index": self.log.first_index(),
+            "members": members,
+            "progress": progress,
+            "cores": self.cfg.cores,
+        })
+        .to_string()
+    }
+}

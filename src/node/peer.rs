@@ -1,0 +1,343 @@
+//! Replication transport between the cores of different nodes.
+//!
+//! Core `i` of a node talks only to core `i` of its peers: core `i` listens on the node's peer
+//! port + `i`, and dials each peer's peer port + `i`. Each node dials each peer once per core
+//! and sends everything for that peer (appends and heartbeats of all its groups on this core)
+//! on that connection; it receives on the connection the peer dialed. So a pair of cores
+//! shares two connections, one per direction. The choice: each sender owns its connection end
+//! to end (reconnect, backoff, queue), there is no tie-break on who dials, and no socket is
+//! shared by a reader task and a writer task.
+//!
+//! A connection starts with `Hello` (cluster id, node id, core, wire version); a mismatch is
+//! answered with an `Error` message and the connection is closed. Messages queued while a
+//! link is down are dropped: consensus retries what matters, and a dead peer cannot make the
+//! queue grow. The queue of a live link is bounded in bytes too.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use zerocopy::byteorder::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use super::CoreCtx;
+use super::group::Input;
+use crate::consensus::Message;
+use crate::frame::FrameLimits;
+use crate::wire::{self, ENVELOPE_LEN, Kind};
+
+/// Meta of `Hello` and `HelloOk`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+struct HelloMeta {
+    cluster_id: U64,
+    node_id: U64,
+    core: U32,
+    reserved: U32,
+}
+
+/// Bytes queued for one peer before further messages are dropped.
+const LINK_QUEUE_BYTES_MAX: usize = 64 << 20;
+
+struct Link {
+    peer: u64,
+    addr: SocketAddr,
+    queue: RefCell<Vec<u8>>,
+    waker: Cell<Option<Waker>>,
+    connected: Cell<bool>,
+    dropped: Cell<u64>,
+}
+
+/// The outbound links of one core.
+pub(crate) struct Peers {
+    links: HashMap<u64, Rc<Link>>,
+}
+
+impl Peers {
+    /// Links to every other member, each driven by its own task.
+    pub fn start(
+        ctx_cfg: &super::config::NodeConfig,
+        core: usize,
+        stop: Rc<Cell<bool>>,
+    ) -> Rc<Peers> {
+        let mut links = HashMap::new();
+        for m in &ctx_cfg.members {
+            if m.id == ctx_cfg.node_id {
+                continue;
+            }
+            let mut addr = m.peer_addr;
+            addr.set_port(addr.port() + core as u16);
+            let link = Rc::new(Link {
+                peer: m.id,
+                addr,
+                queue: RefCell::new(Vec::new()),
+                waker: Cell::new(None),
+                connected: Cell::new(false),
+                dropped: Cell::new(0),
+            });
+            let hello = HelloMeta {
+                cluster_id: U64::new(ctx_cfg.cluster_id),
+                node_id: U64::new(ctx_cfg.node_id),
+                core: U32::new(core as u32),
+                reserved: U32::ZERO,
+            };
+            glommio::spawn_local(drive_link(link.clone(), hello, stop.clone())).detach();
+            links.insert(m.id, link);
+        }
+        Rc::new(Peers { links })
+    }
+
+    /// Queues `m` for its destination; dropped if the link is down or its queue is full.
+    pub fn send(&self, group: u64, m: &Message) {
+        let Some(link) = self.links.get(&m.to) else {
+            return;
+        };
+        if !link.connected.get() {
+            link.dropped.set(link.dropped.get() + 1);
+            return;
+        }
+        let mut q = link.queue.borrow_mut();
+        if q.len() > LINK_QUEUE_BYTES_MAX {
+            link.dropped.set(link.dropped.get() + 1);
+            return;
+        }
+        super::codec::encode(&mut q, group, m);
+        drop(q);
+        if let Some(w) = link.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Wakes every link task (at shutdown).
+    pub fn wake_all(&self) {
+        for l in self.links.values() {
+            if let Some(w) = l.waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+async fn drive_link(link: Rc<Link>, hello: HelloMeta, stop: Rc<Cell<bool>>) {
+    let mut backoff = Duration::from_millis(20);
+    let mut spare = Vec::new();
+    while !stop.get() {
+        match connect(&link, &hello).await {
+            Ok(mut stream) => {
+                backoff = Duration::from_millis(20);
+                link.connected.set(true);
+                tracing::debug!(peer = link.peer, addr = %link.addr, "peer link up");
+                loop {
+                    // Wait for bytes to send.
+                    std::future::poll_fn(|cx| {
+                        if !link.queue.borrow().is_empty() || stop.get() {
+                            Poll::Ready(())
+                        } else {
+                            link.waker.set(Some(cx.waker().clone()));
+                            Poll::Pending
+                        }
+                    })
+                    .await;
+                    if stop.get() {
+                        break;
+                    }
+                    // Everything queued goes in one write.
+                    std::mem::swap(&mut *link.queue.borrow_mut(), &mut spare);
+                    let r = stream.write_all(&spare).await;
+                    spare.clear();
+                    if let Err(e) = r {
+                        tracing::debug!(peer = link.peer, error = %e, "peer link lost");
+                        break;
+                    }
+                }
+                link.connected.set(false);
+                link.queue.borrow_mut().clear();
+                let _ = stream.close().await;
+            }
+            Err(e) => {
+                tracing::trace!(peer = link.peer, addr = %link.addr, error = %e, "peer unreachable")
+            }
+        }
+        glommio::timer::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+async fn connect(link: &Link, hello: &HelloMeta) -> Result<TcpStream, String> {
+    let mut stream = TcpStream::connect_timeout(link.addr, Duration::from_secs(1))
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    wire::encode(&mut out, Kind::Hello, 0, hello.node_id.get(), hello.as_bytes(), 0);
+    stream.write_all(&out).await.map_err(|e| e.to_string())?;
+    let reply = read_message(&mut stream, 1 << 16, Duration::from_secs(2)).await?;
+    let msg = wire::verify(&reply, 1 << 16).map_err(|e| e.to_string())?;
+    match msg.kind {
+        Kind::HelloOk => Ok(stream),
+        Kind::Error => Err(format!("peer refused: {}", String::from_utf8_lossy(msg.frames))),
+        k => Err(format!("unexpected {k:?} in the handshake")),
+    }
+}
+
+/// Reads one whole message (envelope checked before the body is read), within `timeout`.
+pub(crate) async fn read_message<S: futures_lite::AsyncRead + Unpin>(
+    stream: &mut S,
+    body_max: u32,
+    timeout: Duration,
+) -> Result<Bytes, String> {
+    let work = async {
+        let mut env = [0u8; ENVELOPE_LEN];
+        stream.read_exact(&mut env).await.map_err(|e| e.to_string())?;
+        let e = wire::check_envelope(&env, body_max).map_err(|e| e.to_string())?;
+        let total = wire::message_len(e);
+        let mut buf = BytesMut::zeroed(total);
+        buf[..ENVELOPE_LEN].copy_from_slice(&env);
+        stream.read_exact(&mut buf[ENVELOPE_LEN..]).await.map_err(|e| e.to_string())?;
+        Ok::<Bytes, String>(buf.freeze())
+    };
+    futures_lite::future::or(work, async {
+        glommio::timer::sleep(timeout).await;
+        Err(format!("timed out after {timeout:?}"))
+    })
+    .await
+}
+
+/// Accepts peer connections on this core's peer port.
+pub(crate) async fn serve(ctx: Rc<CoreCtx>, listener: TcpListener) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            while !ctx.stop.get() {
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+            None
+        })
+        .await;
+        let Some(accepted) = accepted else { break };
+        match accepted {
+            Ok(stream) => {
+                glommio::spawn_local(handle_conn(ctx.clone(), stream)).detach();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a peer connection failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn refuse(stream: &mut TcpStream, why: &str) {
+    let mut out = Vec::new();
+    wire::encode(&mut out, Kind::Error, 0, 0, &[], why.len());
+    out.extend_from_slice(why.as_bytes());
+    let _ = stream.write_all(&out).await;
+    let _ = stream.close().await;
+}
+
+async fn handle_conn(ctx: Rc<CoreCtx>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let cfg = ctx.cfg.clone();
+    let max = cfg.message_bytes_max;
+    // The handshake.
+    let first = match read_message(&mut stream, 1 << 16, Duration::from_secs(cfg.read_timeout_secs))
+        .await
+    {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::debug!(error = %e, "peer connection closed before its hello");
+            return;
+        }
+    };
+    let hello = match wire::verify(&first, 1 << 16) {
+        Ok(m) if m.kind == Kind::Hello => HelloMeta::read_from_bytes(m.meta).ok(),
+        _ => None,
+    };
+    let Some(hello) = hello else {
+        refuse(&mut stream, "expected a corelog peer hello").await;
+        return;
+    };
+    let peer = hello.node_id.get();
+    if hello.cluster_id.get() != cfg.cluster_id {
+        let why = format!(
+            "cluster id {} does not match this node's {}",
+            hello.cluster_id.get(),
+            cfg.cluster_id
+        );
+        tracing::warn!(peer, "{why}");
+        refuse(&mut stream, &why).await;
+        return;
+    }
+    if peer == cfg.node_id || !cfg.members.iter().any(|m| m.id == peer) {
+        refuse(&mut stream, &format!("node {peer} is not a member of this cluster")).await;
+        return;
+    }
+    if hello.core.get() as usize != ctx.core {
+        refuse(&mut stream, &format!("core {} dialed core {}", hello.core.get(), ctx.core)).await;
+        return;
+    }
+    let mut out = Vec::new();
+    let ok = HelloMeta {
+        cluster_id: U64::new(cfg.cluster_id),
+        node_id: U64::new(cfg.node_id),
+        core: U32::new(ctx.core as u32),
+        reserved: U32::ZERO,
+    };
+    wire::encode(&mut out, Kind::HelloOk, 0, cfg.node_id, ok.as_bytes(), 0);
+    if stream.write_all(&out).await.is_err() {
+        return;
+    }
+    let limits = FrameLimits::default();
+    // Peers are chatty (heartbeats every few ticks): a long silence means a dead peer.
+    let idle = Duration::from_secs(cfg.read_timeout_secs.max(1) * 3);
+    while !ctx.stop.get() {
+        let buf = match read_message(&mut stream, max, idle).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(peer, error = %e, "peer connection closed");
+                break;
+            }
+        };
+        let msg = match wire::verify(&buf, max) {
+            Ok(m) if m.kind == Kind::Raft => m,
+            Ok(m) => {
+                tracing::warn!(peer, kind = ?m.kind, "unexpected message from a peer; closing");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(peer, error = %e, "bad message from a peer; closing");
+                break;
+            }
+        };
+        let group = msg.envelope.group.get();
+        let m = match super::codec::decode(&buf, &msg, &limits) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(peer, group, error = %e, "undecodable consensus message; closing");
+                break;
+            }
+        };
+        if m.from != peer || m.to != cfg.node_id {
+            tracing::warn!(
+                peer,
+                from = m.from,
+                to = m.to,
+                "misaddressed consensus message; closing"
+            );
+            break;
+        }
+        match ctx.group(group) {
+            Some(g) => g.inbox.push(Input::Peer(m)),
+            None => {
+                ctx.errors_unknown_group.set(ctx.errors_unknown_group.get() + 1);
+                tracing::warn!(peer, group, "message for a group not on this core; dropped");
+            }
+        }
+    }
+    let _ = stream.close().await;
+}

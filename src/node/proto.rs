@@ -1,0 +1,149 @@
+//! The client protocol: requests and responses in the wire envelope ([`crate::wire`]).
+//!
+//! A request's envelope carries the group and a request id chosen by the client; its meta is a
+//! [`RequestMeta`]. The response carries the same id (responses may come in any order; many
+//! requests may be in flight on one connection) and a [`ResponseMeta`].
+//!
+//! | op | request | response payload |
+//! |---|---|---|
+//! | `Append` | one frame of entries (each with its session and sequence; the frame's own checksum covers them end to end) | `(index u64, term u64)` per entry |
+//! | `Read` | `a` = first index, `b` = last index, `c` = byte budget | committed frames; `a` = commit index |
+//! | `Status` | - | JSON text |
+//! | `Trim` | `a` = index | - |
+//!
+//! A request at a node that is not the leader gets [`Status::NotLeader`] with the leader's id
+//! and its client address (text payload) when known.
+
+use zerocopy::byteorder::little_endian::U64;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+/// Request operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    /// Append entries.
+    Append = 1,
+    /// Read committed entries.
+    Read = 2,
+    /// The group's status.
+    Status = 3,
+    /// Trim the prefix.
+    Trim = 4,
+}
+
+impl Op {
+    /// The op for a code.
+    pub fn from_code(c: u8) -> Option<Op> {
+        Some(match c {
+            1 => Op::Append,
+            2 => Op::Read,
+            3 => Op::Status,
+            4 => Op::Trim,
+            _ => return None,
+        })
+    }
+}
+
+/// Outcome codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Status {
+    /// Done.
+    Ok = 0,
+    /// Ask the leader (`leader` in the meta, its client address in the payload).
+    NotLeader = 1,
+    /// A bound was reached; retry later.
+    Busy = 2,
+    /// The request is malformed (the payload says why).
+    BadRequest = 3,
+    /// No such group.
+    UnknownGroup = 4,
+    /// The group lives on another core: connect to the port in `a`.
+    WrongCore = 5,
+    /// Larger than allowed.
+    TooLarge = 6,
+    /// The node failed (I/O); the payload says why.
+    Failed = 7,
+    /// The session already committed a later sequence.
+    StaleSequence = 8,
+    /// The outcome is unknown (leadership changed before commit): retry with the same
+    /// session and sequence.
+    Retry = 9,
+}
+
+impl Status {
+    /// The status for a code.
+    pub fn from_code(c: u8) -> Option<Status> {
+        Some(match c {
+            0 => Status::Ok,
+            1 => Status::NotLeader,
+            2 => Status::Busy,
+            3 => Status::BadRequest,
+            4 => Status::UnknownGroup,
+            5 => Status::WrongCore,
+            6 => Status::TooLarge,
+            7 => Status::Failed,
+            8 => Status::StaleSequence,
+            9 => Status::Retry,
+            _ => return None,
+        })
+    }
+}
+
+/// Meta of a request.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct RequestMeta {
+    /// [`Op`] code.
+    pub op: u8,
+    /// Reserved.
+    pub reserved: [u8; 7],
+    /// Operands (see the module docs).
+    pub a: U64,
+    /// Operands.
+    pub b: U64,
+    /// Operands.
+    pub c: U64,
+}
+
+impl RequestMeta {
+    /// A request meta.
+    pub fn new(op: Op, a: u64, b: u64, c: u64) -> Self {
+        RequestMeta {
+            op: op as u8,
+            reserved: [0; 7],
+            a: U64::new(a),
+            b: U64::new(b),
+            c: U64::new(c),
+        }
+    }
+}
+
+/// Meta of a response.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct ResponseMeta {
+    /// [`Status`] code.
+    pub status: u8,
+    /// Reserved.
+    pub reserved: [u8; 7],
+    /// The leader this node knows of (0: none).
+    pub leader: U64,
+    /// Results (see the module docs).
+    pub a: U64,
+    /// Results.
+    pub b: U64,
+}
+
+impl ResponseMeta {
+    /// A response meta.
+    pub fn new(status: Status, leader: u64, a: u64, b: u64) -> Self {
+        ResponseMeta {
+            status: status as u8,
+            reserved: [0; 7],
+            leader: U64::new(leader),
+            a: U64::new(a),
+            b: U64::new(b),
+        }
+    }
+}

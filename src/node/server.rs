@@ -1,0 +1,270 @@
+//! Client connections of one core: requests are read, checked and routed to the group's driver;
+//! responses are queued per connection and written by the connection's writer task.
+//!
+//! Bad input never reaches a log: an envelope is checked (magic, version, lengths against
+//! `message_bytes_max`, checksum) before its body is read or trusted, an append's frame is
+//! verified (checksum, limits) before any entry is proposed, a request for a group that does
+//! not exist or lives on another core is answered with an error. A connection that sends
+//! nothing within `read_timeout_secs`, or stops in the middle of a message, is closed; so is
+//! one whose unread responses exceed `client_queue_bytes_max` (a client that never reads).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_lite::AsyncWriteExt;
+use glommio::net::{TcpListener, TcpStream};
+use zerocopy::{FromBytes, IntoBytes};
+
+use super::CoreCtx;
+use super::group::{Input, ReplyTo};
+use super::peer::read_message;
+use super::proto::{Op, RequestMeta, ResponseMeta, Status};
+use crate::frame::{Frame, FrameLimits};
+use crate::wire::{self, Kind};
+
+/// The response side of one client connection.
+pub(crate) struct ClientConn {
+    out: RefCell<Vec<u8>>,
+    waker: Cell<Option<Waker>>,
+    closed: Cell<bool>,
+    queue_max: usize,
+}
+
+impl ClientConn {
+    /// Queues a response; closes the connection instead if the client is not reading.
+    pub fn respond(&self, group: u64, id: u64, meta: ResponseMeta, payload: &[u8]) {
+        if self.closed.get() {
+            return;
+        }
+        let mut out = self.out.borrow_mut();
+        if out.len() + payload.len() > self.queue_max {
+            tracing::warn!("a client does not read its responses; closing its connection");
+            self.closed.set(true);
+        } else {
+            wire::encode(&mut out, Kind::Response, group, id, meta.as_bytes(), payload.len());
+            out.extend_from_slice(payload);
+        }
+        drop(out);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// Accepts client connections on this core's client port.
+pub(crate) async fn serve(ctx: Rc<CoreCtx>, listener: TcpListener) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            while !ctx.stop.get() {
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+            None
+        })
+        .await;
+        let Some(accepted) = accepted else { break };
+        match accepted {
+            Ok(mut stream) => {
+                if ctx.client_connections.get() >= ctx.cfg.client_connections_max {
+                    let why = "too many client connections";
+                    let mut out = Vec::new();
+                    wire::encode(&mut out, Kind::Error, 0, 0, &[], why.len());
+                    out.extend_from_slice(why.as_bytes());
+                    glommio::spawn_local(async move {
+                        let _ = stream.write_all(&out).await;
+                        let _ = stream.close().await;
+                    })
+                    .detach();
+                    continue;
+                }
+                ctx.client_connections.set(ctx.client_connections.get() + 1);
+                let c = ctx.clone();
+                glommio::spawn_local(async move {
+                    handle_conn(c.clone(), stream).await;
+                    c.client_connections.set(c.client_connections.get() - 1);
+                })
+                .detach();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a client connection failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn handle_conn(ctx: Rc<CoreCtx>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = futures_lite::io::split(stream);
+    let conn = Rc::new(ClientConn {
+        out: RefCell::new(Vec::new()),
+        waker: Cell::new(None),
+        closed: Cell::new(false),
+        queue_max: ctx.cfg.client_queue_bytes_max,
+    });
+    // The writer: everything queued goes out in one write.
+    let writer = {
+        let conn = conn.clone();
+        let stop = ctx.stop.clone();
+        glommio::spawn_local(async move {
+            let mut spare = Vec::new();
+            loop {
+                std::future::poll_fn(|cx| {
+                    if !conn.out.borrow().is_empty() || conn.closed.get() || stop.get() {
+                        Poll::Ready(())
+                    } else {
+                        conn.waker.set(Some(cx.waker().clone()));
+                        Poll::Pending
+                    }
+                })
+                .await;
+                std::mem::swap(&mut *conn.out.borrow_mut(), &mut spare);
+                if !spare.is_empty() && wr.write_all(&spare).await.is_err() {
+                    conn.closed.set(true);
+                }
+                spare.clear();
+                if conn.closed.get() || stop.get() {
+                    let _ = wr.close().await;
+                    return;
+                }
+            }
+        })
+    };
+    let timeout = Duration::from_secs(ctx.cfg.read_timeout_secs.max(1));
+    let max = ctx.cfg.message_bytes_max;
+    while !conn.closed.get() && !ctx.stop.get() {
+        let buf = match read_message(&mut rd, max, timeout).await {
+            Ok(b) => b,
+            Err(e) => {
+                if !e.contains("eof") && !e.contains("unexpected end") {
+                    tracing::debug!(error = %e, "client connection closed");
+                }
+                // A bad envelope (garbage, an oversized length) gets a clear error first.
+                if e.contains("magic")
+                    || e.contains("exceeds")
+                    || e.contains("version")
+                    || e.contains("kind")
+                {
+                    conn.respond(
+                        0,
+                        0,
+                        ResponseMeta::new(Status::BadRequest, 0, 0, 0),
+                        e.as_bytes(),
+                    );
+                }
+                break;
+            }
+        };
+        let msg = match wire::verify(&buf, max) {
+            Ok(m) if m.kind == Kind::Request => m,
+            Ok(m) => {
+                conn.respond(
+                    0,
+                    m.envelope.id.get(),
+                    ResponseMeta::new(Status::BadRequest, 0, 0, 0),
+                    b"expected a request",
+                );
+                break;
+            }
+            Err(e) => {
+                conn.respond(
+                    0,
+                    0,
+                    ResponseMeta::new(Status::BadRequest, 0, 0, 0),
+                    e.to_string().as_bytes(),
+                );
+                break;
+            }
+        };
+        handle_request(&ctx, &conn, &buf, &msg);
+    }
+    conn.closed.set(true);
+    if let Some(w) = conn.waker.take() {
+        w.wake();
+    }
+    writer.await;
+}
+
+fn handle_request(ctx: &Rc<CoreCtx>, conn: &Rc<ClientConn>, buf: &Bytes, msg: &wire::Message<'_>) {
+    let group = msg.envelope.group.get();
+    let id = msg.envelope.id.get();
+    let reply = ReplyTo { conn: conn.clone(), id };
+    let bad = |why: String| {
+        reply.send(group, ResponseMeta::new(Status::BadRequest, 0, 0, 0), why.as_bytes())
+    };
+    let Ok(meta) = RequestMeta::read_from_bytes(msg.meta) else {
+        bad(format!("request meta of {} bytes", msg.meta.len()));
+        return;
+    };
+    let Some(op) = Op::from_code(meta.op) else {
+        bad(format!("unknown operation {}", meta.op));
+        return;
+    };
+    if group >= ctx.cfg.groups {
+        reply.send(
+            group,
+            ResponseMeta::new(Status::UnknownGroup, 0, 0, 0),
+            format!("no group {group} (this cluster has {})", ctx.cfg.groups).as_bytes(),
+        );
+        return;
+    }
+    let Some(g) = ctx.group(group) else {
+        let core = (group % ctx.cfg.cores as u64) as u16;
+        let port = ctx.cfg.me().client_addr.port() + core;
+        reply.send(
+            group,
+            ResponseMeta::new(Status::WrongCore, 0, u64::from(port), 0),
+            format!("group {group} is served on port {port}").as_bytes(),
+        );
+        return;
+    };
+    match op {
+        Op::Append => {
+            let limits = FrameLimits::default();
+            let frame = match Frame::decode(msg.frames, &limits) {
+                Ok(f) => f,
+                Err(e) => {
+                    bad(format!("append frame: {e}"));
+                    return;
+                }
+            };
+            if frame.len() != msg.frames.len() {
+                bad("an append carries exactly one frame".into());
+                return;
+            }
+            if frame.group() != group {
+                bad(format!("frame for group {} in a request for group {group}", frame.group()));
+                return;
+            }
+            let mut entries = Vec::with_capacity(frame.entry_count() as usize);
+            for e in frame.entries() {
+                if e.session == 0 || e.seq == 0 {
+                    bad("every appended entry needs a session and a sequence (both non-zero)"
+                        .into());
+                    return;
+                }
+                if e.kind != crate::frame::EntryKind::Normal {
+                    bad("clients append normal entries only".into());
+                    return;
+                }
+                let start = e.data.as_ptr() as usize - buf.as_ptr() as usize;
+                entries.push((e.session, e.seq, buf.slice(start..start + e.data.len())));
+            }
+            g.inbox.push(Input::Append { entries, reply });
+        }
+        Op::Status => g.inbox.push(Input::Status { reply }),
+        Op::Read => {
+            let max_bytes =
+                (meta.c.get() as usize).clamp(1, (ctx.cfg.message_bytes_max as usize) / 2);
+            g.inbox.push(Input::Read {
+                lo: meta.a.get().max(1),
+                hi: meta.b.get(),
+                max_bytes,
+                reply,
+            });
+        }
+        Op::Trim => g.inbox.push(Input::Trim { index: meta.a.get(), reply }),
+    }
+}
