@@ -32,6 +32,9 @@ pub struct Position {
 pub struct ReadEntry {
     /// Log index.
     pub index: u64,
+    /// What the entry is: client data, or an entry of the protocol's own (a new leader's
+    /// no-op, a membership change) that occupies an index.
+    pub kind: EntryKind,
     /// Client session.
     pub session: u64,
     /// Client sequence.

@@ -17,6 +17,17 @@ enum Command {
         #[command(subcommand)]
         mode: BenchMode,
     },
+    /// Run a node of a cluster.
+    Serve(corelog::tools::cli::ServeArgs),
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+    /// Start a local cluster on loopback (one process per node) until Ctrl-C.
+    Cluster(corelog::tools::cli::ClusterArgs),
+    #[command(flatten)]
+    Client(corelog::tools::cli::ClientCommand),
     /// Run the deterministic consensus simulator over many seeds.
     Sim(corelog::sim::cli::SimArgs),
     /// Check a log directory: recover it read-only style and print what it holds.
@@ -24,6 +35,12 @@ enum Command {
     /// Append known entries to a log and print each durable index (used by the crash tests).
     #[command(hide = true)]
     CrashWriter(corelog::tools::crash_writer::CrashWriterArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print a node configuration with every setting at its default.
+    Default,
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,6 +66,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Serve(args) => corelog::tools::cli::serve(&args),
+        Command::Config { what: ConfigCommand::Default } => {
+            print!("{}", corelog::node::NodeConfig::default_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Cluster(args) => corelog::tools::cli::cluster(&args),
+        Command::Client(cmd) => corelog::tools::cli::client(&cmd),
         Command::Sim(args) => corelog::sim::cli::run(&args),
         Command::Inspect(args) => corelog::tools::inspect::run(&args),
         Command::CrashWriter(args) => corelog::tools::crash_writer::run(&args),

@@ -1,3 +1,4 @@
 //! Programs that work the engine from outside: the log inspector and the crash writer.
+pub mod cli;
 pub mod crash_writer;
 pub mod inspect;

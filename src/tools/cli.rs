@@ -1,0 +1,306 @@
+//! The cluster commands of the `corelog` binary: `serve`, `config default`, `cluster`, and the
+//! client commands `append`, `read`, `status`, `trim`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::client::{Client, ClientConfig};
+use crate::node::{self, NodeConfig, PeerConfig};
+
+static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // The second signal exits at once; the first asks for a graceful stop.
+    if SIGNALS.fetch_add(1, Ordering::SeqCst) >= 1 {
+        unsafe { libc::_exit(130) };
+    }
+}
+
+fn install_signal_handlers() {
+    // SAFETY: the handler only touches an atomic and calls the async-signal-safe `_exit`.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+/// Arguments of `corelog serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The node's TOML configuration (see `corelog config default`).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Overrides `node_id` from the file.
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    /// Overrides `data_dir` from the file.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Loads a node configuration file.
+pub fn load_config(path: &std::path::Path) -> Result<NodeConfig, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Runs a node until SIGTERM or SIGINT (a second signal exits at once).
+pub fn serve(args: &ServeArgs) -> ExitCode {
+    let mut cfg = match load_config(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("corelog serve: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(id) = args.node_id {
+        cfg.node_id = id;
+    }
+    if let Some(d) = &args.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    install_signal_handlers();
+    let handle = match node::start(cfg.clone()) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("corelog serve: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "corelog node {} serving: peers on {}, clients on {}, {} core(s), {} group(s), data in {}",
+        cfg.node_id,
+        cfg.me().peer_addr,
+        cfg.me().client_addr,
+        cfg.cores,
+        cfg.groups,
+        cfg.data_dir.display()
+    );
+    let stop = handle.stop_flag();
+    while SIGNALS.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("corelog node {}: stopping (finishing in-flight flushes)", cfg.node_id);
+    stop.store(true, Ordering::SeqCst);
+    match handle.wait() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("corelog serve: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Arguments of `corelog cluster`.
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// Directory for the nodes' configurations and data.
+    #[arg(long, default_value = "corelog-cluster")]
+    pub dir: PathBuf,
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// First port: node n's peer port is base + 20(n-1), its client port base + 20(n-1) + 10.
+    #[arg(long, default_value_t = 7100)]
+    pub base_port: u16,
+}
+
+/// Starts a local cluster on loopback, one process per node, until Ctrl-C.
+pub fn cluster(args: &ClusterArgs) -> ExitCode {
+    let members: Vec<PeerConfig> = (1..=args.nodes)
+        .map(|id| {
+            let p = args.base_port + 20 * (id as u16 - 1);
+            PeerConfig {
+                id,
+                peer_addr: SocketAddr::from(([127, 0, 0, 1], p)),
+                client_addr: SocketAddr::from(([127, 0, 0, 1], p + 10)),
+            }
+        })
+        .collect();
+    if let Err(e) = std::fs::create_dir_all(&args.dir) {
+        eprintln!("corelog cluster: creating {}: {e}", args.dir.display());
+        return ExitCode::FAILURE;
+    }
+    install_signal_handlers();
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("corelog cluster: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut children = Vec::new();
+    for m in &members {
+        let cfg = NodeConfig {
+            node_id: m.id,
+            data_dir: args.dir.join(format!("node{}", m.id)),
+            members: members.clone(),
+            ..NodeConfig::default()
+        };
+        let path = args.dir.join(format!("node{}.toml", m.id));
+        let text = toml::to_string_pretty(&cfg).expect("serializable");
+        if let Err(e) = std::fs::write(&path, text) {
+            eprintln!("corelog cluster: writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        match std::process::Command::new(&exe).arg("serve").arg("--config").arg(&path).spawn() {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                eprintln!("corelog cluster: starting node {}: {e}", m.id);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let addrs: Vec<String> = members.iter().map(|m| m.client_addr.to_string()).collect();
+    eprintln!(
+        "corelog cluster: {} nodes, data under {}; clients: {}",
+        args.nodes,
+        args.dir.display(),
+        addrs.join(",")
+    );
+    eprintln!(
+        "try: corelog append --nodes {} hello   |   corelog status --nodes {}   |   Ctrl-C stops",
+        addrs.join(","),
+        addrs.join(",")
+    );
+    while SIGNALS.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(100));
+        for c in &mut children {
+            if let Ok(Some(status)) = c.try_wait() {
+                eprintln!("corelog cluster: a node exited ({status}); stopping the others");
+                SIGNALS.store(1, Ordering::SeqCst);
+            }
+        }
+    }
+    for c in &children {
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    }
+    for mut c in children {
+        let _ = c.wait();
+    }
+    ExitCode::SUCCESS
+}
+
+/// Arguments shared by the client commands.
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// Client addresses of the nodes, comma separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7110,127.0.0.1:7130,127.0.0.1:7150"
+    )]
+    pub nodes: Vec<SocketAddr>,
+    /// The group.
+    #[arg(long, default_value_t = 0)]
+    pub group: u64,
+}
+
+/// Client commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum ClientCommand {
+    /// Append entries (each argument one entry); prints each position.
+    Append {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The entries.
+        #[arg(required = true)]
+        entries: Vec<String>,
+    },
+    /// Read committed entries.
+    Read {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// First index.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Last index (default: the commit index).
+        #[arg(long, default_value_t = u64::MAX)]
+        to: u64,
+    },
+    /// The group's status (leader, term, commit index, members, follower progress).
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Trim the prefix up to an index (the application checkpointed it).
+    Trim {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Entries up to this index may go.
+        index: u64,
+    },
+}
+
+/// Runs a client command.
+pub fn client(cmd: &ClientCommand) -> ExitCode {
+    let args = match cmd {
+        ClientCommand::Append { client, .. }
+        | ClientCommand::Read { client, .. }
+        | ClientCommand::Status { client }
+        | ClientCommand::Trim { client, .. } => client,
+    };
+    let mut c = match Client::new(ClientConfig::new(args.nodes.clone())) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("corelog: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r: Result<(), String> = (|| {
+        match cmd {
+            ClientCommand::Append { entries, .. } => {
+                let refs: Vec<&[u8]> = entries.iter().map(|e| e.as_bytes()).collect();
+                for (p, e) in
+                    c.append_many(args.group, &refs).map_err(|e| e.to_string())?.iter().zip(entries)
+                {
+                    println!("{}\t{}\t{}", p.index, p.term, e);
+                }
+            }
+            ClientCommand::Read { from, to, .. } => {
+                let mut next = *from;
+                loop {
+                    let (commit, entries) =
+                        c.read(args.group, next, *to, 1 << 20).map_err(|e| e.to_string())?;
+                    if entries.is_empty() {
+                        break;
+                    }
+                    for e in &entries {
+                        next = e.index + 1;
+                        if e.kind != crate::frame::EntryKind::Normal {
+                            continue;
+                        }
+                        println!(
+                            "{}\t{}\t{}\t{}",
+                            e.index,
+                            e.session,
+                            e.seq,
+                            String::from_utf8_lossy(&e.data)
+                        );
+                    }
+                    if next > commit || next > *to {
+                        break;
+                    }
+                }
+            }
+            ClientCommand::Status { .. } => {
+                println!("{}", c.status(args.group).map_err(|e| e.to_string())?)
+            }
+            ClientCommand::Trim { index, .. } => {
+                c.trim(args.group, *index).map_err(|e| e.to_string())?
+            }
+        }
+        Ok(())
+    })();
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("corelog: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
