@@ -390,6 +390,7 @@ fn decode_entries(payload: &[u8], lo: u64, hi: u64) -> Result<Vec<ReadEntry>, Cl
             if e.index >= lo && e.index <= hi {
                 out.push(ReadEntry {
                     index: e.index,
+                    kind: e.kind,
                     session: e.session,
                     seq: e.seq,
                     data: e.data.to_vec(),
