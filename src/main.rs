@@ -12,11 +12,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Benchmarks that print throughput and latency percentiles.
-    Bench {
-        #[command(subcommand)]
-        mode: BenchMode,
-    },
+    /// Benchmarks that print throughput and latency percentiles. With no mode: a local
+    /// 3-replica cluster (`bench cluster`).
+    Bench(BenchCmd),
     /// Run a node of a cluster.
     Serve(corelog::tools::cli::ServeArgs),
     /// Configuration helpers.
@@ -43,10 +41,21 @@ enum ConfigCommand {
     Default,
 }
 
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BenchCmd {
+    #[command(subcommand)]
+    mode: Option<BenchMode>,
+    #[command(flatten)]
+    cluster: corelog::bench::cluster::ClusterArgs,
+}
+
 #[derive(Debug, Subcommand)]
 enum BenchMode {
     /// The local log alone: appends, group commit and fdatasync on one disk, no network.
     Wal(corelog::bench::wal::WalArgs),
+    /// A replicated cluster: a local one by default, or `--addresses` of a running one.
+    Cluster(corelog::bench::cluster::ClusterArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,13 +68,20 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Bench { mode: BenchMode::Wal(args) } => match corelog::bench::wal::run(&args) {
-            Ok(_) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("corelog bench wal: {e}");
-                ExitCode::FAILURE
+        Command::Bench(b) => {
+            let r = match b.mode {
+                Some(BenchMode::Wal(args)) => corelog::bench::wal::run(&args).map(|_| ()),
+                Some(BenchMode::Cluster(args)) => corelog::bench::cluster::run(&args).map(|_| ()),
+                None => corelog::bench::cluster::run(&b.cluster).map(|_| ()),
+            };
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("corelog bench: {e}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Command::Serve(args) => corelog::tools::cli::serve(&args),
         Command::Config { what: ConfigCommand::Default } => {
             print!("{}", corelog::node::NodeConfig::default_toml());

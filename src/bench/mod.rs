@@ -1,5 +1,6 @@
 //! Benchmarks behind `corelog bench`. They print figures; nothing here asserts a speed.
 
+pub mod cluster;
 pub mod wal;
 
 use std::time::Duration;
