@@ -303,6 +303,11 @@ fn proposals_between_two_readies_form_one_batch() {
         })
         .collect();
     assert_eq!(appends, vec![100, 100], "one message per follower");
+    let st = c.n(1).status();
+    assert_eq!(st.role, Role::Leader);
+    assert_eq!(st.last_index, st.commit_index + 100);
+    assert_eq!(st.followers.len(), 2);
+    assert!(st.followers.iter().all(|f| f.inflight_msgs == 1));
 }
 
 #[test]

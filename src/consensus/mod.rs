@@ -18,6 +18,7 @@
 //! | [`Node::on_hard_state_durable`] | the term and vote handed out are on stable storage |
 //! | [`Node::on_fetched`] | entries read from disk in answer to a [`Fetch`] |
 //! | [`Node::change_membership`], [`Node::transfer_leader`], [`Node::trim`] | admin |
+//! | [`Node::status`] | leader, term, commit, members, per-follower progress |
 //!
 //! # Outputs and the order the runtime must respect
 //!
@@ -95,7 +96,9 @@ pub use config::{Config, ConfigError, ProtocolBugs};
 pub use error::{Bound, Error};
 pub use membership::{ConfChange, Membership, MembershipError, Voter};
 pub use message::{Body, Message, Reply, Snapshot};
-pub use node::{Fetch, LogWrite, Node, Proposed, Ready, RestartState, Role};
+pub use node::{
+    Fetch, FollowerStatus, LogWrite, Node, Proposed, Ready, RestartState, Role, Status,
+};
 pub use progress::ProgressState;
 pub use session::{SessionRecord, SessionTable};
 pub use types::{ENTRY_OVERHEAD_BYTES, Entry, EntryKind, HardState, Index, NodeId, Term};

@@ -111,6 +111,54 @@ pub enum Proposed {
     Duplicate { index: Index, term: Term },
 }
 
+/// A follower's replication state as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowerStatus {
+    /// The follower.
+    pub id: NodeId,
+    /// Highest index it reported durable and matching.
+    pub match_index: Index,
+    /// Next index the leader will send.
+    pub next_index: Index,
+    /// Probe, Replicate or Snapshot.
+    pub state: ProgressState,
+    /// Append messages in flight.
+    pub inflight_msgs: usize,
+    /// Entry bytes in flight.
+    pub inflight_bytes: u64,
+    /// Heard from since the last CheckQuorum round.
+    pub recent_active: bool,
+}
+
+/// What `corelog status` shows for one group on one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// This node.
+    pub id: NodeId,
+    /// Its role.
+    pub role: Role,
+    /// Its term.
+    pub term: Term,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// Commit index.
+    pub commit_index: Index,
+    /// Last index in the log.
+    pub last_index: Index,
+    /// Highest durable index.
+    pub durable_index: Index,
+    /// Last trimmed index.
+    pub snapshot_index: Index,
+    /// Membership in force.
+    pub membership: Membership,
+    /// Leader only: each follower's progress.
+    pub followers: Vec<FollowerStatus>,
+    /// Leader only: bytes appended but not committed.
+    pub uncommitted_bytes: u64,
+    /// Leader only: true while a lease read would be served.
+    pub lease_valid: bool,
+}
+
 /// What a restarting node recovered from its stable storage.
 #[derive(Debug, Clone, Default)]
 pub struct RestartState {
@@ -393,6 +441,36 @@ impl Node {
             .iter()
             .map(|p| (p.id, p.match_index))
             .collect()
+    }
+
+    /// A snapshot of the node's state for status pages and tests.
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.id,
+            role: self.role,
+            term: self.term,
+            leader: self.leader,
+            commit_index: self.commit,
+            last_index: self.log.last_index(),
+            durable_index: self.log.durable,
+            snapshot_index: self.log.base_index,
+            membership: self.membership.clone(),
+            followers: self
+                .progress
+                .iter()
+                .map(|p| FollowerStatus {
+                    id: p.id,
+                    match_index: p.match_index,
+                    next_index: p.next_index,
+                    state: p.state,
+                    inflight_msgs: p.inflights.len(),
+                    inflight_bytes: p.inflight_bytes,
+                    recent_active: p.recent_active,
+                })
+                .collect(),
+            uncommitted_bytes: self.uncommitted_bytes,
+            lease_valid: self.lease_valid(),
+        }
     }
 
     /// True if this leader may serve a read from its lease right now.
