@@ -221,6 +221,8 @@ struct SimNode {
     tick_us: u64,
     disk: Disk,
     checked_commit: Index,
+    /// The last hard state this node handed out (or recovered), across restarts.
+    last_hard_state: HardState,
     seen: (Role, Term),
     slow_disk_until_us: u64,
 }
@@ -368,6 +370,7 @@ impl Sim {
                 tick_us,
                 disk: Disk::default(),
                 checked_commit: 0,
+                last_hard_state: HardState::default(),
                 seen: (Role::Follower, 0),
                 slow_disk_until_us: 0,
             });
@@ -662,6 +665,10 @@ impl Sim {
         };
         let rd = core.take_ready();
         let checker = &mut self.checker;
+        if let Some(hs) = rd.hard_state {
+            checker.on_hard_state(id, node.last_hard_state, hs);
+            node.last_hard_state = hs;
+        }
         if let Some(w) = &rd.entries {
             let prev = core.log_term(w.first_index - 1).unwrap_or(0);
             checker.on_write(id, prev, &w.entries);
@@ -831,6 +838,7 @@ impl Sim {
         let initial = self.nodes[i].initial.clone();
         let core = Node::restart(id, self.cfg.clone(), initial, seed, state);
         self.nodes[i].checked_commit = core.commit_index();
+        self.nodes[i].last_hard_state = self.nodes[i].disk.hard_state;
         self.nodes[i].seen = (core.role(), core.term());
         self.nodes[i].core = Some(core);
         self.nodes[i].tick_us = self.skewed_tick();
