@@ -334,3 +334,39 @@ fn read_index_waits_for_a_quorum_round() {
     }));
     assert_eq!(c.n(1).lease_read(), Err(Error::NoLease));
 }
+
+#[test]
+fn malformed_appends_never_touch_the_log() {
+    let mut c = Cluster::new(quiet_cfg());
+    c.elect_1();
+    c.settle();
+    let last = c.n(2).last_index();
+    let e = |index, term| corelog::consensus::Entry {
+        index,
+        term,
+        kind: corelog::consensus::EntryKind::Normal,
+        session: 0,
+        sequence: 0,
+        data: Bytes::from_static(b"x"),
+    };
+    let bad = [
+        vec![e(last + 2, 1)],                 // a hole
+        vec![e(last + 1, 1), e(last + 1, 1)], // not contiguous
+        vec![e(last + 1, 9)],                 // a term above the message's
+    ];
+    for entries in bad {
+        c.n(2).step(Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            body: Body::Append {
+                prev_index: last,
+                prev_term: 1,
+                entries,
+                commit: 0,
+            },
+        });
+        assert_eq!(c.n(2).last_index(), last);
+        assert!(c.n(2).take_ready().entries.is_none());
+    }
+}

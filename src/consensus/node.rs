@@ -18,6 +18,28 @@ use super::rand::SplitMix64;
 use super::session::{Lookup, SessionTable};
 use super::types::{Entry, EntryKind, HardState, Index, NodeId, Term};
 
+/// Structural checks on a message before it may touch the log.
+fn well_formed(m: &Message) -> bool {
+    match &m.body {
+        Body::Append {
+            prev_index,
+            prev_term,
+            entries,
+            ..
+        } => {
+            let mut term = *prev_term;
+            entries.iter().enumerate().all(|(k, e)| {
+                let ok =
+                    e.index == prev_index + 1 + k as Index && e.term >= term && e.term <= m.term;
+                term = e.term;
+                ok
+            })
+        }
+        Body::InstallSnapshot { snapshot } => snapshot.term <= m.term,
+        _ => true,
+    }
+}
+
 /// A priority-0 voter (logger) campaigns after this many election timeouts without a leader.
 pub const LOGGER_LAST_RESORT_TIMEOUTS: u32 = 3;
 
@@ -793,9 +815,14 @@ impl Node {
         Some(self.snapshot.clone())
     }
 
-    /// Handles a message from a peer.
+    /// Handles a message from a peer. A malformed message (misrouted, or an Append whose
+    /// entries do not follow `prev_index` contiguously with terms between `prev_term` and the
+    /// message's term) is dropped: the transport should never deliver one, and the log must
+    /// not be touched by it.
     pub fn step(&mut self, m: Message) {
-        debug_assert_eq!(m.to, self.id, "misrouted message");
+        if m.to != self.id || m.from == self.id || !well_formed(&m) {
+            return;
+        }
         if m.term > self.term {
             match &m.body {
                 Body::RequestVote {
