@@ -42,6 +42,38 @@
 //! 4. **Fetches**: read each range from the durable log (asynchronously) and hand the entries
 //!    to [`Node::on_fetched`]; they go to a follower that lags behind the entry cache.
 //!
+//! # The runtime loop, in miniature
+//!
+//! A one-member group, with "persisting" reduced to reporting the write durable at once:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use corelog::consensus::{Config, Membership, Node, Reply, Role};
+//!
+//! let mut node = Node::new(1, Config::default(), Membership::with_voters(&[(1, 1)]), 42);
+//! node.campaign();
+//! let mut replies = Vec::new();
+//! for round in 0..4 {
+//!     if round == 2 {
+//!         assert_eq!(node.role(), Role::Leader);
+//!         node.propose(7, 1, Bytes::from_static(b"hello")).unwrap();
+//!     }
+//!     let rd = node.take_ready();
+//!     // 1. writes: snapshot, entries, hard state, in this order; report them when durable.
+//!     if let Some(hs) = rd.hard_state {
+//!         node.on_hard_state_durable(hs);
+//!     }
+//!     if let Some(w) = &rd.entries {
+//!         let last = w.entries.last().unwrap();
+//!         node.on_entries_durable(last.index, last.term);
+//!     }
+//!     // 2. messages: send `rd.messages` to their peers (none here).
+//!     // 3. apply up to `rd.commit_index`, answer `rd.replies`; 4. serve `rd.fetches`.
+//!     replies.extend(rd.replies);
+//! }
+//! assert!(replies.contains(&Reply::Committed { session: 7, sequence: 1, index: 2, term: 1 }));
+//! ```
+//!
 //! # What the protocol guarantees, and how
 //!
 //! - Election: randomized timeouts in `[election_tick, 2 * election_tick)`; PreVote;
