@@ -17,7 +17,19 @@
 //!   with unacknowledged writes.
 //! - **Clients** propose with a session and sequence, retry the same sequence on timeouts,
 //!   redirects and abandoned proposals, and read (lease or ReadIndex).
-//! - **Steps**: one step is one event (a delivery, a tick, a flush, a client action, a fault).
+//! - **Faults** come every 10-160 ms (2x or 4x as often in half the seeds): crashes and
+//!   restarts, isolation, random splits, one-way cuts, heals, loss and duplication rates,
+//!   slow-disk episodes, leader transfers, membership changes (add a learner, promote,
+//!   remove, change a priority; a third of the seeds have a spare node for this). Two
+//!   adversarial ones aim at the classic windows: a leader crashes right after it advanced
+//!   its commit index (0.3, 3 or 30 % of the time, per seed), and a just-elected leader is
+//!   cut off before its no-op spreads (5 %). Nodes also trim their logs now and then.
+//! - **Protocol settings vary per seed** so that the simulator covers them all: small batches
+//!   (down to one entry per message) and windows, a tiny entry cache (lagging followers are
+//!   then served by disk fetches, which the simulated disk answers), PreVote or CheckQuorum
+//!   off, election priorities with a logger.
+//! - **Steps**: one step is one event (a delivery, a tick, a flush, a fetch, a client action,
+//!   a fault).
 //!
 //! After `steps` steps of faults the network heals, crashed nodes restart and faults stop;
 //! then a leader must emerge and every client must complete new proposals within
