@@ -1278,7 +1278,6 @@ impl Node {
         }
         self.log.append(e);
         self.need_broadcast = true;
-        // A single-voter group commits as soon as its own write is durable.
         index
     }
 
