@@ -16,7 +16,8 @@
 //!   next one may be torn (a prefix of its entries written): exactly what a real disk may do
 //!   with unacknowledged writes.
 //! - **Clients** propose with a session and sequence, retry the same sequence on timeouts,
-//!   redirects and abandoned proposals, and read (lease or ReadIndex).
+//!   redirects and abandoned proposals, and read (lease or ReadIndex). Requests and answers
+//!   cross a client network with the same delays and loss rate as the replicas' network.
 //! - **Faults** come every 10-160 ms (2x or 4x as often in half the seeds): crashes and
 //!   restarts, isolation, random splits, one-way cuts, heals, loss and duplication rates,
 //!   slow-disk episodes, leader transfers, membership changes (add a learner, promote,
@@ -142,6 +143,18 @@ enum EventKind {
     Fault,
     Restart(usize),
     Trim(usize),
+    /// A client's request reaches a node.
+    ClientRequest {
+        client: usize,
+        node: usize,
+        key: OpKey,
+    },
+    /// A node's answer reaches a client.
+    ClientAnswer {
+        client: usize,
+        key: OpKey,
+        answer: Answer,
+    },
     /// A read of evicted entries from node's durable log completes.
     Fetch {
         node: usize,
@@ -243,6 +256,31 @@ struct SimNode {
 enum Op {
     Propose { seq: u64, data: Bytes },
     Read { id: u64, floor: Index },
+}
+
+/// Which operation a request or an answer is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpKey {
+    Propose(u64),
+    Read(u64),
+}
+
+impl Op {
+    fn key(&self) -> OpKey {
+        match self {
+            Op::Propose { seq, .. } => OpKey::Propose(*seq),
+            Op::Read { id, .. } => OpKey::Read(*id),
+        }
+    }
+}
+
+/// What a node tells a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// The operation completed (the checker has already checked it).
+    Done,
+    /// Try another node (the leader it names, if any).
+    Redirect(Option<NodeId>),
 }
 
 struct Client {
@@ -574,6 +612,14 @@ impl Sim {
             }
             EventKind::DiskDone { node, epoch } => self.disk_done(node, epoch),
             EventKind::Client(c) => self.client_event(c),
+            EventKind::ClientRequest { client, node, key } => {
+                self.client_request(client, node, key)
+            }
+            EventKind::ClientAnswer {
+                client,
+                key,
+                answer,
+            } => self.on_answer(client, key, answer),
             EventKind::Fault => {
                 if self.quiet_since_us.is_none() {
                     self.random_fault();
@@ -1057,14 +1103,47 @@ impl Sim {
         self.clients[c].sent_at_us = 0; // resend at the next client event
     }
 
+    /// Sends the client's current operation to its target over the (lossy) client network.
     fn client_send(&mut self, c: usize) {
         self.clients[c].sent_at_us = self.now_us;
-        let t = self.clients[c].target;
-        let Some(op) = self.clients[c].op.clone() else {
+        let Some(key) = self.clients[c].op.as_ref().map(Op::key) else {
             return;
         };
+        if self.drop_ppm > 0 && self.rng.chance_ppm(self.drop_ppm) {
+            return; // lost: the client retries after its timeout
+        }
+        let node = self.clients[c].target;
+        let d = 100 + self.rng.below(2_900);
+        self.schedule(
+            d,
+            EventKind::ClientRequest {
+                client: c,
+                node,
+                key,
+            },
+        );
+    }
+
+    /// Sends an answer back to a client.
+    fn client_answer(&mut self, c: usize, key: OpKey, answer: Answer) {
+        let d = 100 + self.rng.below(2_900);
+        self.schedule(
+            d,
+            EventKind::ClientAnswer {
+                client: c,
+                key,
+                answer,
+            },
+        );
+    }
+
+    /// A client's request arrives at node `t`.
+    fn client_request(&mut self, c: usize, t: usize, key: OpKey) {
+        let Some(op) = self.clients[c].op.clone().filter(|op| op.key() == key) else {
+            return; // a late copy of a request whose operation is over
+        };
         if self.nodes[t].core.is_none() {
-            self.redirect(c, None);
+            self.client_answer(c, key, Answer::Redirect(None));
             return;
         }
         let session = self.clients[c].session;
@@ -1084,10 +1163,12 @@ impl Sim {
                 match r {
                     Ok(Proposed::Duplicate { index, term }) => {
                         self.checker.on_ack(session, seq, index, term);
-                        self.client_done(c);
+                        self.client_answer(c, key, Answer::Done);
                     }
                     Ok(_) => {}
-                    Err(Error::NotLeader { leader_hint }) => self.redirect(c, leader_hint),
+                    Err(Error::NotLeader { leader_hint }) => {
+                        self.client_answer(c, key, Answer::Redirect(leader_hint))
+                    }
                     Err(_) => {}
                 }
             }
@@ -1106,13 +1187,15 @@ impl Sim {
                         }
                     }
                     self.checker.on_read(reader, index, floor, true);
-                    self.client_done(c);
+                    self.client_answer(c, key, Answer::Done);
                     return;
                 }
                 let core = self.nodes[t].core.as_mut().expect("up");
                 match core.read_index(id) {
                     Ok(()) => {}
-                    Err(Error::NotLeader { leader_hint }) => self.redirect(c, leader_hint),
+                    Err(Error::NotLeader { leader_hint }) => {
+                        self.client_answer(c, key, Answer::Redirect(leader_hint))
+                    }
                     Err(_) => {}
                 }
             }
@@ -1141,10 +1224,8 @@ impl Sim {
                 term,
             } => {
                 self.checker.on_ack(session, sequence, index, term);
-                if let Some(c) = self.client_of_session(session)
-                    && matches!(self.clients[c].op, Some(Op::Propose { seq, .. }) if seq == sequence)
-                {
-                    self.client_done(c);
+                if let Some(c) = self.client_of_session(session) {
+                    self.client_answer(c, OpKey::Propose(sequence), Answer::Done);
                 }
             }
             Reply::Abandoned {
@@ -1152,24 +1233,31 @@ impl Sim {
                 sequence,
                 leader_hint,
             } => {
-                if let Some(c) = self.client_of_session(session)
-                    && matches!(self.clients[c].op, Some(Op::Propose { seq, .. }) if seq == sequence)
-                {
-                    self.redirect(c, leader_hint);
+                if let Some(c) = self.client_of_session(session) {
+                    self.client_answer(c, OpKey::Propose(sequence), Answer::Redirect(leader_hint));
                 }
             }
             Reply::ReadReady { id, index } => {
-                let c = id >> 32;
-                if let Some(c) = self.client_of_session(c)
+                if let Some(c) = self.client_of_session(id >> 32)
                     && let Some(Op::Read { id: rid, floor }) = self.clients[c].op
                     && rid == id
                 {
                     self.checker
                         .on_read(self.nodes[node].id, index, floor, false);
-                    self.client_done(c);
+                    self.client_answer(c, OpKey::Read(id), Answer::Done);
                 }
             }
             Reply::ReadFailed { .. } => {}
+        }
+    }
+
+    fn on_answer(&mut self, c: usize, key: OpKey, answer: Answer) {
+        if self.clients[c].op.as_ref().map(Op::key) != Some(key) {
+            return; // about an operation that is already over
+        }
+        match answer {
+            Answer::Done => self.client_done(c),
+            Answer::Redirect(hint) => self.redirect(c, hint),
         }
     }
 
