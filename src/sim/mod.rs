@@ -845,17 +845,26 @@ impl Sim {
     /// Crashes node `i`: everything not durable is lost, except a random prefix of the
     /// pending flushes and possibly a torn part of the next one.
     pub fn crash(&mut self, i: usize) {
+        self.crash_with(i, false);
+    }
+
+    /// Crashes node `i`; with `lose_unflushed`, none of its pending flushes lands.
+    fn crash_with(&mut self, i: usize, lose_unflushed: bool) {
         if self.nodes[i].core.is_none() {
             return;
         }
         self.nodes[i].core = None;
         self.nodes[i].epoch += 1;
         let pending = std::mem::take(&mut self.nodes[i].disk.pending);
-        let landed = self.rng.below(pending.len() as u64 + 1) as usize;
+        let landed = if lose_unflushed {
+            0
+        } else {
+            self.rng.below(pending.len() as u64 + 1) as usize
+        };
         for f in pending.iter().take(landed) {
             self.nodes[i].disk.apply(f, None);
         }
-        if let Some(f) = pending.get(landed)
+        if let Some(f) = pending.get(landed).filter(|_| !lose_unflushed)
             && let Some(w) = &f.write
             && self.rng.chance_ppm(500_000)
         {
@@ -1305,6 +1314,14 @@ impl Sim {
     /// Crashes node `id`.
     pub fn crash_node(&mut self, id: NodeId) {
         self.crash(id as usize - 1);
+    }
+    /// Crashes node `id`, losing every write it had not made durable.
+    pub fn crash_node_losing_unflushed(&mut self, id: NodeId) {
+        self.crash_with(id as usize - 1, true);
+    }
+    /// Makes node `id`'s flushes 20 ms slower for `us` of simulated time.
+    pub fn slow_disk(&mut self, id: NodeId, us: u64) {
+        self.nodes[id as usize - 1].slow_disk_until_us = self.now_us + us;
     }
     /// Restarts node `id`.
     pub fn restart_node(&mut self, id: NodeId) {
