@@ -258,6 +258,11 @@ fn proposals_between_two_readies_form_one_batch() {
         })
         .collect();
     assert_eq!(appends, vec![100, 100], "one message per follower");
+    let st = c.n(1).status();
+    assert_eq!(st.role, Role::Leader);
+    assert_eq!(st.last_index, st.commit_index + 100);
+    assert_eq!(st.followers.len(), 2);
+    assert!(st.followers.iter().all(|f| f.inflight_msgs == 1));
 }
 
 #[test]
@@ -275,4 +280,35 @@ fn read_index_waits_for_a_quorum_round() {
     c.settle();
     assert!(c.replies.contains(&Reply::ReadReady { id: 42, index: commit }));
     assert_eq!(c.n(1).lease_read(), Err(Error::NoLease));
+}
+
+#[test]
+fn malformed_appends_never_touch_the_log() {
+    let mut c = Cluster::new(quiet_cfg());
+    c.elect_1();
+    c.settle();
+    let last = c.n(2).last_index();
+    let e = |index, term| corelog::consensus::Entry {
+        index,
+        term,
+        kind: corelog::consensus::EntryKind::Normal,
+        session: 0,
+        sequence: 0,
+        data: Bytes::from_static(b"x"),
+    };
+    let bad = [
+        vec![e(last + 2, 1)],                 // a hole
+        vec![e(last + 1, 1), e(last + 1, 1)], // not contiguous
+        vec![e(last + 1, 9)],                 // a term above the message's
+    ];
+    for entries in bad {
+        c.n(2).step(Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            body: Body::Append { prev_index: last, prev_term: 1, entries, commit: 0 },
+        });
+        assert_eq!(c.n(2).last_index(), last);
+        assert!(c.n(2).take_ready().entries.is_none());
+    }
 }

@@ -44,7 +44,8 @@ fn forget_vote_on_restart_is_caught() {
     let (_, kind) = hunt(bugs, 10_000).expect("bug not found");
     assert!(matches!(
         kind,
-        ViolationKind::ElectionSafety
+        ViolationKind::HardStateRegression
+            | ViolationKind::ElectionSafety
             | ViolationKind::LogMatching
             | ViolationKind::StateMachineSafety
     ));

@@ -17,7 +17,10 @@
 //! wait commit all >= 3                 ... on every live node
 //! run 50                               run 50 ms of simulated time
 //! isolate 1 2 | cut 1 2 | heal         cut {1,2} off both ways | cut 1 -> 2 | heal all
-//! crash 1 | restart 1
+//! crash 1 | restart 1                a crash loses unflushed writes, a random part of them
+//!                                      may land, the next may be torn
+//! crash-losing-unflushed 1             a crash where no unflushed write lands
+//! slow-disk 2 100                      node 2's flushes take 20 ms longer for 100 ms
 //! add-learner 1 4 | promote 1 4 | remove 1 3 | priority 1 3 5 | transfer 1 2
 //!                                      membership and leadership changes at leader 1
 //! expect role 1 Follower | expect not-leading 1 | expect leader 2 | expect commit 2 >= 3 | expect term 1 >= 3
@@ -219,6 +222,8 @@ fn run_step(sim: &mut Sim, w: &[&str]) -> Result<(), String> {
         ["cut", a, b] => sim.set_link(id(a), id(b), false),
         ["heal"] => sim.heal_all(),
         ["crash", n] => sim.crash_node(id(n)),
+        ["crash-losing-unflushed", n] => sim.crash_node_losing_unflushed(id(n)),
+        ["slow-disk", n, ms] => sim.slow_disk(id(n), ms.parse::<u64>().map_err(|_| "ms")? * MS),
         ["restart", n] => sim.restart_node(id(n)),
         [op @ ("add-learner" | "promote" | "remove" | "priority"), l, t, rest @ ..] => {
             let (l, t) = (id(l), id(t));

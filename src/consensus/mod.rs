@@ -18,6 +18,7 @@
 //! | [`Node::on_hard_state_durable`] | the term and vote handed out are on stable storage |
 //! | [`Node::on_fetched`] | entries read from disk in answer to a [`Fetch`] |
 //! | [`Node::change_membership`], [`Node::transfer_leader`], [`Node::trim`] | admin |
+//! | [`Node::status`] | leader, term, commit, members, per-follower progress |
 //!
 //! # Outputs and the order the runtime must respect
 //!
@@ -40,6 +41,38 @@
 //!    clients waiting on them.
 //! 4. **Fetches**: read each range from the durable log (asynchronously) and hand the entries
 //!    to [`Node::on_fetched`]; they go to a follower that lags behind the entry cache.
+//!
+//! # The runtime loop, in miniature
+//!
+//! A one-member group, with "persisting" reduced to reporting the write durable at once:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use corelog::consensus::{Config, Membership, Node, Reply, Role};
+//!
+//! let mut node = Node::new(1, Config::default(), Membership::with_voters(&[(1, 1)]), 42);
+//! node.campaign();
+//! let mut replies = Vec::new();
+//! for round in 0..4 {
+//!     if round == 2 {
+//!         assert_eq!(node.role(), Role::Leader);
+//!         node.propose(7, 1, Bytes::from_static(b"hello")).unwrap();
+//!     }
+//!     let rd = node.take_ready();
+//!     // 1. writes: snapshot, entries, hard state, in this order; report them when durable.
+//!     if let Some(hs) = rd.hard_state {
+//!         node.on_hard_state_durable(hs);
+//!     }
+//!     if let Some(w) = &rd.entries {
+//!         let last = w.entries.last().unwrap();
+//!         node.on_entries_durable(last.index, last.term);
+//!     }
+//!     // 2. messages: send `rd.messages` to their peers (none here).
+//!     // 3. apply up to `rd.commit_index`, answer `rd.replies`; 4. serve `rd.fetches`.
+//!     replies.extend(rd.replies);
+//! }
+//! assert!(replies.contains(&Reply::Committed { session: 7, sequence: 1, index: 2, term: 1 }));
+//! ```
 //!
 //! # What the protocol guarantees, and how
 //!
@@ -95,7 +128,9 @@ pub use config::{Config, ConfigError, ProtocolBugs};
 pub use error::{Bound, Error};
 pub use membership::{ConfChange, Membership, MembershipError, Voter};
 pub use message::{Body, Message, Reply, Snapshot};
-pub use node::{Fetch, LogWrite, Node, Proposed, Ready, RestartState, Role};
+pub use node::{
+    Fetch, FollowerStatus, LogWrite, Node, Proposed, Ready, RestartState, Role, Status,
+};
 pub use progress::ProgressState;
 pub use session::{SessionRecord, SessionTable};
 pub use types::{ENTRY_OVERHEAD_BYTES, Entry, EntryKind, HardState, Index, NodeId, Term};

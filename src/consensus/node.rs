@@ -18,6 +18,23 @@ use super::rand::SplitMix64;
 use super::session::{Lookup, SessionTable};
 use super::types::{Entry, EntryKind, HardState, Index, NodeId, Term};
 
+/// Structural checks on a message before it may touch the log.
+fn well_formed(m: &Message) -> bool {
+    match &m.body {
+        Body::Append { prev_index, prev_term, entries, .. } => {
+            let mut term = *prev_term;
+            entries.iter().enumerate().all(|(k, e)| {
+                let ok =
+                    e.index == prev_index + 1 + k as Index && e.term >= term && e.term <= m.term;
+                term = e.term;
+                ok
+            })
+        }
+        Body::InstallSnapshot { snapshot } => snapshot.term <= m.term,
+        _ => true,
+    }
+}
+
 /// A priority-0 voter (logger) campaigns after this many election timeouts without a leader.
 pub const LOGGER_LAST_RESORT_TIMEOUTS: u32 = 3;
 
@@ -109,6 +126,54 @@ pub enum Proposed {
     Pending { index: Index },
     /// A retry of a proposal already committed at `(index, term)`: that is the answer.
     Duplicate { index: Index, term: Term },
+}
+
+/// A follower's replication state as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowerStatus {
+    /// The follower.
+    pub id: NodeId,
+    /// Highest index it reported durable and matching.
+    pub match_index: Index,
+    /// Next index the leader will send.
+    pub next_index: Index,
+    /// Probe, Replicate or Snapshot.
+    pub state: ProgressState,
+    /// Append messages in flight.
+    pub inflight_msgs: usize,
+    /// Entry bytes in flight.
+    pub inflight_bytes: u64,
+    /// Heard from since the last CheckQuorum round.
+    pub recent_active: bool,
+}
+
+/// What `corelog status` shows for one group on one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// This node.
+    pub id: NodeId,
+    /// Its role.
+    pub role: Role,
+    /// Its term.
+    pub term: Term,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// Commit index.
+    pub commit_index: Index,
+    /// Last index in the log.
+    pub last_index: Index,
+    /// Highest durable index.
+    pub durable_index: Index,
+    /// Last trimmed index.
+    pub snapshot_index: Index,
+    /// Membership in force.
+    pub membership: Membership,
+    /// Leader only: each follower's progress.
+    pub followers: Vec<FollowerStatus>,
+    /// Leader only: bytes appended but not committed.
+    pub uncommitted_bytes: u64,
+    /// Leader only: true while a lease read would be served.
+    pub lease_valid: bool,
 }
 
 /// What a restarting node recovered from its stable storage.
@@ -384,6 +449,36 @@ impl Node {
     /// Leader: the match index of each follower (for status pages and tests).
     pub fn progress_match(&self) -> Vec<(NodeId, Index)> {
         self.progress.iter().map(|p| (p.id, p.match_index)).collect()
+    }
+
+    /// A snapshot of the node's state for status pages and tests.
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.id,
+            role: self.role,
+            term: self.term,
+            leader: self.leader,
+            commit_index: self.commit,
+            last_index: self.log.last_index(),
+            durable_index: self.log.durable,
+            snapshot_index: self.log.base_index,
+            membership: self.membership.clone(),
+            followers: self
+                .progress
+                .iter()
+                .map(|p| FollowerStatus {
+                    id: p.id,
+                    match_index: p.match_index,
+                    next_index: p.next_index,
+                    state: p.state,
+                    inflight_msgs: p.inflights.len(),
+                    inflight_bytes: p.inflight_bytes,
+                    recent_active: p.recent_active,
+                })
+                .collect(),
+            uncommitted_bytes: self.uncommitted_bytes,
+            lease_valid: self.lease_valid(),
+        }
     }
 
     /// True if this leader may serve a read from its lease right now.
@@ -663,9 +758,14 @@ impl Node {
         Some(self.snapshot.clone())
     }
 
-    /// Handles a message from a peer.
+    /// Handles a message from a peer. A malformed message (misrouted, or an Append whose
+    /// entries do not follow `prev_index` contiguously with terms between `prev_term` and the
+    /// message's term) is dropped: the transport should never deliver one, and the log must
+    /// not be touched by it.
     pub fn step(&mut self, m: Message) {
-        debug_assert_eq!(m.to, self.id, "misrouted message");
+        if m.to != self.id || m.from == self.id || !well_formed(&m) {
+            return;
+        }
         if m.term > self.term {
             match &m.body {
                 Body::RequestVote { pre_vote, transfer, .. } => {
@@ -1079,7 +1179,6 @@ impl Node {
         }
         self.log.append(e);
         self.need_broadcast = true;
-        // A single-voter group commits as soon as its own write is durable.
         index
     }
 

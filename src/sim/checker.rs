@@ -9,7 +9,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use crate::consensus::{Entry, EntryKind, Index, Node, NodeId, Role, Term};
+use crate::consensus::{Entry, EntryKind, HardState, Index, Node, NodeId, Role, Term};
 
 /// The invariant that broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -30,6 +30,8 @@ pub enum ViolationKind {
     LeaseOverlap,
     /// A read returned a commit point older than one already committed when it started.
     StaleRead,
+    /// A node's persisted term went down, or its vote changed within a term.
+    HardStateRegression,
     /// After faults stopped, no leader or pending proposals did not commit in time.
     Liveness,
 }
@@ -45,6 +47,7 @@ impl fmt::Display for ViolationKind {
             Self::ExactlyOnce => "exactly-once",
             Self::LeaseOverlap => "lease-overlap",
             Self::StaleRead => "stale-read",
+            Self::HardStateRegression => "hard-state-regression",
             Self::Liveness => "liveness",
         };
         f.write_str(s)
@@ -286,6 +289,16 @@ impl Checker {
              {other_term}"
         );
         self.violate(ViolationKind::LeaseOverlap, detail);
+    }
+
+    /// Node `node` persists `next` after `prev` (the last it persisted, across restarts).
+    pub fn on_hard_state(&mut self, node: NodeId, prev: HardState, next: HardState) {
+        let ok = next.term > prev.term
+            || (next.term == prev.term && (prev.vote.is_none() || prev.vote == next.vote));
+        if !ok {
+            let detail = format!("node {node} persists {next:?} after {prev:?}");
+            self.violate(ViolationKind::HardStateRegression, detail);
+        }
     }
 
     /// Records a liveness failure.

@@ -10,9 +10,9 @@ use super::{Sim, SimOptions, SimReport};
 /// Arguments of `corelog sim`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimArgs {
-    /// Number of seeds to run.
-    #[arg(long, default_value_t = 100)]
-    pub seeds: u64,
+    /// Number of seeds to run (default 100, or 1 when `--seed` is given).
+    #[arg(long)]
+    pub seeds: Option<u64>,
     /// First seed (seeds run are `seed .. seed + seeds`). With `--seeds` omitted, runs just
     /// this one.
     #[arg(long)]
@@ -78,11 +78,7 @@ pub fn run(args: &SimArgs) -> ExitCode {
         }
     };
     let first = args.seed.unwrap_or(1);
-    let count = if args.seed.is_some() && !std::env::args().any(|a| a == "--seeds") {
-        1
-    } else {
-        args.seeds
-    };
+    let count = args.seeds.unwrap_or(if args.seed.is_some() { 1 } else { 100 });
     let started = Instant::now();
     let mut steps = 0u64;
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();

@@ -16,8 +16,21 @@
 //!   next one may be torn (a prefix of its entries written): exactly what a real disk may do
 //!   with unacknowledged writes.
 //! - **Clients** propose with a session and sequence, retry the same sequence on timeouts,
-//!   redirects and abandoned proposals, and read (lease or ReadIndex).
-//! - **Steps**: one step is one event (a delivery, a tick, a flush, a client action, a fault).
+//!   redirects and abandoned proposals, and read (lease or ReadIndex). Requests and answers
+//!   cross a client network with the same delays and loss rate as the replicas' network.
+//! - **Faults** come every 10-160 ms (2x or 4x as often in half the seeds): crashes and
+//!   restarts, isolation, random splits, one-way cuts, heals, loss and duplication rates,
+//!   slow-disk episodes, leader transfers, membership changes (add a learner, promote,
+//!   remove, change a priority; a third of the seeds have a spare node for this). Two
+//!   adversarial ones aim at the classic windows: a leader crashes right after it advanced
+//!   its commit index (0.3, 3 or 30 % of the time, per seed), and a just-elected leader is
+//!   cut off before its no-op spreads (5 %). Nodes also trim their logs now and then.
+//! - **Protocol settings vary per seed** so that the simulator covers them all: small batches
+//!   (down to one entry per message) and windows, a tiny entry cache (lagging followers are
+//!   then served by disk fetches, which the simulated disk answers), PreVote or CheckQuorum
+//!   off, election priorities with a logger.
+//! - **Steps**: one step is one event (a delivery, a tick, a flush, a fetch, a client action,
+//!   a fault).
 //!
 //! After `steps` steps of faults the network heals, crashed nodes restart and faults stop;
 //! then a leader must emerge and every client must complete new proposals within
@@ -130,6 +143,18 @@ enum EventKind {
     Fault,
     Restart(usize),
     Trim(usize),
+    /// A client's request reaches a node.
+    ClientRequest {
+        client: usize,
+        node: usize,
+        key: OpKey,
+    },
+    /// A node's answer reaches a client.
+    ClientAnswer {
+        client: usize,
+        key: OpKey,
+        answer: Answer,
+    },
     /// A read of evicted entries from node's durable log completes.
     Fetch {
         node: usize,
@@ -217,6 +242,8 @@ struct SimNode {
     tick_us: u64,
     disk: Disk,
     checked_commit: Index,
+    /// The last hard state this node handed out (or recovered), across restarts.
+    last_hard_state: HardState,
     seen: (Role, Term),
     slow_disk_until_us: u64,
 }
@@ -225,6 +252,31 @@ struct SimNode {
 enum Op {
     Propose { seq: u64, data: Bytes },
     Read { id: u64, floor: Index },
+}
+
+/// Which operation a request or an answer is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpKey {
+    Propose(u64),
+    Read(u64),
+}
+
+impl Op {
+    fn key(&self) -> OpKey {
+        match self {
+            Op::Propose { seq, .. } => OpKey::Propose(*seq),
+            Op::Read { id, .. } => OpKey::Read(*id),
+        }
+    }
+}
+
+/// What a node tells a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// The operation completed (the checker has already checked it).
+    Done,
+    /// Try another node (the leader it names, if any).
+    Redirect(Option<NodeId>),
 }
 
 struct Client {
@@ -350,6 +402,7 @@ impl Sim {
                 tick_us,
                 disk: Disk::default(),
                 checked_commit: 0,
+                last_hard_state: HardState::default(),
                 seen: (Role::Follower, 0),
                 slow_disk_until_us: 0,
             });
@@ -527,6 +580,10 @@ impl Sim {
             }
             EventKind::DiskDone { node, epoch } => self.disk_done(node, epoch),
             EventKind::Client(c) => self.client_event(c),
+            EventKind::ClientRequest { client, node, key } => {
+                self.client_request(client, node, key)
+            }
+            EventKind::ClientAnswer { client, key, answer } => self.on_answer(client, key, answer),
             EventKind::Fault => {
                 if self.quiet_since_us.is_none() {
                     self.random_fault();
@@ -618,6 +675,10 @@ impl Sim {
         };
         let rd = core.take_ready();
         let checker = &mut self.checker;
+        if let Some(hs) = rd.hard_state {
+            checker.on_hard_state(id, node.last_hard_state, hs);
+            node.last_hard_state = hs;
+        }
         if let Some(w) = &rd.entries {
             let prev = core.log_term(w.first_index - 1).unwrap_or(0);
             checker.on_write(id, prev, &w.entries);
@@ -725,17 +786,23 @@ impl Sim {
     /// Crashes node `i`: everything not durable is lost, except a random prefix of the
     /// pending flushes and possibly a torn part of the next one.
     pub fn crash(&mut self, i: usize) {
+        self.crash_with(i, false);
+    }
+
+    /// Crashes node `i`; with `lose_unflushed`, none of its pending flushes lands.
+    fn crash_with(&mut self, i: usize, lose_unflushed: bool) {
         if self.nodes[i].core.is_none() {
             return;
         }
         self.nodes[i].core = None;
         self.nodes[i].epoch += 1;
         let pending = std::mem::take(&mut self.nodes[i].disk.pending);
-        let landed = self.rng.below(pending.len() as u64 + 1) as usize;
+        let landed =
+            if lose_unflushed { 0 } else { self.rng.below(pending.len() as u64 + 1) as usize };
         for f in pending.iter().take(landed) {
             self.nodes[i].disk.apply(f, None);
         }
-        if let Some(f) = pending.get(landed)
+        if let Some(f) = pending.get(landed).filter(|_| !lose_unflushed)
             && let Some(w) = &f.write
             && self.rng.chance_ppm(500_000)
         {
@@ -769,6 +836,7 @@ impl Sim {
         let initial = self.nodes[i].initial.clone();
         let core = Node::restart(id, self.cfg.clone(), initial, seed, state);
         self.nodes[i].checked_commit = core.commit_index();
+        self.nodes[i].last_hard_state = self.nodes[i].disk.hard_state;
         self.nodes[i].seen = (core.role(), core.term());
         self.nodes[i].core = Some(core);
         self.nodes[i].tick_us = self.skewed_tick();
@@ -960,14 +1028,33 @@ impl Sim {
         self.clients[c].sent_at_us = 0; // resend at the next client event
     }
 
+    /// Sends the client's current operation to its target over the (lossy) client network.
     fn client_send(&mut self, c: usize) {
         self.clients[c].sent_at_us = self.now_us;
-        let t = self.clients[c].target;
-        let Some(op) = self.clients[c].op.clone() else {
+        let Some(key) = self.clients[c].op.as_ref().map(Op::key) else {
             return;
         };
+        if self.drop_ppm > 0 && self.rng.chance_ppm(self.drop_ppm) {
+            return; // lost: the client retries after its timeout
+        }
+        let node = self.clients[c].target;
+        let d = 100 + self.rng.below(2_900);
+        self.schedule(d, EventKind::ClientRequest { client: c, node, key });
+    }
+
+    /// Sends an answer back to a client.
+    fn client_answer(&mut self, c: usize, key: OpKey, answer: Answer) {
+        let d = 100 + self.rng.below(2_900);
+        self.schedule(d, EventKind::ClientAnswer { client: c, key, answer });
+    }
+
+    /// A client's request arrives at node `t`.
+    fn client_request(&mut self, c: usize, t: usize, key: OpKey) {
+        let Some(op) = self.clients[c].op.clone().filter(|op| op.key() == key) else {
+            return; // a late copy of a request whose operation is over
+        };
         if self.nodes[t].core.is_none() {
-            self.redirect(c, None);
+            self.client_answer(c, key, Answer::Redirect(None));
             return;
         }
         let session = self.clients[c].session;
@@ -980,10 +1067,12 @@ impl Sim {
                 match r {
                     Ok(Proposed::Duplicate { index, term }) => {
                         self.checker.on_ack(session, seq, index, term);
-                        self.client_done(c);
+                        self.client_answer(c, key, Answer::Done);
                     }
                     Ok(_) => {}
-                    Err(Error::NotLeader { leader_hint }) => self.redirect(c, leader_hint),
+                    Err(Error::NotLeader { leader_hint }) => {
+                        self.client_answer(c, key, Answer::Redirect(leader_hint))
+                    }
                     Err(_) => {}
                 }
             }
@@ -1002,13 +1091,15 @@ impl Sim {
                         }
                     }
                     self.checker.on_read(reader, index, floor, true);
-                    self.client_done(c);
+                    self.client_answer(c, key, Answer::Done);
                     return;
                 }
                 let core = self.nodes[t].core.as_mut().expect("up");
                 match core.read_index(id) {
                     Ok(()) => {}
-                    Err(Error::NotLeader { leader_hint }) => self.redirect(c, leader_hint),
+                    Err(Error::NotLeader { leader_hint }) => {
+                        self.client_answer(c, key, Answer::Redirect(leader_hint))
+                    }
                     Err(_) => {}
                 }
             }
@@ -1032,30 +1123,35 @@ impl Sim {
         match r {
             Reply::Committed { session, sequence, index, term } => {
                 self.checker.on_ack(session, sequence, index, term);
-                if let Some(c) = self.client_of_session(session)
-                    && matches!(self.clients[c].op, Some(Op::Propose { seq, .. }) if seq == sequence)
-                {
-                    self.client_done(c);
+                if let Some(c) = self.client_of_session(session) {
+                    self.client_answer(c, OpKey::Propose(sequence), Answer::Done);
                 }
             }
             Reply::Abandoned { session, sequence, leader_hint } => {
-                if let Some(c) = self.client_of_session(session)
-                    && matches!(self.clients[c].op, Some(Op::Propose { seq, .. }) if seq == sequence)
-                {
-                    self.redirect(c, leader_hint);
+                if let Some(c) = self.client_of_session(session) {
+                    self.client_answer(c, OpKey::Propose(sequence), Answer::Redirect(leader_hint));
                 }
             }
             Reply::ReadReady { id, index } => {
-                let c = id >> 32;
-                if let Some(c) = self.client_of_session(c)
+                if let Some(c) = self.client_of_session(id >> 32)
                     && let Some(Op::Read { id: rid, floor }) = self.clients[c].op
                     && rid == id
                 {
                     self.checker.on_read(self.nodes[node].id, index, floor, false);
-                    self.client_done(c);
+                    self.client_answer(c, OpKey::Read(id), Answer::Done);
                 }
             }
             Reply::ReadFailed { .. } => {}
+        }
+    }
+
+    fn on_answer(&mut self, c: usize, key: OpKey, answer: Answer) {
+        if self.clients[c].op.as_ref().map(Op::key) != Some(key) {
+            return; // about an operation that is already over
+        }
+        match answer {
+            Answer::Done => self.client_done(c),
+            Answer::Redirect(hint) => self.redirect(c, hint),
         }
     }
 
@@ -1103,6 +1199,14 @@ impl Sim {
     /// Crashes node `id`.
     pub fn crash_node(&mut self, id: NodeId) {
         self.crash(id as usize - 1);
+    }
+    /// Crashes node `id`, losing every write it had not made durable.
+    pub fn crash_node_losing_unflushed(&mut self, id: NodeId) {
+        self.crash_with(id as usize - 1, true);
+    }
+    /// Makes node `id`'s flushes 20 ms slower for `us` of simulated time.
+    pub fn slow_disk(&mut self, id: NodeId, us: u64) {
+        self.nodes[id as usize - 1].slow_disk_until_us = self.now_us + us;
     }
     /// Restarts node `id`.
     pub fn restart_node(&mut self, id: NodeId) {
