@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# compare-wal.sh: corelog's local log against two baselines with the same workload on the
+# same file system:
+#   corelog      `corelog bench wal`
+#   raft-engine  tools/raft-engine-bench (TiKV's raft-engine 0.4.2, write-group commit)
+#   buffered     tools/buffered-wal-bench (buffered pwrite + fdatasync, simple group commit,
+#                preallocated file)
+# All three run with the same --entry-size, --concurrency and --duration, interleaved
+# (corelog, raft-engine, buffered, then again: 2 rounds by default) because the disk
+# drifts by up to 30% within an hour; ratios are computed within each round.
+#
+# Usage: tools/compare-wal.sh [--dir DIR] [--corelog BIN] [--entry-size BYTES]
+#                             [--concurrency N] [--duration 10s] [--rounds 2]
+#                             [--groups N] [--out DIR] [--baselines-only]
+set -euo pipefail
+
+usage() {
+    sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'
+    cat <<'EOF'
+Options:
+  --dir DIR          directory on the file system to test (default: a new temporary
+                     directory under /var/tmp, removed afterwards)
+  --corelog BIN      corelog binary (default: target/release/corelog)
+  --entry-size B     payload bytes per entry (default: 4096)
+  --concurrency N    appends in flight / writer threads (default: 64)
+  --duration D       measured time per run (default: 10s)
+  --rounds N         interleaved rounds (default: 2)
+  --groups N         --groups for corelog bench wal (default: 1)
+  --out DIR          keep every run's JSON here (default: a new directory under /var/tmp)
+  --baselines-only   run raft-engine and buffered only (no corelog)
+EOF
+}
+
+TOOLS=$(cd "$(dirname "$0")" && pwd)
+DIR=""
+CORELOG="target/release/corelog"
+ENTRY=4096
+CONC=64
+DURATION=10s
+ROUNDS=2
+GROUPS_N=1
+OUT=""
+BASELINES_ONLY=0
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --dir) DIR="$2"; shift 2 ;;
+        --corelog) CORELOG="$2"; shift 2 ;;
+        --entry-size) ENTRY="$2"; shift 2 ;;
+        --concurrency) CONC="$2"; shift 2 ;;
+        --duration) DURATION="$2"; shift 2 ;;
+        --rounds) ROUNDS="$2"; shift 2 ;;
+        --groups) GROUPS_N="$2"; shift 2 ;;
+        --out) OUT="$2"; shift 2 ;;
+        --baselines-only) BASELINES_ONLY=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "compare-wal: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+[[ "$DURATION" =~ ^[0-9.]+(s|ms|m)?$ ]] || { echo "compare-wal: bad --duration $DURATION" >&2; exit 2; }
+[[ "$DURATION" =~ [a-z]$ ]] || DURATION="${DURATION}s"
+
+die() { echo "compare-wal: error: $*" >&2; exit 1; }
+log() { echo "compare-wal: $*" >&2; }
+
+command -v python3 >/dev/null || die "python3 is needed to read JSON"
+command -v cargo >/dev/null || die "cargo is needed to build the baselines"
+
+if [[ $BASELINES_ONLY -eq 0 ]]; then
+    [[ -x "$CORELOG" ]] || die "corelog binary not found or not executable at '$CORELOG'. Build it (cargo build --release) or pass --corelog BIN; --baselines-only runs the baselines alone."
+    if ! HELP=$("$CORELOG" bench wal --help 2>&1) || ! grep -q -- '--entry-size' <<< "$HELP"; then
+        die "'$CORELOG bench wal' is not available (no 'bench wal' subcommand with --entry-size yet). Use --baselines-only to run the baselines alone."
+    fi
+fi
+
+# --- build the baselines (a no-op when up to date) -------------------------------------
+build() { # project dir -> prints the release binary path
+    local proj=$1 name=$2
+    log "building $name (release)"
+    cargo build --release --quiet --manifest-path "$TOOLS/$proj/Cargo.toml" >&2 \
+        || die "building $TOOLS/$proj failed"
+    local tdir
+    tdir=$(cargo metadata --format-version 1 --no-deps --manifest-path "$TOOLS/$proj/Cargo.toml" \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+    [[ -x "$tdir/release/$name" ]] || die "built $name but found no $tdir/release/$name"
+    echo "$tdir/release/$name"
+}
+RE_BIN=$(build raft-engine-bench raft-engine-bench)
+BUF_BIN=$(build buffered-wal-bench buffered-wal-bench)
+
+# --- directories ---------------------------------------------------------------------
+CLEAN_DIR=0
+if [[ -z "$DIR" ]]; then
+    DIR=$(mktemp -d /var/tmp/compare-wal.XXXXXX)
+    CLEAN_DIR=1
+fi
+mkdir -p "$DIR"
+[[ -z "$OUT" ]] && OUT=$(mktemp -d /var/tmp/compare-wal-out.XXXXXX)
+mkdir -p "$OUT"
+RUNDIR="$DIR/compare-wal.$$"
+cleanup() {
+    rm -rf "$RUNDIR"
+    if [[ $CLEAN_DIR -eq 1 ]]; then rmdir "$DIR" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+
+FS_LINE=$(findmnt -n -o SOURCE,FSTYPE,OPTIONS -T "$DIR" || true)
+log "directory $DIR on: $FS_LINE"
+log "entry size $ENTRY, concurrency $CONC, duration $DURATION, $ROUNDS round(s); JSON in $OUT"
+{
+    echo "date=$(date -u +%FT%TZ)"
+    echo "dir=$DIR"
+    echo "fs=$FS_LINE"
+    echo "kernel=$(uname -r)"
+    echo "entry_size=$ENTRY concurrency=$CONC duration=$DURATION rounds=$ROUNDS groups=$GROUPS_N"
+} > "$OUT/env.txt"
+
+COMMON=(--duration "$DURATION" --entry-size "$ENTRY" --concurrency "$CONC")
+run_one() { # tool round
+    local tool=$1 round=$2 json="$OUT/${1}_r${2}.json" logf="$OUT/${1}_r${2}.log"
+    rm -rf "$RUNDIR"; mkdir -p "$RUNDIR"
+    log "round $round: $tool"
+    local cmd
+    case "$tool" in
+        corelog) cmd=("$CORELOG" bench wal --dir "$RUNDIR" "${COMMON[@]}" --groups "$GROUPS_N" --json "$json") ;;
+        raft-engine) cmd=("$RE_BIN" --dir "$RUNDIR" "${COMMON[@]}" --json "$json") ;;
+        buffered) cmd=("$BUF_BIN" --dir "$RUNDIR" "${COMMON[@]}" --json "$json") ;;
+    esac
+    echo "${cmd[*]}" > "$logf"
+    if ! "${cmd[@]}" >> "$logf" 2>&1; then
+        tail -n 20 "$logf" >&2
+        die "$tool failed in round $round; output in $logf"
+    fi
+    [[ -s "$json" ]] || die "$tool wrote no JSON in round $round"
+    rm -rf "$RUNDIR"
+}
+
+TOOL_LIST=(corelog raft-engine buffered)
+[[ $BASELINES_ONLY -eq 1 ]] && TOOL_LIST=(raft-engine buffered)
+for ((r = 1; r <= ROUNDS; r++)); do
+    for t in "${TOOL_LIST[@]}"; do
+        run_one "$t" "$r"
+    done
+done
+
+# --- report --------------------------------------------------------------------------
+python3 - "$OUT" "$ROUNDS" "${TOOL_LIST[@]}" <<'EOF'
+import json, os, sys
+out, rounds, tools = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+res = {t: [json.load(open(os.path.join(out, f"{t}_r{r}.json"))) for r in range(1, rounds + 1)] for t in tools}
+
+def mean(xs):
+    return sum(xs) / len(xs) if xs else float("nan")
+
+print()
+print(f"{'tool':12} {'round':>5} {'appends/s':>11} {'MiB/s':>9} {'flushes/s':>10} {'entries/fl':>10} {'p50 µs':>9} {'p99 µs':>9} {'p999 µs':>9}")
+for t in tools:
+    for r, d in enumerate(res[t], 1):
+        print(f"{t:12} {r:5} {d['appends_per_sec']:11.0f} {d['mib_per_sec']:9.1f} {d.get('flushes_per_sec', float('nan')):10.0f} "
+              f"{d.get('entries_per_flush', float('nan')):10.1f} {d['p50_us']:9.0f} {d['p99_us']:9.0f} {d['p999_us']:9.0f}")
+    ds = res[t]
+    print(f"{t:12} {'mean':>5} {mean([d['appends_per_sec'] for d in ds]):11.0f} {mean([d['mib_per_sec'] for d in ds]):9.1f} "
+          f"{mean([d.get('flushes_per_sec', float('nan')) for d in ds]):10.0f} {mean([d.get('entries_per_flush', float('nan')) for d in ds]):10.1f} "
+          f"{mean([d['p50_us'] for d in ds]):9.0f} {mean([d['p99_us'] for d in ds]):9.0f} {mean([d['p999_us'] for d in ds]):9.0f}")
+
+summary = {"runs": res}
+if "corelog" in tools:
+    print()
+    print("ratios within each round (throughput: higher is better for corelog; latency: lower is better)")
+    print(f"{'ratio':28} " + " ".join(f"{'r' + str(r):>7}" for r in range(1, rounds + 1)) + f" {'mean':>7}")
+    summary["ratios"] = {}
+    for base in ("raft-engine", "buffered"):
+        for key, label in (("appends_per_sec", "appends/s"), ("p50_us", "p50"), ("p99_us", "p99")):
+            rs = [c[key] / b[key] if b[key] else float("nan") for c, b in zip(res["corelog"], res[base])]
+            name = f"corelog/{base} {label}"
+            summary["ratios"][name] = rs
+            print(f"{name:28} " + " ".join(f"{x:7.2f}" for x in rs) + f" {mean(rs):7.2f}")
+json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=1)
+EOF
+log "JSON and logs kept in $OUT"
