@@ -5,7 +5,9 @@
 #   (a) sequential O_DIRECT writes of the flush size, fdatasync after every write, QD1
 #       (what one group-commit flush per write can do; bs = corelog's bytes_per_flush
 #       rounded up to 4 KiB, or --bs)
-#   (b) sequential O_DIRECT writes, no sync, large blocks at a queue depth (the ceiling)
+#   (b) sequential O_DIRECT writes, no sync, large blocks at a queue depth (the ceiling:
+#       the best of a few block size / queue depth pairs, since on a virtual disk no single
+#       pair is reliably the fastest)
 #   (c) 4 KiB O_DIRECT write + fdatasync at QD1 (the latency of one durable write;
 #       per-op latency = write completion + fdatasync latency)
 #
@@ -18,7 +20,7 @@
 #
 # Usage: tools/fio-compare.sh [--dir DIR] [--corelog BIN] [--duration SECS]
 #                             [--bs SIZE[,SIZE...]] [--file-size SIZE]
-#                             [--ceiling-bs SIZE] [--ceiling-iodepth N]
+#                             [--ceiling BS:QD[,BS:QD...]]
 #                             [--groups N] [--out DIR] [--fio-only]
 set -euo pipefail
 
@@ -33,8 +35,8 @@ Options:
   --bs LIST            block size(s) for (a), comma separated (default: corelog's
                        bytes_per_flush rounded up to 4 KiB; with --fio-only: 4k,64k,256k,1m)
   --file-size SIZE     fio test file size (default: 1g)
-  --ceiling-bs SIZE    block size for (b) (default: 1m)
-  --ceiling-iodepth N  queue depth for (b) (default: 8)
+  --ceiling LIST       block size:queue depth pairs for (b); the ceiling is the best
+                       of them (default: 1m:1,1m:4,256k:16)
   --groups N           --groups passed to corelog bench wal (default: 1)
   --out DIR            keep the fio and corelog JSON here (default: a new directory
                        under /var/tmp, printed at the end)
@@ -47,8 +49,7 @@ CORELOG="target/release/corelog"
 DURATION=10
 BS=""
 FILE_SIZE="1g"
-CEIL_BS="1m"
-CEIL_QD=8
+CEILING="1m:1,1m:4,256k:16"
 GROUPS_N=1
 OUT=""
 FIO_ONLY=0
@@ -60,8 +61,7 @@ while [[ $# -gt 0 ]]; do
         --duration) DURATION="${2%s}"; shift 2 ;;
         --bs) BS="$2"; shift 2 ;;
         --file-size) FILE_SIZE="$2"; shift 2 ;;
-        --ceiling-bs) CEIL_BS="$2"; shift 2 ;;
-        --ceiling-iodepth) CEIL_QD="$2"; shift 2 ;;
+        --ceiling) CEILING="$2"; shift 2 ;;
         --groups) GROUPS_N="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --fio-only) FIO_ONLY=1; shift ;;
@@ -196,15 +196,21 @@ for bs in "${BS_LIST[@]}"; do
     b=$(to_bytes "$bs")
     fio_job "a_bs${b}_fdatasync" --bs="$b" --iodepth=1 --fdatasync=1
 done
-CEIL_B=$(to_bytes "$CEIL_BS")
-fio_job "b_bs${CEIL_B}_qd${CEIL_QD}_nosync" --bs="$CEIL_B" --iodepth="$CEIL_QD"
+IFS=',' read -r -a CEIL_LIST <<< "$CEILING"
+CEIL_JOBS=()
+for pair in "${CEIL_LIST[@]}"; do
+    [[ "$pair" == *:* ]] || die "--ceiling takes BS:QD pairs, not '$pair'"
+    b=$(to_bytes "${pair%%:*}"); qd=${pair#*:}
+    fio_job "b_bs${b}_qd${qd}_nosync" --bs="$b" --iodepth="$qd"
+    CEIL_JOBS+=("b_bs${b}_qd${qd}_nosync")
+done
 fio_job "c_bs4096_qd1_fdatasync" --bs=4k --iodepth=1 --fdatasync=1
 
 # --- report --------------------------------------------------------------------------
-python3 - "$OUT" "$FIO_ONLY" "$CEIL_B" "$CEIL_QD" "${BS_LIST[@]}" <<'EOF'
+python3 - "$OUT" "$FIO_ONLY" "$(IFS=,; echo "${CEIL_JOBS[*]}")" "${BS_LIST[@]}" <<'EOF'
 import json, os, sys
-out, fio_only, ceil_b, ceil_qd = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4])
-bs_list = sys.argv[5:]
+out, fio_only, ceil_jobs = sys.argv[1], sys.argv[2] == "1", sys.argv[3].split(",")
+bs_list = sys.argv[4:]
 MiB = 1 << 20
 
 def to_bytes(s):
@@ -244,7 +250,8 @@ print()
 print("fio (io_uring, O_DIRECT, overwrite of a fully written file)")
 print(f"{'job':34} {'IOPS':>9} {'MiB/s':>8} {'w p50':>8} {'w p99':>8} {'sync p50':>9} {'sync p99':>9} {'op p50':>8} {'op p99':>8} {'cycle':>8}")
 fio = {}
-names = [f"a_bs{to_bytes(b)}_fdatasync" for b in bs_list] + [f"b_bs{ceil_b}_qd{ceil_qd}_nosync", "c_bs4096_qd1_fdatasync"]
+a_jobs = [f"a_bs{to_bytes(b)}_fdatasync" for b in bs_list]
+names = a_jobs + ceil_jobs + ["c_bs4096_qd1_fdatasync"]
 for n in names:
     r = summary(n)
     fio[n] = r
@@ -255,14 +262,16 @@ for n in names:
           f"{f(r['op_p50'], 8)} {f(r['op_p99'], 8)} {f(r['cycle_us'], 8)}")
 print("(latencies in µs: w = write completion, sync = fdatasync, op = w + sync (per-percentile sum),")
 print(" cycle = 1e6 / IOPS, the mean time per durable write at QD1; for (a)/(c) IOPS = durable writes/s)")
+ceil_name = max(ceil_jobs, key=lambda n: fio[n]["mib_s"])
+print(f"ceiling (b) = {ceil_name}: {fio[ceil_name]['mib_s']:.1f} MiB/s")
 
-summary_json = {"fio": fio}
+summary_json = {"fio": fio, "ceiling_job": ceil_name}
 if not fio_only:
     bw = json.load(open(os.path.join(out, "corelog_bandwidth.json")))
     lat = json.load(open(os.path.join(out, "corelog_latency.json")))
-    a = fio[names[0]]
-    b = fio[names[-2]]
-    c = fio[names[-1]]
+    a = fio[a_jobs[0]]
+    b = fio[ceil_name]
+    c = fio["c_bs4096_qd1_fdatasync"]
     checks = [
         ("MiB/s, c=64 vs (a) flush-size write+fdatasync", bw["mib_per_sec"], a["mib_s"], 0.90, ">="),
         ("MiB/s, c=64 vs (b) no-sync ceiling", bw["mib_per_sec"], b["mib_s"], 0.75, ">="),
