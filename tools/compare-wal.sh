@@ -12,6 +12,11 @@
 # Usage: tools/compare-wal.sh [--dir DIR] [--corelog BIN] [--entry-size BYTES]
 #                             [--concurrency N] [--duration 10s] [--rounds 2]
 #                             [--groups N] [--out DIR] [--baselines-only]
+#                             [--quiet-wait SECS] [--quiet-pct PCT]
+#
+# Each run records the CPU that the rest of the machine used meanwhile ("other CPU");
+# before each run the script waits (up to --quiet-wait seconds) for the machine to be
+# quiet, and the table flags runs that were disturbed (see lib/hostload.sh).
 set -euo pipefail
 
 usage() {
@@ -28,6 +33,10 @@ Options:
   --groups N         --groups for corelog bench wal (default: 1)
   --out DIR          keep every run's JSON here (default: a new directory under /var/tmp)
   --baselines-only   run raft-engine and buffered only (no corelog)
+  --quiet-wait SECS  before each run, wait up to SECS for the machine to be quiet
+                     (default: 60; 0: do not wait)
+  --quiet-pct PCT    quiet means other processes use less than PCT % of the CPUs;
+                     runs above it are flagged (default: 10)
 EOF
 }
 
@@ -41,6 +50,8 @@ ROUNDS=2
 GROUPS_N=1
 OUT=""
 BASELINES_ONLY=0
+QUIET_WAIT=60
+QUIET_PCT=10
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -53,6 +64,8 @@ while [[ $# -gt 0 ]]; do
         --groups) GROUPS_N="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --baselines-only) BASELINES_ONLY=1; shift ;;
+        --quiet-wait) QUIET_WAIT="$2"; shift 2 ;;
+        --quiet-pct) QUIET_PCT="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "compare-wal: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -64,6 +77,8 @@ die() { echo "compare-wal: error: $*" >&2; exit 1; }
 log() { echo "compare-wal: $*" >&2; }
 
 command -v python3 >/dev/null || die "python3 is needed to read JSON"
+# shellcheck source=lib/hostload.sh
+source "$TOOLS/lib/hostload.sh"
 command -v cargo >/dev/null || die "cargo is needed to build the baselines"
 
 if [[ $BASELINES_ONLY -eq 0 ]]; then
@@ -100,6 +115,7 @@ mkdir -p "$OUT"
 RUNDIR="$DIR/compare-wal.$$"
 cleanup() {
     rm -rf "$RUNDIR"
+    rm -f "$HOSTLOAD_TIMES"
     if [[ $CLEAN_DIR -eq 1 ]]; then rmdir "$DIR" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
@@ -127,10 +143,15 @@ run_one() { # tool round
         buffered) cmd=("$BUF_BIN" --dir "$RUNDIR" "${COMMON[@]}" --json "$json") ;;
     esac
     echo "${cmd[*]}" > "$logf"
+    wait_quiet "$QUIET_WAIT" "$QUIET_PCT" || true
+    load_begin
     if ! "${cmd[@]}" >> "$logf" 2>&1; then
         tail -n 20 "$logf" >&2
         die "$tool failed in round $round; output in $logf"
     fi
+    load_end
+    echo "$LOAD_OTHER_PCT" > "$OUT/${tool}_r${round}.load"
+    log "round $round: $tool done (other CPU ${LOAD_OTHER_PCT}%)"
     [[ -s "$json" ]] || die "$tool wrote no JSON in round $round"
     rm -rf "$RUNDIR"
 }
@@ -144,20 +165,28 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 # --- report --------------------------------------------------------------------------
-python3 - "$OUT" "$ROUNDS" "${TOOL_LIST[@]}" <<'EOF'
+python3 - "$OUT" "$ROUNDS" "$QUIET_PCT" "${TOOL_LIST[@]}" <<'EOF'
 import json, os, sys
-out, rounds, tools = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+out, rounds, quiet_pct, tools = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
 res = {t: [json.load(open(os.path.join(out, f"{t}_r{r}.json"))) for r in range(1, rounds + 1)] for t in tools}
+load = {t: [float(open(os.path.join(out, f"{t}_r{r}.load")).read()) for r in range(1, rounds + 1)] for t in tools}
+for t in tools:
+    for d, l in zip(res[t], load[t]):
+        d["other_cpu_pct"] = l
 
 def mean(xs):
     return sum(xs) / len(xs) if xs else float("nan")
 
 print()
-print(f"{'tool':12} {'round':>5} {'appends/s':>11} {'MiB/s':>9} {'flushes/s':>10} {'entries/fl':>10} {'p50 µs':>9} {'p99 µs':>9} {'p999 µs':>9}")
+print(f"{'tool':12} {'round':>5} {'appends/s':>11} {'MiB/s':>9} {'flushes/s':>10} {'entries/fl':>10} {'p50 µs':>9} {'p99 µs':>9} {'p999 µs':>9} {'other CPU':>9}")
+noisy = []
 for t in tools:
     for r, d in enumerate(res[t], 1):
+        flag = " !" if d["other_cpu_pct"] >= quiet_pct else ""
+        if flag:
+            noisy.append(f"{t} round {r}")
         print(f"{t:12} {r:5} {d['appends_per_sec']:11.0f} {d['mib_per_sec']:9.1f} {d.get('flushes_per_sec', float('nan')):10.0f} "
-              f"{d.get('entries_per_flush', float('nan')):10.1f} {d['p50_us']:9.0f} {d['p99_us']:9.0f} {d['p999_us']:9.0f}")
+              f"{d.get('entries_per_flush', float('nan')):10.1f} {d['p50_us']:9.0f} {d['p99_us']:9.0f} {d['p999_us']:9.0f} {d['other_cpu_pct']:8.0f}%{flag}")
     ds = res[t]
     print(f"{t:12} {'mean':>5} {mean([d['appends_per_sec'] for d in ds]):11.0f} {mean([d['mib_per_sec'] for d in ds]):9.1f} "
           f"{mean([d.get('flushes_per_sec', float('nan')) for d in ds]):10.0f} {mean([d.get('entries_per_flush', float('nan')) for d in ds]):10.1f} "
@@ -175,6 +204,10 @@ if "corelog" in tools:
             name = f"corelog/{base} {label}"
             summary["ratios"][name] = rs
             print(f"{name:28} " + " ".join(f"{x:7.2f}" for x in rs) + f" {mean(rs):7.2f}")
+if noisy:
+    print()
+    print(f"warning: other processes used >= {quiet_pct:.0f}% of the CPUs during: {', '.join(noisy)}.")
+    print("Their latencies include waiting for a CPU; rerun on a quiet machine before trusting them.")
 json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=1)
 EOF
 log "JSON and logs kept in $OUT"

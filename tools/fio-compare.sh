@@ -22,6 +22,11 @@
 #                             [--bs SIZE[,SIZE...]] [--file-size SIZE]
 #                             [--ceiling BS:QD[,BS:QD...]]
 #                             [--groups N] [--out DIR] [--fio-only]
+#                             [--quiet-wait SECS] [--quiet-pct PCT]
+#
+# Each measurement records the CPU that the rest of the machine used meanwhile ("other
+# CPU"); before each one the script waits (up to --quiet-wait seconds) for the machine to
+# be quiet, and flags the disturbed ones (see lib/hostload.sh).
 set -euo pipefail
 
 usage() {
@@ -41,6 +46,10 @@ Options:
   --out DIR            keep the fio and corelog JSON here (default: a new directory
                        under /var/tmp, printed at the end)
   --fio-only           measure the disk alone (no corelog)
+  --quiet-wait SECS    before each measurement, wait up to SECS for the machine to be
+                       quiet (default: 60; 0: do not wait)
+  --quiet-pct PCT      quiet means other processes use less than PCT % of the CPUs;
+                       measurements above it are flagged (default: 10)
 EOF
 }
 
@@ -53,6 +62,8 @@ CEILING="1m:1,1m:4,256k:16"
 GROUPS_N=1
 OUT=""
 FIO_ONLY=0
+QUIET_WAIT=60
+QUIET_PCT=10
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -65,6 +76,8 @@ while [[ $# -gt 0 ]]; do
         --groups) GROUPS_N="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --fio-only) FIO_ONLY=1; shift ;;
+        --quiet-wait) QUIET_WAIT="$2"; shift 2 ;;
+        --quiet-pct) QUIET_PCT="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "fio-compare: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -74,6 +87,9 @@ die() { echo "fio-compare: error: $*" >&2; exit 1; }
 log() { echo "fio-compare: $*" >&2; }
 
 command -v python3 >/dev/null || die "python3 is needed to read JSON"
+TOOLS=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=lib/hostload.sh
+source "$TOOLS/lib/hostload.sh"
 
 # --- fio -----------------------------------------------------------------------------
 if ! command -v fio >/dev/null; then
@@ -110,6 +126,7 @@ COREDIR="$DIR/corelog-bench.$$"
 cleanup() {
     rm -f "$FILE"
     rm -rf "$COREDIR"
+    rm -f "$HOSTLOAD_TIMES"
     if [[ $CLEAN_DIR -eq 1 ]]; then rmdir "$DIR" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
@@ -153,12 +170,16 @@ corelog_run() { # name concurrency
     local name=$1 conc=$2
     rm -rf "$COREDIR"; mkdir -p "$COREDIR"
     log "corelog bench wal --concurrency $conc --entry-size 4096 --duration ${DURATION}s ($name)"
+    wait_quiet "$QUIET_WAIT" "$QUIET_PCT" || true
+    load_begin
     if ! "$CORELOG" bench wal --dir "$COREDIR" --duration "${DURATION}s" --entry-size 4096 \
             --concurrency "$conc" --groups "$GROUPS_N" --json "$OUT/corelog_$name.json" \
             > "$OUT/corelog_$name.log" 2>&1; then
         tail -n 20 "$OUT/corelog_$name.log" >&2
         die "corelog bench wal failed ($name); its output is in $OUT/corelog_$name.log"
     fi
+    load_end
+    echo "$LOAD_OTHER_PCT" > "$OUT/corelog_$name.load"
     [[ -s "$OUT/corelog_$name.json" ]] || die "corelog bench wal wrote no JSON ($name)"
     rm -rf "$COREDIR"
 }
@@ -188,7 +209,11 @@ fio --name=prep "${FIO_COMMON[@]}" --bs=1m --iodepth=8 --end_fsync=1 > "$OUT/fio
 fio_job() { # name extra-args...
     local name=$1; shift
     log "fio $name: $*"
+    wait_quiet "$QUIET_WAIT" "$QUIET_PCT" || true
+    load_begin
     fio --name="$name" "${FIO_COMMON[@]}" --runtime="$DURATION" --time_based "$@" > "$OUT/fio_$name.json"
+    load_end
+    echo "$LOAD_OTHER_PCT" > "$OUT/fio_$name.load"
 }
 
 IFS=',' read -r -a BS_LIST <<< "$BS"
@@ -207,10 +232,18 @@ done
 fio_job "c_bs4096_qd1_fdatasync" --bs=4k --iodepth=1 --fdatasync=1
 
 # --- report --------------------------------------------------------------------------
-python3 - "$OUT" "$FIO_ONLY" "$(IFS=,; echo "${CEIL_JOBS[*]}")" "${BS_LIST[@]}" <<'EOF'
+python3 - "$OUT" "$FIO_ONLY" "$QUIET_PCT" "$(IFS=,; echo "${CEIL_JOBS[*]}")" "${BS_LIST[@]}" <<'EOF'
 import json, os, sys
-out, fio_only, ceil_jobs = sys.argv[1], sys.argv[2] == "1", sys.argv[3].split(",")
-bs_list = sys.argv[4:]
+out, fio_only, quiet_pct, ceil_jobs = sys.argv[1], sys.argv[2] == "1", float(sys.argv[3]), sys.argv[4].split(",")
+bs_list = sys.argv[5:]
+noisy = []
+
+def load(name):
+    with open(os.path.join(out, f"{name}.load")) as f:
+        v = float(f.read())
+    if v >= quiet_pct:
+        noisy.append(name)
+    return v
 MiB = 1 << 20
 
 def to_bytes(s):
@@ -240,6 +273,7 @@ def summary(name):
         "w_p50": pct(w["clat_ns"], 50), "w_p99": pct(w["clat_ns"], 99),
         "s_p50": pct(sl, 50) if sl else 0.0, "s_p99": pct(sl, 99) if sl else 0.0,
         "syncs": sl.get("N", 0),
+        "other_cpu_pct": load(f"fio_{name}"),
     }
     r["op_p50"] = r["w_p50"] + r["s_p50"]
     r["op_p99"] = r["w_p99"] + r["s_p99"]
@@ -248,7 +282,7 @@ def summary(name):
 rows = []
 print()
 print("fio (io_uring, O_DIRECT, overwrite of a fully written file)")
-print(f"{'job':34} {'IOPS':>9} {'MiB/s':>8} {'w p50':>8} {'w p99':>8} {'sync p50':>9} {'sync p99':>9} {'op p50':>8} {'op p99':>8} {'cycle':>8}")
+print(f"{'job':34} {'IOPS':>9} {'MiB/s':>8} {'w p50':>8} {'w p99':>8} {'sync p50':>9} {'sync p99':>9} {'op p50':>8} {'op p99':>8} {'cycle':>8} {'other CPU':>9}")
 fio = {}
 a_jobs = [f"a_bs{to_bytes(b)}_fdatasync" for b in bs_list]
 names = a_jobs + ceil_jobs + ["c_bs4096_qd1_fdatasync"]
@@ -259,7 +293,7 @@ for n in names:
     f = lambda v, w: format(v, f"{w}.1f") if synced else format("-", f">{w}")
     r["cycle_us"] = 1e6 / r["iops"] if r["iops"] else float("nan")
     print(f"{n:34} {r['iops']:9.0f} {r['mib_s']:8.1f} {r['w_p50']:8.1f} {r['w_p99']:8.1f} {f(r['s_p50'], 9)} {f(r['s_p99'], 9)} "
-          f"{f(r['op_p50'], 8)} {f(r['op_p99'], 8)} {f(r['cycle_us'], 8)}")
+          f"{f(r['op_p50'], 8)} {f(r['op_p99'], 8)} {f(r['cycle_us'], 8)} {r['other_cpu_pct']:8.0f}%")
 print("(latencies in µs: w = write completion, sync = fdatasync, op = w + sync (per-percentile sum),")
 print(" cycle = 1e6 / IOPS, the mean time per durable write at QD1; for (a)/(c) IOPS = durable writes/s)")
 ceil_name = max(ceil_jobs, key=lambda n: fio[n]["mib_s"])
@@ -269,6 +303,9 @@ summary_json = {"fio": fio, "ceiling_job": ceil_name}
 if not fio_only:
     bw = json.load(open(os.path.join(out, "corelog_bandwidth.json")))
     lat = json.load(open(os.path.join(out, "corelog_latency.json")))
+    bw["other_cpu_pct"] = load("corelog_bandwidth")
+    lat["other_cpu_pct"] = load("corelog_latency")
+    summary_json["corelog"] = {"bandwidth": bw, "latency": lat}
     a = fio[a_jobs[0]]
     b = fio[ceil_name]
     c = fio["c_bs4096_qd1_fdatasync"]
@@ -294,6 +331,11 @@ if not fio_only:
         summary_json.setdefault("checks", []).append(
             {"check": name, "corelog": cv, "fio": fv, "ratio": ratio, "target": f"{op} {t}", "pass": ok})
     print("(corelog MiB/s is payload; fio MiB/s is bytes written)")
+if noisy:
+    print()
+    print(f"warning: other processes used >= {quiet_pct:.0f}% of the CPUs during: {', '.join(noisy)}.")
+    print("Their latencies include waiting for a CPU; rerun on a quiet machine before trusting them.")
+summary_json["disturbed"] = noisy
 json.dump(summary_json, open(os.path.join(out, "summary.json"), "w"), indent=1)
 EOF
 log "JSON and logs kept in $OUT"
