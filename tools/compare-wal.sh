@@ -37,6 +37,10 @@ Options:
                      (default: 60; 0: do not wait)
   --quiet-pct PCT    quiet means other processes use less than PCT % of the CPUs;
                      runs above it are flagged (default: 10)
+  --rt                 run every measured program at real-time priority (chrt -f 1).
+                       This kernel defers a woken thread's preemption of a busy CPU to
+                       the next tick (4 ms) for normal threads, so on a shared machine
+                       every latency becomes ~4 ms; real-time threads run at once.
 EOF
 }
 
@@ -52,6 +56,7 @@ OUT=""
 BASELINES_ONLY=0
 QUIET_WAIT=60
 QUIET_PCT=10
+RUN_PREFIX=()
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -66,6 +71,7 @@ while [[ $# -gt 0 ]]; do
         --baselines-only) BASELINES_ONLY=1; shift ;;
         --quiet-wait) QUIET_WAIT="$2"; shift 2 ;;
         --quiet-pct) QUIET_PCT="$2"; shift 2 ;;
+        --rt) RUN_PREFIX=(chrt -f 1); shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "compare-wal: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -129,6 +135,7 @@ log "entry size $ENTRY, concurrency $CONC, duration $DURATION, $ROUNDS round(s);
     echo "fs=$FS_LINE"
     echo "kernel=$(uname -r)"
     echo "entry_size=$ENTRY concurrency=$CONC duration=$DURATION rounds=$ROUNDS groups=$GROUPS_N"
+    echo "run_prefix=${RUN_PREFIX[*]:-}"
 } > "$OUT/env.txt"
 
 COMMON=(--duration "$DURATION" --entry-size "$ENTRY" --concurrency "$CONC")
@@ -138,9 +145,9 @@ run_one() { # tool round
     log "round $round: $tool"
     local cmd
     case "$tool" in
-        corelog) cmd=("$CORELOG" bench wal --dir "$RUNDIR" "${COMMON[@]}" --groups "$GROUPS_N" --json "$json") ;;
-        raft-engine) cmd=("$RE_BIN" --dir "$RUNDIR" "${COMMON[@]}" --json "$json") ;;
-        buffered) cmd=("$BUF_BIN" --dir "$RUNDIR" "${COMMON[@]}" --json "$json") ;;
+        corelog) cmd=("${RUN_PREFIX[@]}" "$CORELOG" bench wal --dir "$RUNDIR" "${COMMON[@]}" --groups "$GROUPS_N" --json "$json") ;;
+        raft-engine) cmd=("${RUN_PREFIX[@]}" "$RE_BIN" --dir "$RUNDIR" "${COMMON[@]}" --json "$json") ;;
+        buffered) cmd=("${RUN_PREFIX[@]}" "$BUF_BIN" --dir "$RUNDIR" "${COMMON[@]}" --json "$json") ;;
     esac
     echo "${cmd[*]}" > "$logf"
     wait_quiet "$QUIET_WAIT" "$QUIET_PCT" || true

@@ -50,6 +50,10 @@ Options:
                        quiet (default: 60; 0: do not wait)
   --quiet-pct PCT      quiet means other processes use less than PCT % of the CPUs;
                        measurements above it are flagged (default: 10)
+  --rt                 run every measured program at real-time priority (chrt -f 1).
+                       This kernel defers a woken thread's preemption of a busy CPU to
+                       the next tick (4 ms) for normal threads, so on a shared machine
+                       every latency becomes ~4 ms; real-time threads run at once.
 EOF
 }
 
@@ -64,6 +68,7 @@ OUT=""
 FIO_ONLY=0
 QUIET_WAIT=60
 QUIET_PCT=10
+RUN_PREFIX=()
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -78,6 +83,7 @@ while [[ $# -gt 0 ]]; do
         --fio-only) FIO_ONLY=1; shift ;;
         --quiet-wait) QUIET_WAIT="$2"; shift 2 ;;
         --quiet-pct) QUIET_PCT="$2"; shift 2 ;;
+        --rt) RUN_PREFIX=(chrt -f 1); shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "fio-compare: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -150,6 +156,7 @@ log "results in $OUT"
     echo "device=$BASEDEV $QINFO"
     echo "fio=$(fio --version)"
     echo "kernel=$(uname -r)"
+    echo "run_prefix=${RUN_PREFIX[*]:-}"
 } > "$OUT/env.txt"
 
 # JSON field from a file: jget FILE 'python expression on d'
@@ -172,7 +179,7 @@ corelog_run() { # name concurrency
     log "corelog bench wal --concurrency $conc --entry-size 4096 --duration ${DURATION}s ($name)"
     wait_quiet "$QUIET_WAIT" "$QUIET_PCT" || true
     load_begin
-    if ! "$CORELOG" bench wal --dir "$COREDIR" --duration "${DURATION}s" --entry-size 4096 \
+    if ! "${RUN_PREFIX[@]}" "$CORELOG" bench wal --dir "$COREDIR" --duration "${DURATION}s" --entry-size 4096 \
             --concurrency "$conc" --groups "$GROUPS_N" --json "$OUT/corelog_$name.json" \
             > "$OUT/corelog_$name.log" 2>&1; then
         tail -n 20 "$OUT/corelog_$name.log" >&2
@@ -211,7 +218,7 @@ fio_job() { # name extra-args...
     log "fio $name: $*"
     wait_quiet "$QUIET_WAIT" "$QUIET_PCT" || true
     load_begin
-    fio --name="$name" "${FIO_COMMON[@]}" --runtime="$DURATION" --time_based "$@" > "$OUT/fio_$name.json"
+    "${RUN_PREFIX[@]}" fio --name="$name" "${FIO_COMMON[@]}" --runtime="$DURATION" --time_based "$@" > "$OUT/fio_$name.json"
     load_end
     echo "$LOAD_OTHER_PCT" > "$OUT/fio_$name.load"
 }
