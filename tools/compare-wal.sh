@@ -85,6 +85,10 @@ log() { echo "compare-wal: $*" >&2; }
 command -v python3 >/dev/null || die "python3 is needed to read JSON"
 # shellcheck source=lib/hostload.sh
 source "$TOOLS/lib/hostload.sh"
+trap 'rm -f "$HOSTLOAD_TIMES"' EXIT
+if [[ ${#RUN_PREFIX[@]} -gt 0 ]] && ! "${RUN_PREFIX[@]}" true 2>/dev/null; then
+    die "--rt needs chrt and the right to use real-time priority (root or CAP_SYS_NICE)"
+fi
 command -v cargo >/dev/null || die "cargo is needed to build the baselines"
 
 if [[ $BASELINES_ONLY -eq 0 ]]; then

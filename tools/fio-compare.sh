@@ -96,6 +96,10 @@ command -v python3 >/dev/null || die "python3 is needed to read JSON"
 TOOLS=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib/hostload.sh
 source "$TOOLS/lib/hostload.sh"
+trap 'rm -f "$HOSTLOAD_TIMES"' EXIT
+if [[ ${#RUN_PREFIX[@]} -gt 0 ]] && ! "${RUN_PREFIX[@]}" true 2>/dev/null; then
+    die "--rt needs chrt and the right to use real-time priority (root or CAP_SYS_NICE)"
+fi
 
 # --- fio -----------------------------------------------------------------------------
 if ! command -v fio >/dev/null; then
