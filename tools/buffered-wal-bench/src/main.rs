@@ -90,9 +90,7 @@ impl Log {
         let entry_bytes = ENTRY_HEADER_BYTES + payload.len();
         let mut s = self.state.lock().unwrap();
         // Backpressure: a full batch waits for the flush in flight to take it.
-        while !s.gathering.is_empty()
-            && s.gathering.len() + entry_bytes > self.flush_bytes_max
-        {
+        while !s.gathering.is_empty() && s.gathering.len() + entry_bytes > self.flush_bytes_max {
             s = self.changed.wait(s).unwrap();
         }
         if s.gathering.is_empty() {
@@ -102,9 +100,11 @@ impl Log {
         let my_seq = s.appended_seq;
         // Entry header: sequence, payload length, writer, padding.
         s.gathering.extend_from_slice(&my_seq.to_le_bytes());
-        s.gathering.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        s.gathering
+            .extend_from_slice(&(payload.len() as u32).to_le_bytes());
         s.gathering.extend_from_slice(&writer.to_le_bytes());
-        s.gathering.extend_from_slice(&[0u8; ENTRY_HEADER_BYTES - 16]);
+        s.gathering
+            .extend_from_slice(&[0u8; ENTRY_HEADER_BYTES - 16]);
         s.gathering.extend_from_slice(payload);
         s.gathering_entries += 1;
 
@@ -170,7 +170,12 @@ impl Log {
 /// Creates the file, allocates `size` bytes, writes them once with zeros and syncs, so
 /// that later writes are overwrites of written blocks.
 fn prepare_file(path: &Path, size: u64, sync: SyncMode) -> std::io::Result<File> {
-    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
     // SAFETY: plain syscall on an open descriptor.
     let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as libc::off_t) };
     if rc != 0 {
@@ -221,7 +226,9 @@ fn main() {
         std::process::exit(2);
     }
 
-    let path: PathBuf = args.dir.join(format!("buffered-wal-bench.{}.dat", std::process::id()));
+    let path: PathBuf = args
+        .dir
+        .join(format!("buffered-wal-bench.{}.dat", std::process::id()));
     eprintln!(
         "buffered-wal-bench: file {} ({} bytes, preallocated and zero-filled) entry_size {} \
          concurrency {} warmup {:?} duration {:?} flush_bytes_max {} sync {:?}",
@@ -267,8 +274,9 @@ fn main() {
             std::thread::Builder::new()
                 .name(format!("writer-{t}"))
                 .spawn(move || {
-                    let payload: Vec<u8> =
-                        (0..entry_size).map(|i| (i as u32).wrapping_mul(2654435761).wrapping_add(t as u32) as u8).collect();
+                    let payload: Vec<u8> = (0..entry_size)
+                        .map(|i| (i as u32).wrapping_mul(2654435761).wrapping_add(t as u32) as u8)
+                        .collect();
                     let mut stats = WriterStats::new();
                     while !window.stopped() {
                         stats.time(&window, || log.append(t as u32, &payload));
@@ -281,9 +289,16 @@ fn main() {
 
     let mut before = FlushStats::default();
     let mut after = FlushStats::default();
-    let elapsed = run_window(&window, &args, || before = log.counters(), || after = log.counters());
-    let stats: Vec<WriterStats> =
-        writers.into_iter().map(|w| w.join().expect("writer panicked")).collect();
+    let elapsed = run_window(
+        &window,
+        &args,
+        || before = log.counters(),
+        || after = log.counters(),
+    );
+    let stats: Vec<WriterStats> = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer panicked"))
+        .collect();
 
     let flush = FlushStats {
         flushes: after.flushes - before.flushes,
@@ -297,7 +312,17 @@ fn main() {
         latency_ns: merge(stats),
         flush: Some(flush),
         extra: vec![
-            ("sync".into(), format!("\"{}\"", if sync == SyncMode::Dsync { "dsync" } else { "fdatasync" })),
+            (
+                "sync".into(),
+                format!(
+                    "\"{}\"",
+                    if sync == SyncMode::Dsync {
+                        "dsync"
+                    } else {
+                        "fdatasync"
+                    }
+                ),
+            ),
             ("file_size".into(), file_size.to_string()),
             ("flush_bytes_max".into(), flush_bytes_max.to_string()),
         ],
@@ -308,5 +333,132 @@ fn main() {
         if let Err(e) = std::fs::remove_file(&path) {
             eprintln!("warning: removing {}: {e}", path.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_in(dir: &Path, file_size: u64, flush_bytes_max: usize) -> (Log, PathBuf) {
+        let path = dir.join(format!("test-{}-{file_size}.dat", std::process::id()));
+        let file = prepare_file(&path, file_size, SyncMode::Fdatasync).unwrap();
+        let log = Log {
+            file,
+            file_size,
+            sync: SyncMode::Fdatasync,
+            flush_bytes_max,
+            state: Mutex::new(State {
+                gathering: Vec::new(),
+                gathering_entries: 0,
+                spare: Vec::new(),
+                appended_seq: 0,
+                durable_seq: 0,
+                flushing: false,
+                next_offset: 0,
+                frame_seq: 0,
+            }),
+            changed: Condvar::new(),
+            flushes: AtomicU64::new(0),
+            flushed_entries: AtomicU64::new(0),
+            flushed_bytes: AtomicU64::new(0),
+        };
+        (log, path)
+    }
+
+    fn u64_at(b: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+    }
+
+    /// Concurrent writers: every entry lands in exactly one frame, frames are contiguous
+    /// and self-consistent, and the counters match what is on disk.
+    #[test]
+    fn group_commit_writes_every_entry_once() {
+        const WRITERS: u32 = 8;
+        const PER_WRITER: u64 = 300;
+        const PAYLOAD: usize = 100;
+        let (log, path) = log_in(&std::env::temp_dir(), 4 << 20, 2048);
+        let log = Arc::new(log);
+        let threads: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..PER_WRITER {
+                        log.append(w, &[w as u8; PAYLOAD]);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let total = WRITERS as u64 * PER_WRITER;
+        {
+            let s = log.state.lock().unwrap();
+            assert_eq!(s.durable_seq, total);
+            assert!(!s.flushing && s.gathering.is_empty());
+        }
+
+        let data = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let (mut off, mut frames, mut next_seq) = (0usize, 0u64, 1u64);
+        let mut per_writer = vec![0u64; WRITERS as usize];
+        while next_seq <= total {
+            let h = &data[off..off + FRAME_HEADER_BYTES];
+            let (frame, first, last, entries, len) = (
+                u64_at(h, 0),
+                u64_at(h, 8),
+                u64_at(h, 16),
+                u64_at(h, 24),
+                u64_at(h, 32),
+            );
+            frames += 1;
+            assert_eq!(frame, frames, "frames are numbered in order");
+            assert_eq!(first, next_seq, "frames continue the previous one");
+            assert_eq!(last - first + 1, entries);
+            assert!(
+                len as usize <= log.flush_bytes_max,
+                "a flush stays under the cap"
+            );
+            let mut at = off + FRAME_HEADER_BYTES;
+            for seq in first..=last {
+                assert_eq!(u64_at(&data, at), seq);
+                let n = u32::from_le_bytes(data[at + 8..at + 12].try_into().unwrap()) as usize;
+                let w = u32::from_le_bytes(data[at + 12..at + 16].try_into().unwrap());
+                assert_eq!(n, PAYLOAD);
+                let payload = &data[at + ENTRY_HEADER_BYTES..at + ENTRY_HEADER_BYTES + n];
+                assert!(
+                    payload.iter().all(|&b| b == w as u8),
+                    "payload belongs to its writer"
+                );
+                per_writer[w as usize] += 1;
+                at += ENTRY_HEADER_BYTES + n;
+            }
+            assert_eq!(at - off, len as usize);
+            off = at;
+            next_seq = last + 1;
+        }
+        assert!(per_writer.iter().all(|&n| n == PER_WRITER));
+        let c = log.counters();
+        assert_eq!((c.flushes, c.entries, c.bytes), (frames, total, off as u64));
+        assert!(
+            frames < total,
+            "concurrent appends were batched ({frames} flushes)"
+        );
+    }
+
+    /// A flush that does not fit before the end of the file goes to offset 0.
+    #[test]
+    fn writes_wrap_around() {
+        let (log, path) = log_in(&std::env::temp_dir(), 8192, 4096);
+        for i in 0..10u32 {
+            log.append(0, &[i as u8; 1000]);
+        }
+        let data = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(data.len(), 8192, "the file never grows");
+        // One entry per flush: 48 + 24 + 1000 = 1072 bytes; 7 fit in 8192, the 8th wraps.
+        assert_eq!(u64_at(&data, 0), 8, "frame 8 was written at offset 0");
+        assert_eq!(log.state.lock().unwrap().next_offset, 3 * 1072);
     }
 }

@@ -66,7 +66,9 @@ impl MessageExt for BenchEntry {
 fn engine_counters() -> FlushStats {
     let mut s = FlushStats::default();
     for mf in prometheus::gather() {
-        let Some(m) = mf.get_metric().first() else { continue };
+        let Some(m) = mf.get_metric().first() else {
+            continue;
+        };
         match mf.get_name() {
             "raft_engine_sync_log_duration_seconds" => {
                 s.flushes = m.get_histogram().get_sample_count();
@@ -110,7 +112,9 @@ fn main() {
         std::process::exit(2);
     }
 
-    let data_dir: PathBuf = args.dir.join(format!("raft-engine-bench.{}", std::process::id()));
+    let data_dir: PathBuf = args
+        .dir
+        .join(format!("raft-engine-bench.{}", std::process::id()));
     if data_dir.exists() {
         std::fs::remove_dir_all(&data_dir).expect("remove stale data dir");
     }
@@ -197,9 +201,16 @@ fn main() {
 
     let mut before = FlushStats::default();
     let mut after = FlushStats::default();
-    let elapsed = run_window(&window, &args, || before = engine_counters(), || after = engine_counters());
-    let stats: Vec<WriterStats> =
-        writers.into_iter().map(|w| w.join().expect("writer panicked")).collect();
+    let elapsed = run_window(
+        &window,
+        &args,
+        || before = engine_counters(),
+        || after = engine_counters(),
+    );
+    let stats: Vec<WriterStats> = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer panicked"))
+        .collect();
     purger.join().expect("purge thread panicked");
 
     let flush = FlushStats {

@@ -72,7 +72,8 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1 << 30,
         _ => return Err(format!("bad size unit in {s:?}")),
     };
-    v.checked_mul(mult).ok_or_else(|| format!("size {s:?} overflows"))
+    v.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} overflows"))
 }
 
 /// Parses the process arguments. `extra(flag, value)` gets every flag this function does
@@ -129,7 +130,9 @@ fn try_parse_args(
             "--warmup" => a.warmup = parse_duration(&value)?,
             "--entry-size" => a.entry_size = parse_bytes(&value)? as usize,
             "--concurrency" => {
-                a.concurrency = value.parse().map_err(|_| format!("bad --concurrency {value:?}"))?
+                a.concurrency = value
+                    .parse()
+                    .map_err(|_| format!("bad --concurrency {value:?}"))?
             }
             "--json" => a.json = Some(PathBuf::from(value)),
             _ => {
@@ -168,7 +171,9 @@ impl Default for Window {
 
 impl Window {
     pub fn new() -> Self {
-        Window { phase: AtomicU8::new(WARMUP) }
+        Window {
+            phase: AtomicU8::new(WARMUP),
+        }
     }
     /// True while the measured window is open.
     pub fn measuring(&self) -> bool {
@@ -212,7 +217,8 @@ impl WriterStats {
         let out = append();
         let ns = start.elapsed().as_nanos() as u64;
         if counted && window.measuring() {
-            self.latency_ns.saturating_record(ns.clamp(1, LATENCY_MAX_NS));
+            self.latency_ns
+                .saturating_record(ns.clamp(1, LATENCY_MAX_NS));
         }
         out
     }
@@ -262,7 +268,10 @@ impl Report<'_> {
             let _ = writeln!(o, "  \"{k}\": {v},");
         };
         kv("tool", format!("\"{}\"", self.tool));
-        kv("dir", format!("\"{}\"", json_escape(&self.args.dir.display().to_string())));
+        kv(
+            "dir",
+            format!("\"{}\"", json_escape(&self.args.dir.display().to_string())),
+        );
         kv("entry_size", self.args.entry_size.to_string());
         kv("concurrency", self.args.concurrency.to_string());
         kv("warmup_s", format!("{:.3}", self.args.warmup.as_secs_f64()));
@@ -274,8 +283,14 @@ impl Report<'_> {
             kv("flushes", f.flushes.to_string());
             kv("flushes_per_sec", format!("{:.1}", f.flushes as f64 / secs));
             if f.flushes > 0 {
-                kv("entries_per_flush", format!("{:.2}", f.entries as f64 / f.flushes as f64));
-                kv("bytes_per_flush", format!("{:.0}", f.bytes as f64 / f.flushes as f64));
+                kv(
+                    "entries_per_flush",
+                    format!("{:.2}", f.entries as f64 / f.flushes as f64),
+                );
+                kv(
+                    "bytes_per_flush",
+                    format!("{:.0}", f.bytes as f64 / f.flushes as f64),
+                );
             }
         }
         if appends > 0 {
@@ -381,9 +396,17 @@ mod tests {
 
     #[test]
     fn flags() {
-        let a = parse(&["--dir", "/x", "--duration=2s", "--entry-size", "1k", "--concurrency", "8"])
-            .unwrap()
-            .unwrap();
+        let a = parse(&[
+            "--dir",
+            "/x",
+            "--duration=2s",
+            "--entry-size",
+            "1k",
+            "--concurrency",
+            "8",
+        ])
+        .unwrap()
+        .unwrap();
         assert_eq!(a.dir, PathBuf::from("/x"));
         assert_eq!(a.duration, Duration::from_secs(2));
         assert_eq!(a.entry_size, 1024);
@@ -405,7 +428,11 @@ mod tests {
             args: &args,
             elapsed: Duration::from_secs(1),
             latency_ns: h,
-            flush: Some(FlushStats { flushes: 3, entries: 3, bytes: 3 * 4168 }),
+            flush: Some(FlushStats {
+                flushes: 3,
+                entries: 3,
+                bytes: 3 * 4168,
+            }),
             extra: vec![],
         };
         let j = r.to_json();
