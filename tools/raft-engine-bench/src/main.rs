@@ -189,7 +189,7 @@ fn main() {
                                 .expect("add_entries");
                             engine.write(&mut batch, true).expect("raft-engine write")
                         });
-                        if index % COMPACT_EVERY == 0 {
+                        if index.is_multiple_of(COMPACT_EVERY) {
                             engine.compact_to(region, index - COMPACT_KEEP);
                         }
                     }
