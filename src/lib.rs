@@ -8,10 +8,14 @@
 //! - [`consensus`]: the pure consensus core (no clock, no I/O, no threads).
 //! - [`sim`]: the deterministic simulator that drives the consensus core with a fake network
 //!   and a fake disk and checks the safety invariants after every step.
+//! - [`wire`]: the envelope of every message on a TCP connection (peers and clients).
 //! - [`bench`]: the benchmarks behind `corelog bench`.
 
 pub mod bench;
 pub mod consensus;
 pub mod frame;
 pub mod log;
+pub mod node;
 pub mod sim;
+pub mod tools;
+pub mod wire;

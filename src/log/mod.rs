@@ -1,1 +1,1554 @@
-//! The durable log of one group.
+//! The durable log of one group on one core.
+//!
+//! # Shape
+//! Frames (see [`crate::frame`]) are packed back to back into segment files of
+//! [`LogConfig::segment_bytes`], opened with O_DIRECT and written through io_uring from 4 KiB
+//! aligned buffers. Segments are prepared before use (zero-filled once, or recycled after a
+//! trim) so that a flush is a pure overwrite and its fdatasync commits no file-system
+//! metadata; see [`segment`] for the names that keep this safe.
+//!
+//! # Group commit, adaptive, without a timer
+//! An append copies its frame into the *open buffer* (the one copy between the caller's bytes
+//! and the disk) and schedules a flush pass. The pass runs after the tasks that are ready now,
+//! so everything appended in the same scheduler turn joins one flush. While flushes are in
+//! flight, new appends keep gathering in the open buffer; when a flush completes, the next one
+//! takes everything gathered. So light load gets the latency of one flush of one block, and
+//! heavy load gets flushes of up to [`LogConfig::flush_bytes_max`].
+//!
+//! A flush writes the blocks from `align_down(start)` to `align_up(end)`: the partial last
+//! block is written padded with zeros and *rewritten* by the next flush, which starts at that
+//! block. Two writes must never race on one block, so a second flush starts while one is in
+//! flight only if the one in flight ended on a block boundary, which happens when a full
+//! buffer is cut at a block boundary. The durable index advances only over the contiguous
+//! prefix of completed flushes.
+//!
+//! # Durability and failure
+//! A write or fdatasync error poisons the log: every waiting append gets the error and every
+//! later call fails with [`LogError::Poisoned`]. Retrying an fdatasync after a failure proves
+//! nothing on Linux (the kernel may have dropped the dirty state), so the log never pretends;
+//! reopening runs recovery, which reads what is really on disk. A full file system is
+//! different: it shows when a new segment cannot be prepared, nothing has been written, and
+//! the append fails with [`LogError::NoSpace`] while the log stays usable.
+//!
+//! # Recovery
+//! Opening scans every segment and verifies every frame. A torn frame at the tail (a crash mid
+//! write) is cut off and the blocks after it are zeroed. A bad frame followed by a valid frame
+//! of a later index, further than [`LogConfig::torn_window_bytes`] (the most a crash can leave
+//! of writes that were in flight) is corruption of entries that may have been acknowledged:
+//! open fails with [`LogError::Corruption`], naming the file, offset and index range. Within
+//! that window the two cannot be told apart from the bytes alone, and the log treats it as a
+//! torn tail.
+
+pub mod config;
+pub mod error;
+pub mod hardstate;
+mod io;
+pub mod segment;
+
+use std::cell::RefCell;
+use std::collections::{BinaryHeap, VecDeque};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use glommio::io::{DmaBuffer, DmaFile, ReadResult};
+use hdrhistogram::Histogram;
+
+pub use config::{BLOCK, LogConfig, SyncMethod};
+pub use error::{LogError, LogResult};
+pub use hardstate::{HardState, HardStateFile};
+pub use io::{direct_io_effective, faults, filesystem_type};
+
+use crate::frame::{EncodeError, EntryRef, Frame, FrameEncoder};
+use segment::{FileKind, FrameLoc, ScanCursor, Stop};
+
+const fn align_down(v: u64) -> u64 {
+    v & !(BLOCK as u64 - 1)
+}
+
+const fn align_up(v: u64) -> u64 {
+    align_down(v + BLOCK as u64 - 1)
+}
+
+/// Counters and the flush latency histogram of one log.
+#[derive(Debug, Clone)]
+pub struct LogStats {
+    /// Frames appended.
+    pub frames_appended: u64,
+    /// Entries appended.
+    pub entries_appended: u64,
+    /// Frame bytes appended.
+    pub bytes_appended: u64,
+    /// Flushes completed.
+    pub flushes: u64,
+    /// Bytes written by flushes (whole blocks, counting rewritten partial blocks).
+    pub bytes_written: u64,
+    /// Segments put in use.
+    pub segments_activated: u64,
+    /// Segments prepared by zero-filling.
+    pub segments_zero_filled: u64,
+    /// Segments recycled after a trim.
+    pub segments_recycled: u64,
+    /// Time of each flush (write, plus fdatasync where used), nanoseconds.
+    pub flush_latency_ns: Histogram<u64>,
+}
+
+impl LogStats {
+    fn new() -> Self {
+        LogStats {
+            frames_appended: 0,
+            entries_appended: 0,
+            bytes_appended: 0,
+            flushes: 0,
+            bytes_written: 0,
+            segments_activated: 0,
+            segments_zero_filled: 0,
+            segments_recycled: 0,
+            flush_latency_ns: Histogram::new_with_bounds(1_000, 60_000_000_000, 3)
+                .expect("valid histogram bounds"),
+        }
+    }
+}
+
+/// What [`Log::open`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments scanned.
+    pub segments: usize,
+    /// Frames verified.
+    pub frames: u64,
+    /// Bytes of a torn tail that were cut off (0 when the log ended cleanly).
+    pub torn_bytes_cut: u64,
+    /// Why the scan of the last segment stopped.
+    pub tail: String,
+}
+
+/// A range of log indexes, both ends included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexRange {
+    /// First index.
+    pub first: u64,
+    /// Last index.
+    pub last: u64,
+}
+
+#[derive(Debug)]
+struct Segment {
+    seq: u64,
+    first_index: u64,
+    path: PathBuf,
+    file: Rc<DmaFile>,
+    /// Highest index any frame ever written into this file carries (for recycling).
+    max_index: u64,
+}
+
+#[derive(Debug)]
+struct Spare {
+    path: PathBuf,
+    max_index: u64,
+}
+
+/// The buffer where appends gather for the active segment.
+#[derive(Debug)]
+struct OpenBuf {
+    segment: u64,
+    /// File offset of `buf[0]`; block aligned.
+    base: u64,
+    buf: DmaBuffer,
+    /// Bytes of `buf` holding frames (from `base`).
+    len: usize,
+    /// Bytes of `buf` already covered by a flush (the carried partial block).
+    flushed_len: usize,
+}
+
+#[derive(Debug)]
+struct Flush {
+    id: u64,
+    /// Segment file offset where this flush's bytes end.
+    end: u64,
+    /// Last index of the frames this flush completes (0: none).
+    last_index: u64,
+    done: bool,
+}
+
+/// A flushed (or in-flight) buffer kept to serve reads of recent frames from memory.
+#[derive(Debug)]
+struct CachedBuf {
+    segment: u64,
+    base: u64,
+    data: CacheData,
+}
+
+/// A large flush keeps its DMA buffer; a small one is copied out at completion so that the
+/// cache does not pin a whole `flush_bytes_max` allocation for a few blocks of data.
+#[derive(Debug, Clone)]
+enum CacheData {
+    Dma(Rc<DmaBuffer>),
+    Heap(Rc<[u8]>),
+}
+
+impl CacheData {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            CacheData::Dma(b) => b.as_bytes(),
+            CacheData::Heap(v) => v,
+        }
+    }
+}
+
+impl CachedBuf {
+    /// Memory this entry holds: a DMA buffer's whole allocation (`cap`), or the copy's length.
+    fn charge(&self, cap: usize) -> usize {
+        match &self.data {
+            CacheData::Dma(_) => cap,
+            CacheData::Heap(v) => v.len(),
+        }
+    }
+}
+
+struct Waiter {
+    index: u64,
+    waker: Waker,
+}
+
+impl PartialEq for Waiter {
+    fn eq(&self, other: &Self) -> bool {
+        self.index == other.index
+    }
+}
+impl Eq for Waiter {}
+impl PartialOrd for Waiter {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Waiter {
+    /// Reversed, so the `BinaryHeap` pops the lowest index first.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.index.cmp(&self.index)
+    }
+}
+
+struct State {
+    cfg: LogConfig,
+    dir: PathBuf,
+    /// Segments in `seq` order; the last is the active one. Each one's entries end where the
+    /// next one's `first_index` begins.
+    segments: VecDeque<Segment>,
+    /// Every frame of the log, in index order (one record per frame, not per entry).
+    frames: VecDeque<FrameLoc>,
+    /// First index of the log. `first_index <= last_index + 1`; equal when the log is empty.
+    first_index: u64,
+    /// Last index appended.
+    last_index: u64,
+    /// Term of `last_index` (or of the entry before `first_index` when empty, if known).
+    last_term: u64,
+    /// Highest index known durable. Invariant: `durable_index <= last_index`, and every index
+    /// up to it was covered by a completed write (and fdatasync where that is the method).
+    durable_index: u64,
+    next_seq: u64,
+    spares: Vec<Spare>,
+    spare_counter: u64,
+    preparing_spare: bool,
+    open: Option<OpenBuf>,
+    /// Ends (segment offset) and last indexes of frames appended but not yet in any flush.
+    unflushed: VecDeque<(u64, u64)>,
+    inflight: VecDeque<Flush>,
+    next_flush_id: u64,
+    flush_scheduled: bool,
+    /// A segment roll, truncation or reset is under way: appends wait.
+    exclusive: bool,
+    /// A trim is under way: truncations and resets wait.
+    trimming: bool,
+    poisoned: Option<LogError>,
+    closed: bool,
+    durable_waiters: BinaryHeap<Waiter>,
+    /// Tasks waiting for any change (buffer space, a roll finishing).
+    change_waiters: Vec<Waker>,
+    epoch: u64,
+    recent: VecDeque<CachedBuf>,
+    recent_bytes: usize,
+    stats: LogStats,
+}
+
+impl State {
+    fn check_usable(&self) -> LogResult<()> {
+        if let Some(e) = &self.poisoned {
+            return Err(LogError::Poisoned(Box::new(e.clone())));
+        }
+        if self.closed {
+            return Err(LogError::Closed);
+        }
+        Ok(())
+    }
+
+    fn changed(&mut self) {
+        self.epoch += 1;
+        for w in self.change_waiters.drain(..) {
+            w.wake();
+        }
+    }
+
+    fn wake_durable(&mut self) {
+        while let Some(w) = self.durable_waiters.peek() {
+            if w.index > self.durable_index && self.poisoned.is_none() && !self.closed {
+                break;
+            }
+            let w = self.durable_waiters.pop().expect("peeked");
+            w.waker.wake();
+        }
+    }
+
+    fn segment(&self, seq: u64) -> Option<&Segment> {
+        self.segments.iter().find(|s| s.seq == seq)
+    }
+
+    /// Position of the frame holding `index`.
+    fn frame_pos(&self, index: u64) -> Option<usize> {
+        if index < self.first_index || index > self.last_index {
+            return None;
+        }
+        let pos = self.frames.partition_point(|f| f.last_index() < index);
+        (pos < self.frames.len()).then_some(pos)
+    }
+
+    fn term_of(&self, index: u64) -> Option<u64> {
+        self.frame_pos(index).map(|p| self.frames[p].term)
+    }
+
+    fn poison(&mut self, e: LogError) {
+        if self.poisoned.is_none() {
+            tracing::error!(group = self.cfg.group, error = %e, "log poisoned");
+            self.poisoned = Some(e);
+        }
+        let waiters: Vec<Waiter> = self.durable_waiters.drain().collect();
+        for w in waiters {
+            w.waker.wake();
+        }
+        self.changed();
+    }
+
+    fn cache(&mut self, segment: u64, base: u64, buf: Rc<DmaBuffer>) {
+        let entry = CachedBuf { segment, base, data: CacheData::Dma(buf) };
+        self.recent_bytes += entry.charge(self.buf_cap());
+        self.recent.push_back(entry);
+        self.evict();
+    }
+
+    /// Capacity of one open buffer.
+    fn buf_cap(&self) -> usize {
+        self.cfg.flush_bytes_max + BLOCK
+    }
+
+    fn evict(&mut self) {
+        let cap = self.buf_cap();
+        while self.recent_bytes > self.cfg.recent_cache_bytes && !self.recent.is_empty() {
+            let old = self.recent.pop_front().expect("non-empty");
+            self.recent_bytes -= old.charge(cap);
+        }
+    }
+
+    /// After a flush completes: a small flush's cached buffer becomes a right-sized copy, and
+    /// its DMA buffer goes back to the executor's arena.
+    fn shrink_cached(&mut self, segment: u64, base: u64) {
+        let cap = self.buf_cap();
+        if let Some(c) =
+            self.recent.iter_mut().rev().find(|c| c.segment == segment && c.base == base)
+            && let CacheData::Dma(b) = &c.data
+            && b.len() * 2 < cap
+        {
+            let copy: Rc<[u8]> = Rc::from(b.as_bytes());
+            c.data = CacheData::Heap(copy);
+            self.recent_bytes = self.recent_bytes - cap + c.charge(cap);
+        }
+    }
+}
+
+struct Shared {
+    st: RefCell<State>,
+}
+
+/// The durable log of one group. Cheap to clone (a handle); lives on one executor.
+#[derive(Clone)]
+pub struct Log {
+    shared: Rc<Shared>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.shared.st.borrow();
+        f.debug_struct("Log")
+            .field("dir", &st.dir)
+            .field("first_index", &st.first_index)
+            .field("last_index", &st.last_index)
+            .field("durable_index", &st.durable_index)
+            .finish()
+    }
+}
+
+/// Frames read from the log, with the range of their entries that was asked for.
+#[derive(Debug)]
+pub struct ReadFrame {
+    bytes: FrameBytes,
+    /// First index wanted from this frame.
+    pub lo: u64,
+    /// Last index wanted from this frame.
+    pub hi: u64,
+}
+
+#[derive(Debug)]
+enum FrameBytes {
+    Cached(CacheData, usize, usize),
+    Disk(ReadResult),
+    Owned(Vec<u8>),
+}
+
+impl ReadFrame {
+    /// The frame's bytes, exactly as written.
+    pub fn bytes(&self) -> &[u8] {
+        match &self.bytes {
+            FrameBytes::Cached(b, start, len) => &b.bytes()[*start..*start + *len],
+            FrameBytes::Disk(r) => r,
+            FrameBytes::Owned(v) => v,
+        }
+    }
+
+    /// The decoded frame (its checksum was verified when it was read).
+    pub fn frame(&self) -> Frame<'_> {
+        // Verified at read time (or never left memory); decoding again cannot fail unless
+        // memory itself is corrupt, which must stop loudly.
+        Frame::decode(
+            self.bytes(),
+            &crate::frame::FrameLimits {
+                payload_bytes_max: u32::MAX,
+                entries_max: u32::MAX,
+                entry_bytes_max: u32::MAX,
+            },
+        )
+        .expect("a frame verified at read time no longer decodes: memory corruption")
+    }
+
+    /// The wanted entries of this frame.
+    pub fn entries(&self) -> impl Iterator<Item = crate::frame::DecodedEntry<'_>> + '_ {
+        let (lo, hi) = (self.lo, self.hi);
+        self.frame().entries().filter(move |e| e.index >= lo && e.index <= hi)
+    }
+}
+
+impl Log {
+    /// Opens (creating if needed) the log of `cfg.group` in `dir`, and recovers it.
+    pub async fn open(dir: impl AsRef<Path>, cfg: LogConfig) -> LogResult<(Log, RecoveryReport)> {
+        cfg.validate().map_err(LogError::Config)?;
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| LogError::io("creating directory", &dir, 0, e))?;
+        io::prime_device(&dir).await?;
+        let mut segs: Vec<(u64, u64, PathBuf)> = Vec::new();
+        let mut spares = Vec::new();
+        let mut spare_counter = 0;
+        for path in io::list_dir(&dir)? {
+            match segment::classify(&path) {
+                FileKind::Segment { seq, first_index } => segs.push((seq, first_index, path)),
+                FileKind::Spare { max_index, n } => {
+                    spare_counter = spare_counter.max(n + 1);
+                    spares.push(Spare { path, max_index });
+                }
+                FileKind::Temporary => {
+                    if let Err(e) = io::remove(&path).await {
+                        tracing::warn!(path = %path.display(), error = %e, "could not remove a leftover temporary file");
+                    }
+                }
+                FileKind::HardState => {}
+                FileKind::Unknown => {
+                    if path.extension().is_some_and(|e| e == "seg") {
+                        return Err(LogError::Inconsistent {
+                            dir: dir.clone(),
+                            detail: format!("unrecognised segment file {}", path.display()),
+                        });
+                    }
+                }
+            }
+        }
+        segs.sort();
+        let mut st = State {
+            cfg: cfg.clone(),
+            dir: dir.clone(),
+            segments: VecDeque::new(),
+            frames: VecDeque::new(),
+            first_index: 1,
+            last_index: 0,
+            last_term: 0,
+            durable_index: 0,
+            next_seq: segs.last().map_or(1, |s| s.0 + 1),
+            spares,
+            spare_counter,
+            preparing_spare: false,
+            open: None,
+            unflushed: VecDeque::new(),
+            inflight: VecDeque::new(),
+            next_flush_id: 0,
+            flush_scheduled: false,
+            exclusive: false,
+            trimming: false,
+            poisoned: None,
+            closed: false,
+            durable_waiters: BinaryHeap::new(),
+            change_waiters: Vec::new(),
+            epoch: 0,
+            recent: VecDeque::new(),
+            recent_bytes: 0,
+            stats: LogStats::new(),
+        };
+        let report = recover(&mut st, segs).await?;
+        let log = Log { shared: Rc::new(Shared { st: RefCell::new(st) }) };
+        if log.shared.st.borrow().segments.is_empty() {
+            // A new log: put the first segment in use.
+            log.activate_segment(1).await?;
+            let mut st = log.shared.st.borrow_mut();
+            st.first_index = 1;
+        }
+        log.ensure_spares();
+        Ok((log, report))
+    }
+
+    /// The group.
+    pub fn group(&self) -> u64 {
+        self.shared.st.borrow().cfg.group
+    }
+
+    /// First index of the log (entries before it were trimmed).
+    pub fn first_index(&self) -> u64 {
+        self.shared.st.borrow().first_index
+    }
+
+    /// Last index appended (durable or not).
+    pub fn last_index(&self) -> u64 {
+        self.shared.st.borrow().last_index
+    }
+
+    /// Term of the last entry (0 for an empty log).
+    pub fn last_term(&self) -> u64 {
+        self.shared.st.borrow().last_term
+    }
+
+    /// Highest index known durable.
+    pub fn durable_index(&self) -> u64 {
+        self.shared.st.borrow().durable_index
+    }
+
+    /// Term of the entry at `index`, if it is in the log.
+    pub fn term(&self, index: u64) -> Option<u64> {
+        self.shared.st.borrow().term_of(index)
+    }
+
+    /// A copy of the counters and the flush latency histogram.
+    pub fn stats(&self) -> LogStats {
+        self.shared.st.borrow().stats.clone()
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> PathBuf {
+        self.shared.st.borrow().dir.clone()
+    }
+
+    /// Appends a verified frame (built by this node as leader, or received and verified from a
+    /// leader). Its first index must be `last_index + 1`, its group this log's, and its term not
+    /// below the last entry's. Returns the frame's index range once its bytes are in the open
+    /// buffer; await [`Log::wait_durable`] for durability. Waits when the buffer is full
+    /// (backpressure).
+    pub async fn append(&self, frame: Frame<'_>) -> LogResult<IndexRange> {
+        let bytes = frame.as_bytes();
+        let len = bytes.len();
+        {
+            let st = self.shared.st.borrow();
+            st.check_usable()?;
+            if frame.group() != st.cfg.group {
+                return Err(LogError::Rejected(format!(
+                    "frame of group {} appended to the log of group {}",
+                    frame.group(),
+                    st.cfg.group
+                )));
+            }
+            if len > st.cfg.frame_bytes_max() {
+                return Err(LogError::Rejected(format!(
+                    "frame of {len} bytes exceeds the maximum of {}",
+                    st.cfg.frame_bytes_max()
+                )));
+            }
+        }
+        self.reserve(len).await?;
+        let mut st = self.shared.st.borrow_mut();
+        if frame.first_index() != st.last_index + 1 {
+            return Err(LogError::Rejected(format!(
+                "frame starts at index {}, the log continues at {}",
+                frame.first_index(),
+                st.last_index + 1
+            )));
+        }
+        if frame.term() < st.last_term {
+            return Err(LogError::Rejected(format!(
+                "frame term {} is below the last term {}",
+                frame.term(),
+                st.last_term
+            )));
+        }
+        let open = st.open.as_mut().expect("reserve leaves an open buffer");
+        open.buf.as_bytes_mut()[open.len..open.len + len].copy_from_slice(bytes);
+        let range = IndexRange { first: frame.first_index(), last: frame.last_index() };
+        self.commit_append(&mut st, len, range, frame.term(), frame.entry_count());
+        drop(st);
+        self.schedule_flush();
+        Ok(range)
+    }
+
+    /// Builds a frame of `entries` directly in the open buffer (the leader's path: the frame is
+    /// built once, where it will be written from) and appends it at `last_index + 1` with
+    /// `term`. Returns its index range.
+    pub async fn append_entries(
+        &self,
+        term: u64,
+        entries: &[EntryRef<'_>],
+    ) -> LogResult<IndexRange> {
+        let len = crate::frame::frame_len_for(entries.iter().map(|e| e.data.len()));
+        {
+            let st = self.shared.st.borrow();
+            st.check_usable()?;
+            if entries.is_empty() || len > st.cfg.frame_bytes_max() {
+                return Err(LogError::Rejected(format!(
+                    "a batch of {} entries and {len} bytes does not fit one frame (max {} bytes)",
+                    entries.len(),
+                    st.cfg.frame_bytes_max()
+                )));
+            }
+        }
+        self.reserve(len).await?;
+        let mut st = self.shared.st.borrow_mut();
+        if term < st.last_term {
+            return Err(LogError::Rejected(format!(
+                "term {term} is below the last term {}",
+                st.last_term
+            )));
+        }
+        let first = st.last_index + 1;
+        let group = st.cfg.group;
+        let limits = st.cfg.frame_limits;
+        let open = st.open.as_mut().expect("reserve leaves an open buffer");
+        let at = open.len;
+        let dst = &mut open.buf.as_bytes_mut()[at..at + len];
+        let mut enc = FrameEncoder::new(dst, group, term, first, limits).expect("room reserved");
+        for e in entries {
+            enc.push(*e).map_err(|err| match err {
+                EncodeError::TooLarge { len } | EncodeError::Full { len } => {
+                    LogError::Rejected(format!("entry of {len} bytes exceeds the frame limits"))
+                }
+            })?;
+        }
+        let written = enc.finish();
+        debug_assert_eq!(written, len);
+        let range = IndexRange { first, last: first + entries.len() as u64 - 1 };
+        self.commit_append(&mut st, len, range, term, entries.len() as u32);
+        drop(st);
+        self.schedule_flush();
+        Ok(range)
+    }
+
+    fn commit_append(&self, st: &mut State, len: usize, range: IndexRange, term: u64, count: u32) {
+        let open = st.open.as_mut().expect("open buffer");
+        let offset = open.base + open.len as u64;
+        open.len += len;
+        let segment = open.segment;
+        st.frames.push_back(FrameLoc {
+            first_index: range.first,
+            count,
+            term,
+            segment,
+            offset,
+            len: len as u32,
+        });
+        st.unflushed.push_back((offset + len as u64, range.last));
+        st.last_index = range.last;
+        st.last_term = term;
+        if let Some(seg) = st.segments.back_mut() {
+            seg.max_index = seg.max_index.max(range.last);
+        }
+        st.stats.frames_appended += 1;
+        st.stats.entries_appended += u64::from(count);
+        st.stats.bytes_appended += len as u64;
+    }
+
+    /// Waits until `len` bytes fit in the open buffer of a segment with room for them, rolling
+    /// to a new segment or waiting for flushes as needed.
+    async fn reserve(&self, len: usize) -> LogResult<()> {
+        enum Next {
+            Ready,
+            Roll,
+            TryFlush,
+            Wait(u64),
+        }
+        loop {
+            let next = {
+                let st = self.shared.st.borrow();
+                st.check_usable()?;
+                if st.exclusive {
+                    Next::Wait(st.epoch)
+                } else {
+                    let open = st.open.as_ref().expect("open buffer");
+                    let end = open.base + open.len as u64;
+                    if end + len as u64 > st.cfg.segment_bytes {
+                        Next::Roll
+                    } else if open.len + len <= st.cfg.flush_bytes_max + BLOCK {
+                        Next::Ready
+                    } else {
+                        Next::TryFlush
+                    }
+                }
+            };
+            match next {
+                Next::Ready => return Ok(()),
+                Next::Roll => {
+                    self.shared.st.borrow_mut().exclusive = true;
+                    let r = self.roll().await;
+                    let mut st = self.shared.st.borrow_mut();
+                    st.exclusive = false;
+                    st.changed();
+                    r?;
+                }
+                Next::TryFlush => {
+                    // Full: start a flush that frees the buffer if the rules allow, else wait
+                    // for one to complete.
+                    let epoch = self.shared.st.borrow().epoch;
+                    self.start_flushes();
+                    let fits = {
+                        let st = self.shared.st.borrow();
+                        st.open
+                            .as_ref()
+                            .is_some_and(|o| o.len + len <= st.cfg.flush_bytes_max + BLOCK)
+                    };
+                    if !fits {
+                        self.changed_since(epoch).await;
+                    }
+                }
+                Next::Wait(epoch) => self.changed_since(epoch).await,
+            }
+        }
+    }
+
+    fn changed_since(&self, epoch: u64) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            let mut st = self.shared.st.borrow_mut();
+            if st.epoch != epoch {
+                Poll::Ready(())
+            } else {
+                st.change_waiters.push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+
+    /// Resolves when every index up to `index` is durable; fails if the log fails first or the
+    /// index was truncated away before it became durable.
+    pub fn wait_durable(&self, index: u64) -> DurableWait {
+        DurableWait { shared: self.shared.clone(), index }
+    }
+
+    /// Flushes everything appended and waits until it is durable.
+    pub async fn sync(&self) -> LogResult<()> {
+        let last = self.last_index();
+        self.schedule_flush();
+        self.wait_durable(last).await
+    }
+
+    fn schedule_flush(&self) {
+        let mut st = self.shared.st.borrow_mut();
+        if st.flush_scheduled {
+            return;
+        }
+        st.flush_scheduled = true;
+        drop(st);
+        let log = self.clone();
+        glommio::spawn_local(async move {
+            log.shared.st.borrow_mut().flush_scheduled = false;
+            log.start_flushes();
+        })
+        .detach();
+    }
+
+    /// Starts as many flushes as the rules allow (see the module docs).
+    fn start_flushes(&self) {
+        loop {
+            let mut st = self.shared.st.borrow_mut();
+            if st.poisoned.is_some() || st.inflight.len() >= st.cfg.flushes_in_flight_max {
+                return;
+            }
+            let flush_max = st.cfg.flush_bytes_max;
+            let Some(open) = st.open.as_ref() else { return };
+            if open.len == open.flushed_len {
+                return;
+            }
+            let cut = match st.inflight.back() {
+                None => open.len,
+                Some(last) => {
+                    // Only a full buffer starts a concurrent flush, cut at a block boundary, and
+                    // only when the flush in flight does not own the block we would start in.
+                    if last.end % BLOCK as u64 != 0 || open.len < flush_max {
+                        return;
+                    }
+                    align_down(open.len as u64) as usize
+                }
+            };
+            if cut <= open.flushed_len {
+                return;
+            }
+            // Take the buffer: the carried tail (from the last full block) moves to a fresh one.
+            let open = st.open.take().expect("checked");
+            let segment = open.segment;
+            let base = open.base;
+            let file = st.segment(segment).expect("active segment").file.clone();
+            let path = st.segment(segment).expect("active segment").path.clone();
+            let carry_from = align_down(cut as u64) as usize;
+            let mut next = io::alloc(&file, flush_max + BLOCK);
+            let carried = open.len - carry_from;
+            let mut old = open.buf;
+            next.as_bytes_mut()[..carried].copy_from_slice(&old.as_bytes()[carry_from..open.len]);
+            let padded = align_up(cut as u64) as usize;
+            old.as_bytes_mut()[cut..padded].fill(0);
+            old.trim_to_size(padded);
+            st.open = Some(OpenBuf {
+                segment,
+                base: base + carry_from as u64,
+                buf: next,
+                len: carried,
+                flushed_len: cut - carry_from,
+            });
+            let end = base + cut as u64;
+            let mut last_index = 0;
+            while let Some(&(frame_end, idx)) = st.unflushed.front() {
+                if frame_end > end {
+                    break;
+                }
+                last_index = idx;
+                st.unflushed.pop_front();
+            }
+            let id = st.next_flush_id;
+            st.next_flush_id += 1;
+            st.inflight.push_back(Flush { id, end, last_index, done: false });
+            let buf = Rc::new(old);
+            st.cache(segment, base, buf.clone());
+            let sync = st.cfg.sync;
+            // Room was freed: appenders waiting for space may go on.
+            st.changed();
+            drop(st);
+            let log = self.clone();
+            glommio::spawn_local(async move {
+                let started = Instant::now();
+                let bytes = buf.len() as u64;
+                let mut r = io::write_all_at(&file, &path, buf, base).await;
+                if r.is_ok() && sync == SyncMethod::Fdatasync {
+                    r = io::fdatasync(&file, &path).await;
+                }
+                log.complete_flush(id, r, started.elapsed(), bytes, (segment, base));
+            })
+            .detach();
+        }
+    }
+
+    fn complete_flush(
+        &self,
+        id: u64,
+        result: LogResult<()>,
+        took: Duration,
+        bytes: u64,
+        at: (u64, u64),
+    ) {
+        {
+            let mut st = self.shared.st.borrow_mut();
+            match result {
+                Err(e) => {
+                    st.poison(e);
+                    return;
+                }
+                Ok(()) => {
+                    st.stats.flushes += 1;
+                    st.stats.bytes_written += bytes;
+                    st.shrink_cached(at.0, at.1);
+                    let ns = (took.as_nanos() as u64).clamp(1_000, 60_000_000_000);
+                    st.stats.flush_latency_ns.saturating_record(ns);
+                    if let Some(f) = st.inflight.iter_mut().find(|f| f.id == id) {
+                        f.done = true;
+                    }
+                    while st.inflight.front().is_some_and(|f| f.done) {
+                        let f = st.inflight.pop_front().expect("non-empty");
+                        if f.last_index > st.durable_index {
+                            debug_assert!(f.last_index <= st.last_index);
+                            st.durable_index = f.last_index;
+                        }
+                    }
+                    st.wake_durable();
+                    st.changed();
+                }
+            }
+        }
+        self.start_flushes();
+    }
+
+    /// Waits until nothing is in flight and everything appended is durable.
+    async fn drain(&self) -> LogResult<()> {
+        let last = self.last_index();
+        self.schedule_flush();
+        self.wait_durable(last).await?;
+        loop {
+            let epoch = {
+                let st = self.shared.st.borrow();
+                st.check_usable()?;
+                if st.inflight.is_empty() {
+                    return Ok(());
+                }
+                st.epoch
+            };
+            self.changed_since(epoch).await;
+        }
+    }
+
+    /// Seals the active segment (after draining it) and puts a new one in use, starting at the
+    /// next index.
+    async fn roll(&self) -> LogResult<()> {
+        self.drain().await?;
+        let next = self.last_index() + 1;
+        self.activate_segment(next).await
+    }
+
+    /// Puts a new segment in use for entries from `first_index`: a spare whose stale frames are
+    /// all below `first_index`, or a freshly zero-filled file. Durable (renamed and the
+    /// directory synced) before it returns, so a new segment also durably supersedes older
+    /// segments' entries from `first_index` on.
+    async fn activate_segment(&self, first_index: u64) -> LogResult<()> {
+        let spare = loop {
+            let epoch = {
+                let mut st = self.shared.st.borrow_mut();
+                if let Some(pos) = st.spares.iter().position(|s| s.max_index < first_index) {
+                    break Some(st.spares.swap_remove(pos));
+                }
+                if !st.preparing_spare {
+                    break None;
+                }
+                st.epoch
+            };
+            self.changed_since(epoch).await;
+        };
+        let (dir, seq, size, sync) = {
+            let mut st = self.shared.st.borrow_mut();
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            (st.dir.clone(), seq, st.cfg.segment_bytes, st.cfg.sync)
+        };
+        let path = dir.join(segment::segment_name(seq, first_index));
+        let recycled = spare.is_some();
+        match spare {
+            Some(s) => {
+                io::rename(&s.path, &path).await?;
+                io::sync_dir(&dir).await?;
+            }
+            None => {
+                let tmp = dir.join(format!("{}.tmp", segment::segment_name(seq, first_index)));
+                io::prepare_zeroed(&dir, &tmp, &path, size).await?;
+            }
+        }
+        let file = io::open_rw(&path, sync).await?;
+        let cap = self.shared.st.borrow().cfg.flush_bytes_max + BLOCK;
+        let buf = io::alloc(&file, cap);
+        let mut st = self.shared.st.borrow_mut();
+        st.segments.push_back(Segment {
+            seq,
+            first_index,
+            path,
+            file: Rc::new(file),
+            max_index: first_index - 1,
+        });
+        st.open = Some(OpenBuf { segment: seq, base: 0, buf, len: 0, flushed_len: 0 });
+        st.stats.segments_activated += 1;
+        if !recycled {
+            st.stats.segments_zero_filled += 1;
+        }
+        drop(st);
+        self.ensure_spares();
+        Ok(())
+    }
+
+    /// Keeps `spare_segments` prepared in the background.
+    fn ensure_spares(&self) {
+        let mut st = self.shared.st.borrow_mut();
+        if st.preparing_spare || st.spares.len() >= st.cfg.spare_segments || st.closed {
+            return;
+        }
+        st.preparing_spare = true;
+        let n = st.spare_counter;
+        st.spare_counter += 1;
+        let dir = st.dir.clone();
+        let size = st.cfg.segment_bytes;
+        drop(st);
+        let log = self.clone();
+        glommio::spawn_local(async move {
+            let path = dir.join(segment::spare_name(0, n));
+            let tmp = dir.join(format!("{}.tmp", segment::spare_name(0, n)));
+            let r = io::prepare_zeroed(&dir, &tmp, &path, size).await;
+            let again = {
+                let mut st = log.shared.st.borrow_mut();
+                st.preparing_spare = false;
+                match r {
+                    Ok(()) => {
+                        st.spares.push(Spare { path, max_index: 0 });
+                        st.stats.segments_zero_filled += 1;
+                    }
+                    Err(ref e) => tracing::warn!(group = st.cfg.group, error = %e, "could not prepare a spare segment"),
+                }
+                st.changed();
+                r.is_ok()
+            };
+            if again {
+                log.ensure_spares();
+            }
+        })
+        .detach();
+    }
+
+    /// Reads the entries `lo..=hi`, at most about `max_bytes` of frames (at least one frame).
+    /// Recent frames come from memory, older ones from disk (verified again on the way in).
+    pub async fn read(&self, lo: u64, hi: u64, max_bytes: usize) -> LogResult<Vec<ReadFrame>> {
+        let mut out = Vec::new();
+        let mut next = lo;
+        let mut bytes = 0usize;
+        while next <= hi && (out.is_empty() || bytes < max_bytes) {
+            // Find what to read without holding the borrow across I/O.
+            let plan = {
+                let st = self.shared.st.borrow();
+                st.check_usable()?;
+                let Some(pos) = st.frame_pos(next) else {
+                    return Err(LogError::OutOfRange {
+                        index: next,
+                        first: st.first_index,
+                        last: st.last_index,
+                    });
+                };
+                let loc = st.frames[pos];
+                let want_hi = hi.min(loc.last_index());
+                // 1. The open buffer.
+                if let Some(open) =
+                    st.open.as_ref().filter(|o| o.segment == loc.segment && loc.offset >= o.base)
+                {
+                    let start = (loc.offset - open.base) as usize;
+                    let v = open.buf.as_bytes()[start..start + loc.len as usize].to_vec();
+                    Err(ReadFrame { bytes: FrameBytes::Owned(v), lo: next, hi: want_hi })
+                } else if let Some(c) = st.recent.iter().rev().find(|c| {
+                    c.segment == loc.segment
+                        && loc.offset >= c.base
+                        && loc.offset + u64::from(loc.len) <= c.base + c.data.bytes().len() as u64
+                }) {
+                    let start = (loc.offset - c.base) as usize;
+                    Err(ReadFrame {
+                        bytes: FrameBytes::Cached(c.data.clone(), start, loc.len as usize),
+                        lo: next,
+                        hi: want_hi,
+                    })
+                } else {
+                    // 2. Disk: read this frame and the contiguous frames after it in one go.
+                    let seg = st.segment(loc.segment).expect("frame's segment");
+                    let mut span: Vec<FrameLoc> = vec![loc];
+                    let mut span_bytes = loc.len as usize;
+                    for f in st.frames.range(pos + 1..) {
+                        let prev = span.last().expect("non-empty");
+                        if f.segment != loc.segment
+                            || f.first_index > hi
+                            || f.offset != prev.offset + u64::from(prev.len)
+                            || bytes + span_bytes + f.len as usize > max_bytes.max(loc.len as usize)
+                            || span_bytes >= 1 << 20
+                        {
+                            break;
+                        }
+                        span_bytes += f.len as usize;
+                        span.push(*f);
+                    }
+                    Ok((seg.file.clone(), seg.path.clone(), span, span_bytes, st.cfg.frame_limits))
+                }
+            };
+            match plan {
+                Err(frame) => {
+                    bytes += frame.bytes().len();
+                    next = frame.hi + 1;
+                    out.push(frame);
+                }
+                Ok((file, path, span, span_bytes, limits)) => {
+                    let first = span[0];
+                    let data = io::read_at(&file, &path, first.offset, span_bytes).await?;
+                    if data.len() < span_bytes {
+                        return Err(LogError::io(
+                            "reading",
+                            &path,
+                            first.offset,
+                            std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "segment shorter than its frames",
+                            ),
+                        ));
+                    }
+                    for f in span {
+                        let start = (f.offset - first.offset) as usize;
+                        let slice = ReadResult::slice(&data, start, f.len as usize)
+                            .expect("within the read");
+                        if let Err(e) = Frame::decode(&slice, &limits) {
+                            return Err(LogError::Corruption {
+                                path: path.clone(),
+                                offset: f.offset,
+                                first_index: f.first_index,
+                                last_index: f.last_index(),
+                                detail: format!("on read: {e}"),
+                            });
+                        }
+                        let frame = ReadFrame {
+                            bytes: FrameBytes::Disk(slice),
+                            lo: next,
+                            hi: hi.min(f.last_index()),
+                        };
+                        bytes += f.len as usize;
+                        next = frame.hi + 1;
+                        out.push(frame);
+                        if next > hi {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the entries after `index` (a new leader overwrote them). Durable when it returns:
+    /// a new segment starting at `index + 1` supersedes the old entries, so recovery never brings
+    /// them back. Entries up to `index` stay.
+    pub async fn truncate_after(&self, index: u64) -> LogResult<()> {
+        {
+            let st = self.shared.st.borrow();
+            st.check_usable()?;
+            if index >= st.last_index {
+                return Ok(());
+            }
+            if index + 1 < st.first_index {
+                return Err(LogError::OutOfRange {
+                    index,
+                    first: st.first_index,
+                    last: st.last_index,
+                });
+            }
+        }
+        self.exclusive(|log| async move {
+            log.drain().await?;
+            log.activate_segment(index + 1).await?;
+            let removed = {
+                let mut st = log.shared.st.borrow_mut();
+                while st.frames.back().is_some_and(|f| f.first_index > index) {
+                    st.frames.pop_back();
+                }
+                if let Some(f) = st.frames.back_mut()
+                    && f.last_index() > index
+                {
+                    f.count = (index + 1 - f.first_index) as u32;
+                }
+                st.last_index = index;
+                st.last_term = st.frames.back().map_or(0, |f| f.term);
+                st.durable_index = st.durable_index.min(index);
+                // Older segments whose entries all lie after `index` are superseded.
+                let active = st.segments.pop_back().expect("just activated");
+                let mut gone = Vec::new();
+                while st.segments.back().is_some_and(|s| s.first_index > index) {
+                    gone.push(st.segments.pop_back().expect("checked"));
+                }
+                st.segments.push_back(active);
+                gone
+            };
+            log.retire(removed).await
+        })
+        .await
+    }
+
+    /// Discards every entry and restarts the log at `next_index` (a snapshot was installed):
+    /// old segments are removed first, newest first, then a new segment starts at `next_index`.
+    pub async fn reset(&self, next_index: u64) -> LogResult<()> {
+        assert!(next_index > 0, "log indexes start at 1");
+        self.shared.st.borrow().check_usable()?;
+        self.exclusive(|log| async move {
+            log.drain().await?;
+            let old: Vec<Segment> = {
+                let mut st = log.shared.st.borrow_mut();
+                st.open = None;
+                st.frames.clear();
+                st.recent.clear();
+                st.recent_bytes = 0;
+                st.segments.drain(..).rev().collect()
+            };
+            // From here the old segments are gone: failing to start the new one leaves no log to
+            // append to, so the log refuses further work until reopened.
+            let started = match log.retire(old).await {
+                Ok(()) => log.activate_segment(next_index).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = started {
+                log.shared.st.borrow_mut().poison(e.clone());
+                return Err(e);
+            }
+            let mut st = log.shared.st.borrow_mut();
+            st.first_index = next_index;
+            st.last_index = next_index - 1;
+            st.durable_index = next_index - 1;
+            st.last_term = 0;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes whole segments whose entries all lie before `index` (the database checkpointed
+    /// up to there). They are recycled as spares while spares are wanted, else deleted. The log's
+    /// first index becomes the first entry of the oldest remaining segment (at most `index`).
+    pub async fn trim_before(&self, index: u64) -> LogResult<()> {
+        // A truncation or reset rearranges segments at the back while it awaits I/O; a trim
+        // rearranges them at the front. They take turns.
+        loop {
+            let epoch = {
+                let mut st = self.shared.st.borrow_mut();
+                st.check_usable()?;
+                if !st.exclusive && !st.trimming {
+                    st.trimming = true;
+                    break;
+                }
+                st.epoch
+            };
+            self.changed_since(epoch).await;
+        }
+        let r = self.trim_locked(index).await;
+        let mut st = self.shared.st.borrow_mut();
+        st.trimming = false;
+        st.changed();
+        r
+    }
+
+    async fn trim_locked(&self, index: u64) -> LogResult<()> {
+        let removed = {
+            let mut st = self.shared.st.borrow_mut();
+            st.check_usable()?;
+            let mut removed = Vec::new();
+            while st.segments.len() > 1 && st.segments[1].first_index <= index {
+                let seg = st.segments.pop_front().expect("len > 1");
+                while st.frames.front().is_some_and(|f| f.segment == seg.seq) {
+                    st.frames.pop_front();
+                }
+                st.recent.retain(|c| c.segment != seg.seq);
+                let cap = st.buf_cap();
+                st.recent_bytes = st.recent.iter().map(|c| c.charge(cap)).sum();
+                removed.push(seg);
+            }
+            if let Some(first) = st.segments.front().map(|s| s.first_index) {
+                st.first_index = st.first_index.max(first);
+            }
+            removed
+        };
+        self.retire(removed).await
+    }
+
+    /// Recycles (as spares, up to twice `spare_segments`) or deletes retired segments, then syncs the directory.
+    async fn retire(&self, segments: Vec<Segment>) -> LogResult<()> {
+        if segments.is_empty() {
+            return Ok(());
+        }
+        let dir = self.dir();
+        for seg in segments {
+            let (want_spare, n) = {
+                let mut st = self.shared.st.borrow_mut();
+                // Keep up to twice the target: a recycled segment saves a zero-fill later, and
+                // the zero-filling preparer only runs below the target.
+                let want = st.spares.len() < 2 * st.cfg.spare_segments.max(1);
+                let n = st.spare_counter;
+                if want {
+                    st.spare_counter += 1;
+                }
+                (want, n)
+            };
+            if let Ok(file) = Rc::try_unwrap(seg.file) {
+                io::close(file, &seg.path).await?;
+            }
+            if want_spare {
+                let path = dir.join(segment::spare_name(seg.max_index, n));
+                io::rename(&seg.path, &path).await?;
+                let mut st = self.shared.st.borrow_mut();
+                st.spares.push(Spare { path, max_index: seg.max_index });
+                st.stats.segments_recycled += 1;
+            } else {
+                io::remove(&seg.path).await?;
+            }
+        }
+        io::sync_dir(&dir).await?;
+        self.shared.st.borrow_mut().changed();
+        Ok(())
+    }
+
+    async fn exclusive<F, Fut>(&self, f: F) -> LogResult<()>
+    where
+        F: FnOnce(Log) -> Fut,
+        Fut: Future<Output = LogResult<()>>,
+    {
+        loop {
+            let epoch = {
+                let mut st = self.shared.st.borrow_mut();
+                st.check_usable()?;
+                if !st.exclusive && !st.trimming {
+                    st.exclusive = true;
+                    break;
+                }
+                st.epoch
+            };
+            self.changed_since(epoch).await;
+        }
+        let r = f(self.clone()).await;
+        let mut st = self.shared.st.borrow_mut();
+        st.exclusive = false;
+        st.changed();
+        r
+    }
+
+    /// Flushes everything, waits for it to be durable, lets a spare preparation finish, and
+    /// closes the files.
+    pub async fn close(self) -> LogResult<()> {
+        let drained =
+            if self.shared.st.borrow().poisoned.is_none() { self.drain().await } else { Ok(()) };
+        self.shared.st.borrow_mut().closed = true;
+        loop {
+            let epoch = {
+                let st = self.shared.st.borrow();
+                if !st.preparing_spare {
+                    break;
+                }
+                st.epoch
+            };
+            self.changed_since(epoch).await;
+        }
+        let segments: Vec<Segment> = {
+            let mut st = self.shared.st.borrow_mut();
+            st.closed = true;
+            st.open = None;
+            st.recent.clear();
+            st.wake_durable();
+            st.changed();
+            st.segments.drain(..).collect()
+        };
+        for seg in segments {
+            if let Ok(file) = Rc::try_unwrap(seg.file) {
+                io::close(file, &seg.path).await?;
+            }
+        }
+        drained
+    }
+}
+
+/// Future of [`Log::wait_durable`].
+pub struct DurableWait {
+    shared: Rc<Shared>,
+    index: u64,
+}
+
+impl Future for DurableWait {
+    type Output = LogResult<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut st = self.shared.st.borrow_mut();
+        if st.durable_index >= self.index {
+            return Poll::Ready(Ok(()));
+        }
+        if let Err(e) = st.check_usable() {
+            return Poll::Ready(Err(e));
+        }
+        if self.index > st.last_index {
+            return Poll::Ready(Err(LogError::Truncated { from: st.last_index + 1 }));
+        }
+        st.durable_waiters.push(Waiter { index: self.index, waker: cx.waker().clone() });
+        Poll::Pending
+    }
+}
+
+/// Rebuilds the in-memory state from the segments on disk (see the module docs).
+async fn recover(st: &mut State, segs: Vec<(u64, u64, PathBuf)>) -> LogResult<RecoveryReport> {
+    let mut report = RecoveryReport { segments: segs.len(), ..Default::default() };
+    let window = 4usize << 20;
+    let frame_max = st.cfg.frame_bytes_max();
+    let limits = st.cfg.frame_limits;
+    let group = st.cfg.group;
+    let seg_bytes = st.cfg.segment_bytes;
+    let count = segs.len();
+    let mut superseded: Vec<Segment> = Vec::new();
+    let mut tail_end = 0u64;
+    for (k, (seq, first_index, path)) in segs.into_iter().enumerate() {
+        let is_last = k + 1 == count;
+        // Supersede or continue what came before.
+        if let Some(back) = st.frames.back() {
+            let end = back.last_index();
+            if first_index > end + 1 {
+                return Err(LogError::Inconsistent {
+                    dir: st.dir.clone(),
+                    detail: format!(
+                        "entries {}..={} are missing: {} starts at {first_index} but the log before it ends at {end}",
+                        end + 1,
+                        first_index - 1,
+                        path.display()
+                    ),
+                });
+            }
+            while st.frames.back().is_some_and(|f| f.first_index >= first_index) {
+                st.frames.pop_back();
+            }
+            if let Some(f) = st.frames.back_mut()
+                && f.last_index() >= first_index
+            {
+                f.count = (first_index - f.first_index) as u32;
+            }
+            while st.segments.back().is_some_and(|s| s.first_index >= first_index) {
+                superseded.push(st.segments.pop_back().expect("checked"));
+            }
+        } else {
+            st.first_index = first_index;
+            // Segments wholly superseded before any frame survived.
+            superseded.extend(st.segments.drain(..));
+        }
+        let last_term_before = st.frames.back().map_or(0, |f| f.term);
+        let file = io::open_rw(&path, st.cfg.sync).await?;
+        let mut cursor = ScanCursor { expected: first_index, last_term: last_term_before };
+        let mut frames = Vec::new();
+        let mut pos = 0u64;
+        let stop = loop {
+            if pos >= seg_bytes {
+                break Stop::Zeros;
+            }
+            let want = (window + frame_max).min((seg_bytes - pos) as usize);
+            let data = io::read_at(&file, &path, pos, want).await?;
+            let consume = if pos + (data.len() as u64) >= seg_bytes { data.len() } else { window };
+            let (used, stop) = segment::scan_window(
+                &data,
+                pos,
+                consume,
+                seq,
+                group,
+                &limits,
+                &mut cursor,
+                &mut frames,
+            );
+            pos += used as u64;
+            if stop != Stop::Window {
+                break stop;
+            }
+            if data.len() < want {
+                break Stop::Zeros;
+            }
+        };
+        report.frames += frames.len() as u64;
+        let max_index = frames.last().map_or(first_index - 1, |f| f.last_index());
+        st.frames.extend(frames);
+        st.segments.push_back(Segment {
+            seq,
+            first_index,
+            path: path.clone(),
+            file: Rc::new(file),
+            max_index,
+        });
+        if !is_last {
+            continue;
+        }
+        // The tail: look past the stop for evidence that the log went on.
+        tail_end = pos;
+        report.tail = format!("{stop:?} at offset {pos}");
+        let torn_window = st.cfg.torn_window_bytes();
+        let file = st.segments.back().expect("pushed").file.clone();
+        let search = |from: u64, to: u64| {
+            let (file, path) = (file.clone(), path.clone());
+            async move {
+                let mut at = from;
+                while at < to {
+                    let want = (window + frame_max).min((seg_bytes - at) as usize);
+                    let limit = window.min((to - at) as usize);
+                    let data = io::read_at(&file, &path, at, want).await?;
+                    if let Some(found) =
+                        segment::find_later_frame(&data, at, limit, group, cursor.expected, &limits)
+                    {
+                        return Ok::<_, LogError>(Some(found));
+                    }
+                    if data.len() < want {
+                        break;
+                    }
+                    at += limit as u64;
+                }
+                Ok(None)
+            }
+        };
+        // Beyond the window of writes that may have been in flight, a valid later frame proves
+        // that entries which may have been acknowledged are damaged.
+        let window_end = (pos + torn_window).min(seg_bytes);
+        if let Some((offset, found_first, _)) = search(window_end + 1, seg_bytes).await? {
+            return Err(LogError::Corruption {
+                path,
+                offset: pos,
+                first_index: cursor.expected,
+                last_index: found_first.saturating_sub(1).max(cursor.expected),
+                detail: format!(
+                    "{stop:?}, yet a valid frame of index {found_first} follows at offset {offset}, beyond the {torn_window}-byte window of writes that may have been in flight"
+                ),
+            });
+        }
+        // Within the window, later frames are what remains of writes torn by a crash.
+        let evidence = search(pos + 1, window_end + 1).await?;
+        if matches!(stop, Stop::Bad(_)) || evidence.is_some() {
+            // A torn tail: zero what a crash may have left after the valid end, durably, so a
+            // later crash cannot mistake it for evidence of corruption.
+            let zero_from = align_down(pos);
+            let zero_to = (pos + torn_window + BLOCK as u64).min(seg_bytes);
+            let zero_to = align_up(zero_to).min(seg_bytes);
+            let keep = (pos - zero_from) as usize;
+            let head = if keep > 0 {
+                Some(io::read_at(&file, &path, zero_from, keep).await?)
+            } else {
+                None
+            };
+            let mut buf = io::alloc(&file, (zero_to - zero_from) as usize);
+            buf.as_bytes_mut().fill(0);
+            if let Some(h) = head {
+                buf.as_bytes_mut()[..keep].copy_from_slice(&h[..keep]);
+            }
+            io::write_all_at(&file, &path, Rc::new(buf), zero_from).await?;
+            report.torn_bytes_cut = evidence.map_or(BLOCK as u64, |(o, _, _)| o - pos + 1);
+            tracing::warn!(group, path = %path.display(), offset = pos, "cut a torn tail");
+        }
+        // What recovery read may still sit in a volatile device cache after a process crash:
+        // make it durable before calling it durable.
+        io::fdatasync(&file, &path).await?;
+    }
+    for seg in superseded {
+        if let Ok(file) = Rc::try_unwrap(seg.file) {
+            io::close(file, &seg.path).await?;
+        }
+        io::remove(&seg.path).await?;
+    }
+    if !st.segments.is_empty() {
+        io::sync_dir(&st.dir.clone()).await?;
+    }
+    st.last_index = st.frames.back().map_or(st.first_index - 1, |f| f.last_index());
+    st.last_term = st.frames.back().map_or(0, |f| f.term);
+    st.durable_index = st.last_index;
+    if let Some(seg) = st.segments.back() {
+        // Reopen the open buffer on the partial last block.
+        let base = align_down(tail_end);
+        let keep = (tail_end - base) as usize;
+        let mut buf = io::alloc(&seg.file, st.cfg.flush_bytes_max + BLOCK);
+        if keep > 0 {
+            let head = io::read_at(&seg.file, &seg.path, base, keep).await?;
+            buf.as_bytes_mut()[..keep].copy_from_slice(&head[..keep]);
+        }
+        st.open = Some(OpenBuf { segment: seg.seq, base, buf, len: keep, flushed_len: keep });
+    }
+    Ok(report)
+}

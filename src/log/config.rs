@@ -1,0 +1,134 @@
+//! Settings of one group's log, with their defaults and why.
+
+use crate::frame::FrameLimits;
+
+/// The block size every write is aligned to. O_DIRECT on this project's hosts needs 512 bytes;
+/// 4 KiB matches the physical block of NVMe drives and of the page size, so a write never makes
+/// the device read-modify-write a block.
+pub const BLOCK: usize = 4096;
+
+/// How a flush is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMethod {
+    /// Write, then `fdatasync` the segment. Works everywhere; two operations per flush.
+    Fdatasync,
+    /// Open segments with `O_DSYNC`: each write returns once durable. On a device with FUA and a
+    /// pure overwrite of written blocks (our zero-filled or recycled segments) this is a single
+    /// FUA write and no metadata commit; without FUA the kernel emulates it with a cache flush,
+    /// and it costs about what write + fdatasync costs. Measure both with `corelog bench wal`.
+    Dsync,
+}
+
+impl std::str::FromStr for SyncMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fdatasync" => Ok(SyncMethod::Fdatasync),
+            "dsync" | "o_dsync" => Ok(SyncMethod::Dsync),
+            other => Err(format!("unknown sync method {other:?} (fdatasync or dsync)")),
+        }
+    }
+}
+
+impl std::fmt::Display for SyncMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SyncMethod::Fdatasync => "fdatasync",
+            SyncMethod::Dsync => "dsync",
+        })
+    }
+}
+
+/// Settings of one group's log.
+///
+/// Memory of one open log is bounded by
+/// `(flushes_in_flight_max + 1) * (flush_bytes_max + BLOCK) + recent_cache_bytes`
+/// plus the in-memory frame index (about 48 bytes per frame on disk), whatever the load:
+/// appends beyond the open buffer wait (backpressure) instead of queueing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// The consensus group this log belongs to; every frame must carry it.
+    pub group: u64,
+    /// Size of each segment file. Default 64 MiB; at least 1 MiB and a multiple of [`BLOCK`].
+    pub segment_bytes: u64,
+    /// Most bytes one flush writes (and the capacity of the buffer where appends gather while
+    /// flushes are in flight). Default 1 MiB; a multiple of [`BLOCK`]. Larger flushes get more of
+    /// the device's bandwidth per fdatasync; under light load flushes are as small as one block.
+    pub flush_bytes_max: usize,
+    /// Flushes that may be in flight at once. Default 2. The durable index advances only over
+    /// the contiguous prefix of completed flushes. A second flush starts only when the first
+    /// one ended on a block boundary (two writes never race on one block).
+    pub flushes_in_flight_max: usize,
+    /// How a flush is made durable. Default [`SyncMethod::Fdatasync`].
+    pub sync: SyncMethod,
+    /// Zero-filled or recycled segments kept ready ahead of need. Default 1.
+    pub spare_segments: usize,
+    /// Bytes of recently flushed buffers kept in memory to serve reads of recent entries
+    /// (followers catching up, tails) without touching the disk. Default 4 MiB. The buffer of a
+    /// large flush is kept whole and counts its whole capacity; a small one is kept as a copy.
+    pub recent_cache_bytes: usize,
+    /// Limits every frame must respect. A frame is at most `flush_bytes_max` bytes long.
+    pub frame_limits: FrameLimits,
+}
+
+impl LogConfig {
+    /// The defaults for `group`.
+    pub fn new(group: u64) -> Self {
+        LogConfig {
+            group,
+            segment_bytes: 64 << 20,
+            flush_bytes_max: 1 << 20,
+            flushes_in_flight_max: 2,
+            sync: SyncMethod::Fdatasync,
+            spare_segments: 1,
+            recent_cache_bytes: 4 << 20,
+            frame_limits: FrameLimits::default(),
+        }
+    }
+
+    /// Checks the settings against each other.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.segment_bytes < (1 << 20) || !self.segment_bytes.is_multiple_of(BLOCK as u64) {
+            return Err(format!(
+                "segment_bytes {} must be at least 1 MiB and a multiple of {BLOCK}",
+                self.segment_bytes
+            ));
+        }
+        if self.flush_bytes_max < BLOCK || !self.flush_bytes_max.is_multiple_of(BLOCK) {
+            return Err(format!(
+                "flush_bytes_max {} must be a positive multiple of {BLOCK}",
+                self.flush_bytes_max
+            ));
+        }
+        if self.flush_bytes_max as u64 > self.segment_bytes {
+            return Err("flush_bytes_max must not exceed segment_bytes".into());
+        }
+        if !(1..=64).contains(&self.flushes_in_flight_max) {
+            return Err("flushes_in_flight_max must be within 1..=64".into());
+        }
+        Ok(())
+    }
+
+    /// Bytes of DMA memory the log's buffers may hold at once: the open buffer, the flushes in
+    /// flight and the recent cache. Size the executor's `io_memory` to at least this, or
+    /// flushes fall back to fresh heap memory (page faults on every flush).
+    pub fn dma_memory_bytes(&self) -> usize {
+        (self.flushes_in_flight_max + 1) * (self.flush_bytes_max + BLOCK)
+            + self.recent_cache_bytes
+            + (1 << 20)
+    }
+
+    /// The largest frame this log accepts, in bytes.
+    pub fn frame_bytes_max(&self) -> usize {
+        self.flush_bytes_max
+            .min(crate::frame::FRAME_HEADER_LEN + self.frame_limits.payload_bytes_max as usize)
+    }
+
+    /// How far past the end of the valid log a crash may have left blocks of writes that were
+    /// in flight (and so never acknowledged). A bad frame followed by valid frames further than
+    /// this is corruption of acknowledged data, not a torn tail.
+    pub fn torn_window_bytes(&self) -> u64 {
+        (self.flushes_in_flight_max * (self.flush_bytes_max + BLOCK)) as u64
+    }
+}

@@ -1,0 +1,2 @@
+//! The node runtime: consensus groups on pinned executors, wired to their logs and peers.
+pub mod codec;

@@ -1,0 +1,3 @@
+//! Programs that work the engine from outside: the log inspector and the crash writer.
+pub mod crash_writer;
+pub mod inspect;

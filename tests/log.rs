@@ -1,0 +1,237 @@
+//! The durable log: appends, group commit, reads, truncation, trim, reset and recovery.
+
+mod common;
+
+use common::*;
+use corelog::frame::{EntryKind, EntryRef, Frame, FrameLimits, encode_frame};
+use corelog::log::{Log, LogConfig, LogError, SyncMethod};
+
+#[test]
+fn append_read_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, report) = Log::open(&path, small_config()).await.unwrap();
+        assert_eq!(report.frames, 0);
+        assert_eq!((log.first_index(), log.last_index()), (1, 0));
+        let last = append_n(&log, 1, 50, 3, 100).await;
+        assert_eq!(last, 150);
+        log.wait_durable(last).await.unwrap();
+        assert_eq!(log.durable_index(), 150);
+        check_range(&log, 1, 150, 100).await;
+        check_range(&log, 37, 41, 100).await;
+        assert_eq!(log.term(10), Some(1));
+        log.close().await.unwrap();
+
+        let (log, report) = Log::open(&path, small_config()).await.unwrap();
+        assert_eq!(report.frames, 50);
+        assert_eq!(report.torn_bytes_cut, 0);
+        assert_eq!((log.first_index(), log.last_index(), log.durable_index()), (1, 150, 150));
+        check_range(&log, 1, 150, 100).await;
+        // It continues where it left off, in the partial last block.
+        let last = append_n(&log, 2, 10, 1, 100).await;
+        log.wait_durable(last).await.unwrap();
+        log.close().await.unwrap();
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        check_range(&log, 1, 160, 100).await;
+        assert_eq!(log.last_term(), 2);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn group_commit_gathers_concurrent_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, LogConfig::new(1)).await.unwrap();
+        let mut tasks = Vec::new();
+        // 64 appenders, 20 appends each, each waiting for durability before the next.
+        let data = vec![5u8; 1000];
+        for _ in 0..64 {
+            let log = log.clone();
+            let data = data.clone();
+            tasks.push(glommio::spawn_local(async move {
+                for _ in 0..20 {
+                    let e = [EntryRef { kind: EntryKind::Normal, session: 0, seq: 0, data: &data }];
+                    let r = log.append_entries(1, &e).await.unwrap();
+                    log.wait_durable(r.last).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await;
+        }
+        let stats = log.stats();
+        assert_eq!(stats.entries_appended, 64 * 20);
+        // Every append waited for durability, yet flushes were shared.
+        assert!(
+            stats.flushes * 4 < stats.entries_appended,
+            "{} flushes for {} appends",
+            stats.flushes,
+            stats.entries_appended
+        );
+        assert_eq!(log.durable_index(), 1280);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn segments_roll_and_frames_are_appended_verbatim() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        // ~3.5 MiB through 1 MiB segments.
+        let mut bytes = Vec::new();
+        for i in 0..900u64 {
+            bytes.clear();
+            let d = payload(i + 1, 4000);
+            let e = [EntryRef { kind: EntryKind::Normal, session: 1, seq: i + 1, data: &d }];
+            encode_frame(&mut bytes, 1, 3, i + 1, &e, FrameLimits::default()).unwrap();
+            let frame = Frame::decode(&bytes, &FrameLimits::default()).unwrap();
+            log.append(frame).await.unwrap();
+        }
+        log.sync().await.unwrap();
+        assert!(segment_files(&path).len() >= 4, "{:?}", segment_files(&path));
+        check_range(&log, 1, 900, 4000).await;
+        // Reads of old entries come from disk, byte for byte what was appended.
+        let old = log.read(5, 5, 1).await.unwrap();
+        let d = payload(5, 4000);
+        bytes.clear();
+        encode_frame(
+            &mut bytes,
+            1,
+            3,
+            5,
+            &[EntryRef { kind: EntryKind::Normal, session: 1, seq: 5, data: &d }],
+            FrameLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(old[0].bytes(), &bytes[..]);
+        log.close().await.unwrap();
+        let (log, report) = Log::open(&path, small_config()).await.unwrap();
+        assert_eq!(report.frames, 900);
+        check_range(&log, 1, 900, 4000).await;
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn rejects_frames_that_do_not_continue_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        append_n(&log, 2, 1, 2, 10).await;
+        let mut bytes = Vec::new();
+        let e = [EntryRef { kind: EntryKind::Normal, session: 1, seq: 1, data: b"x" }];
+        for (group, term, first) in [(1, 2, 5), (1, 1, 3), (9, 2, 3)] {
+            bytes.clear();
+            encode_frame(&mut bytes, group, term, first, &e, FrameLimits::default()).unwrap();
+            let f = Frame::decode(&bytes, &FrameLimits::default()).unwrap();
+            assert!(
+                matches!(log.append(f).await, Err(LogError::Rejected(_))),
+                "{group} {term} {first}"
+            );
+        }
+        assert_eq!(log.last_index(), 2);
+        let huge = vec![0u8; 70 << 10];
+        let e = [EntryRef { kind: EntryKind::Normal, session: 1, seq: 1, data: &huge }];
+        assert!(matches!(log.append_entries(2, &e).await, Err(LogError::Rejected(_))));
+        assert!(matches!(log.read(3, 3, 100).await, Err(LogError::OutOfRange { .. })));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn truncation_is_durable_and_never_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        append_n(&log, 1, 100, 1, 300).await;
+        log.sync().await.unwrap();
+        log.truncate_after(60).await.unwrap();
+        assert_eq!((log.last_index(), log.last_term()), (60, 1));
+        assert!(matches!(log.read(61, 61, 1).await, Err(LogError::OutOfRange { .. })));
+        // The new leader's entries, same sizes, so old frames would line up if not superseded.
+        append_n(&log, 2, 10, 1, 300).await;
+        log.sync().await.unwrap();
+        log.close().await.unwrap();
+
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        assert_eq!(log.last_index(), 70, "old entries 71..100 must not come back");
+        assert_eq!(log.term(60), Some(1));
+        assert_eq!(log.term(61), Some(2));
+        check_range(&log, 1, 70, 300).await;
+        // Truncate inside a multi-entry frame, and into an older segment.
+        append_n(&log, 2, 5, 4, 300).await;
+        log.truncate_after(72).await.unwrap();
+        assert_eq!(log.last_index(), 72);
+        log.truncate_after(30).await.unwrap();
+        append_n(&log, 3, 3, 1, 300).await;
+        log.sync().await.unwrap();
+        log.close().await.unwrap();
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        assert_eq!(log.last_index(), 33);
+        assert_eq!(log.term(30), Some(1));
+        assert_eq!(log.term(31), Some(3));
+        check_range(&log, 1, 33, 300).await;
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn trim_recycles_segments_and_reset_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let cfg = LogConfig { spare_segments: 2, ..small_config() };
+        let (log, _) = Log::open(&path, cfg.clone()).await.unwrap();
+        let last = append_n(&log, 1, 1000, 1, 4000).await;
+        log.sync().await.unwrap();
+        let before = segment_files(&path).len();
+        log.trim_before(600).await.unwrap();
+        assert!(log.first_index() > 1 && log.first_index() <= 600, "first {}", log.first_index());
+        assert!(segment_files(&path).len() < before);
+        assert!(matches!(log.read(1, 1, 1).await, Err(LogError::OutOfRange { .. })));
+        // Appending on reuses the recycled files, whose stale frames must never be read back.
+        let last2 = append_n(&log, 1, 1000, 1, 4000).await;
+        assert_eq!(last2, last + 1000);
+        log.sync().await.unwrap();
+        assert!(log.stats().segments_recycled > 0);
+        let first = log.first_index();
+        check_range(&log, first, last2, 4000).await;
+        log.close().await.unwrap();
+        let (log, _) = Log::open(&path, cfg.clone()).await.unwrap();
+        assert_eq!((log.first_index(), log.last_index()), (first, last2));
+        check_range(&log, first, last2, 4000).await;
+
+        log.reset(5000).await.unwrap();
+        assert_eq!((log.first_index(), log.last_index()), (5000, 4999));
+        append_n(&log, 4, 3, 1, 10).await;
+        log.sync().await.unwrap();
+        log.close().await.unwrap();
+        let (log, _) = Log::open(&path, cfg).await.unwrap();
+        assert_eq!((log.first_index(), log.last_index()), (5000, 5002));
+        check_range(&log, 5000, 5002, 10).await;
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn dsync_mode_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let cfg = LogConfig { sync: SyncMethod::Dsync, ..small_config() };
+        let (log, _) = Log::open(&path, cfg.clone()).await.unwrap();
+        let last = append_n(&log, 1, 20, 2, 500).await;
+        log.wait_durable(last).await.unwrap();
+        log.close().await.unwrap();
+        let (log, _) = Log::open(&path, cfg).await.unwrap();
+        check_range(&log, 1, 40, 500).await;
+        log.close().await.unwrap();
+    });
+}

@@ -1,0 +1,116 @@
+//! A full disk: a log on a small loop-mounted ext4 file system fills up; appends fail with a
+//! clear error and everything acknowledged before stays readable after reopen. Needs root
+//! (mount); skipped with a printed reason otherwise.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+use corelog::frame::{EntryKind, EntryRef};
+use corelog::log::Log;
+
+struct Mounted {
+    mountpoint: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mountpoint).status();
+    }
+}
+
+fn mount_small_ext4(mib: u64) -> Result<Mounted, String> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("not root: cannot mount a loop file system".into());
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let image = dir.path().join("fs.img");
+    let f = std::fs::File::create(&image).map_err(|e| e.to_string())?;
+    f.set_len(mib << 20).map_err(|e| e.to_string())?;
+    drop(f);
+    let ok = |c: &mut Command| {
+        c.output().map_err(|e| e.to_string()).and_then(|o| {
+            if o.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&o.stderr).into_owned())
+            }
+        })
+    };
+    ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image))
+        .map_err(|e| format!("mkfs.ext4: {e}"))?;
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).map_err(|e| e.to_string())?;
+    ok(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&mountpoint))
+        .map_err(|e| format!("mount: {e}"))?;
+    Ok(Mounted { mountpoint, _dir: dir })
+}
+
+#[test]
+fn a_full_disk_fails_appends_clearly_and_keeps_what_was_acknowledged() {
+    let m = match mount_small_ext4(12) {
+        Ok(m) => m,
+        Err(why) => {
+            println!("SKIPPED full-disk test: {why}");
+            return;
+        }
+    };
+    let dir: PathBuf = m.mountpoint.join("log");
+    let d = dir.clone();
+    let acked = run(move || async move {
+        let (log, _) = Log::open(&d, small_config()).await.unwrap();
+        let mut acked = 0u64;
+        let mut failure = None;
+        for i in 0..100_000u64 {
+            let data = payload(i + 1, 3000);
+            let e = [EntryRef { kind: EntryKind::Normal, session: 1, seq: i + 1, data: &data }];
+            let r = match log.append_entries(1, &e).await {
+                Ok(r) => log.wait_durable(r.last).await.map(|()| r.last),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(last) => acked = last,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = failure.expect("a 12 MiB file system must fill up");
+        assert!(e.is_no_space(), "expected a no-space error, got {e}");
+        assert!(e.to_string().contains("no space"), "{e}");
+        assert!(acked > 1000, "only {acked} appends before the disk was full");
+        // The log stays usable for reads, and appends keep failing cleanly.
+        check_range(&log, 1, acked, 3000).await;
+        let data = payload(acked + 1, 3000);
+        let e = [EntryRef { kind: EntryKind::Normal, session: 1, seq: acked + 1, data: &data }];
+        let again = match log.append_entries(1, &e).await {
+            Ok(r) => log.wait_durable(r.last).await.map(|()| r.last),
+            Err(e) => Err(e),
+        };
+        match again {
+            Err(e) => assert!(e.is_no_space(), "{e}"),
+            Ok(last) => {
+                assert_eq!(last, acked + 1, "an append that succeeds must continue the log")
+            }
+        }
+        let _ = log.close().await;
+        acked
+    });
+    println!("full disk after {acked} acknowledged appends");
+    let d = dir.clone();
+    run(move || async move {
+        let (log, _) = Log::open(&d, small_config()).await.expect("reopen after a full disk");
+        assert!(log.last_index() >= acked);
+        check_range(&log, 1, acked, 3000).await;
+        // Freeing space (a trim) makes appends work again.
+        log.trim_before(acked).await.unwrap();
+        let r = append_n(&log, 1, 5, 1, 3000).await;
+        log.wait_durable(r).await.unwrap();
+        log.close().await.unwrap();
+    });
+    drop(m);
+}
