@@ -11,7 +11,8 @@
 #
 # Usage: tools/compare-wal.sh [--dir DIR] [--corelog BIN] [--entry-size BYTES]
 #                             [--concurrency N] [--duration 10s] [--rounds 2]
-#                             [--groups N] [--out DIR] [--baselines-only]
+#                             [--groups N] [--corelog-args ARGS] [--out DIR]
+#                             [--baselines-only]
 #                             [--quiet-wait SECS] [--quiet-pct PCT]
 #
 # Each run records the CPU that the rest of the machine used meanwhile ("other CPU");
@@ -31,6 +32,10 @@ Options:
   --duration D       measured time per run (default: 10s)
   --rounds N         interleaved rounds (default: 2)
   --groups N         --groups for corelog bench wal (default: 1)
+  --corelog-args A   more arguments for corelog bench wal, split on spaces (e.g.
+                     "--no-pin"). With --rt, pass --no-pin: a pinned glommio executor at
+                     SCHED_FIFO busy-polls its core and starves its own io_uring worker
+                     (same core, same priority), and the run hangs.
   --out DIR          keep every run's JSON here (default: a new directory under /var/tmp)
   --baselines-only   run raft-engine and buffered only (no corelog)
   --quiet-wait SECS  before each run, wait up to SECS for the machine to be quiet
@@ -52,6 +57,7 @@ CONC=64
 DURATION=10s
 ROUNDS=2
 GROUPS_N=1
+CORELOG_ARGS=()
 OUT=""
 BASELINES_ONLY=0
 QUIET_WAIT=60
@@ -67,6 +73,7 @@ while [[ $# -gt 0 ]]; do
         --duration) DURATION="$2"; shift 2 ;;
         --rounds) ROUNDS="$2"; shift 2 ;;
         --groups) GROUPS_N="$2"; shift 2 ;;
+        --corelog-args) read -r -a CORELOG_ARGS <<< "$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --baselines-only) BASELINES_ONLY=1; shift ;;
         --quiet-wait) QUIET_WAIT="$2"; shift 2 ;;
@@ -78,6 +85,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ "$DURATION" =~ ^[0-9.]+(s|ms|m)?$ ]] || { echo "compare-wal: bad --duration $DURATION" >&2; exit 2; }
 [[ "$DURATION" =~ [a-z]$ ]] || DURATION="${DURATION}s"
+DURATION_S=$(awk -v d="$DURATION" 'BEGIN { v = d + 0; if (d ~ /ms$/) v /= 1000; else if (d ~ /m$/) v *= 60; printf "%d", v + 1 }')
 
 die() { echo "compare-wal: error: $*" >&2; exit 1; }
 log() { echo "compare-wal: $*" >&2; }
@@ -149,16 +157,17 @@ run_one() { # tool round
     log "round $round: $tool"
     local cmd
     case "$tool" in
-        corelog) cmd=("${RUN_PREFIX[@]}" "$CORELOG" bench wal --dir "$RUNDIR" "${COMMON[@]}" --groups "$GROUPS_N" --json "$json") ;;
+        corelog) cmd=("${RUN_PREFIX[@]}" "$CORELOG" bench wal --dir "$RUNDIR" "${COMMON[@]}" --groups "$GROUPS_N" "${CORELOG_ARGS[@]}" --json "$json") ;;
         raft-engine) cmd=("${RUN_PREFIX[@]}" "$RE_BIN" --dir "$RUNDIR" "${COMMON[@]}" --json "$json") ;;
         buffered) cmd=("${RUN_PREFIX[@]}" "$BUF_BIN" --dir "$RUNDIR" "${COMMON[@]}" --json "$json") ;;
     esac
     echo "${cmd[*]}" > "$logf"
     wait_quiet "$QUIET_WAIT" "$QUIET_PCT" || true
     load_begin
-    if ! "${cmd[@]}" >> "$logf" 2>&1; then
+    # A hung run (see --corelog-args) is killed after the run's length plus 90 s.
+    if ! timeout -s KILL "$(( ${DURATION_S%.*} + 90 ))" "${cmd[@]}" >> "$logf" 2>&1; then
         tail -n 20 "$logf" >&2
-        die "$tool failed in round $round; output in $logf"
+        die "$tool failed or hung in round $round; output in $logf"
     fi
     load_end
     echo "$LOAD_OTHER_PCT" > "$OUT/${tool}_r${round}.load"

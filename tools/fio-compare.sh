@@ -14,14 +14,15 @@
 # All fio jobs use the io_uring engine on one preallocated and fully written file, so
 # writes are overwrites (like corelog's zero-filled segments).
 #
-# Then `corelog bench wal` runs at --concurrency 64 (bandwidth) and --concurrency 1
+# Then `corelog bench wal` runs at --concurrency 64 or N (bandwidth) and --concurrency 1
 # (latency), 4 KiB entries, and a table compares them. Targets:
 #   corelog MiB/s >= 0.90 x (a),  corelog MiB/s >= 0.75 x (b),  corelog p50 <= 1.2 x (c).
 #
 # Usage: tools/fio-compare.sh [--dir DIR] [--corelog BIN] [--duration SECS]
 #                             [--bs SIZE[,SIZE...]] [--file-size SIZE]
 #                             [--ceiling BS:QD[,BS:QD...]]
-#                             [--groups N] [--out DIR] [--fio-only]
+#                             [--groups N] [--concurrency N] [--corelog-args ARGS]
+#                             [--out DIR] [--fio-only]
 #                             [--quiet-wait SECS] [--quiet-pct PCT]
 #
 # Each measurement records the CPU that the rest of the machine used meanwhile ("other
@@ -43,6 +44,12 @@ Options:
   --ceiling LIST       block size:queue depth pairs for (b); the ceiling is the best
                        of them (default: 1m:1,1m:4,256k:16)
   --groups N           --groups passed to corelog bench wal (default: 1)
+  --concurrency N      --concurrency of the bandwidth run (default: 64; the latency
+                       run is always 1)
+  --corelog-args ARGS  more arguments for both corelog runs, split on spaces (e.g.
+                       "--no-pin" or "--sync dsync"). With --rt, pass --no-pin: a pinned
+                       glommio executor at SCHED_FIFO busy-polls its core and starves its
+                       own io_uring worker (same core, same priority), and the run hangs.
   --out DIR            keep the fio and corelog JSON here (default: a new directory
                        under /var/tmp, printed at the end)
   --fio-only           measure the disk alone (no corelog)
@@ -64,6 +71,8 @@ BS=""
 FILE_SIZE="1g"
 CEILING="1m:1,1m:4,256k:16"
 GROUPS_N=1
+CONC=64
+CORELOG_ARGS=()
 OUT=""
 FIO_ONLY=0
 QUIET_WAIT=60
@@ -79,6 +88,8 @@ while [[ $# -gt 0 ]]; do
         --file-size) FILE_SIZE="$2"; shift 2 ;;
         --ceiling) CEILING="$2"; shift 2 ;;
         --groups) GROUPS_N="$2"; shift 2 ;;
+        --concurrency) CONC="$2"; shift 2 ;;
+        --corelog-args) read -r -a CORELOG_ARGS <<< "$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --fio-only) FIO_ONLY=1; shift ;;
         --quiet-wait) QUIET_WAIT="$2"; shift 2 ;;
@@ -180,14 +191,16 @@ EOF
 corelog_run() { # name concurrency
     local name=$1 conc=$2
     rm -rf "$COREDIR"; mkdir -p "$COREDIR"
-    log "corelog bench wal --concurrency $conc --entry-size 4096 --duration ${DURATION}s ($name)"
+    local cmd=("${RUN_PREFIX[@]}" "$CORELOG" bench wal --dir "$COREDIR" --duration "${DURATION}s" --entry-size 4096
+               --concurrency "$conc" --groups "$GROUPS_N" "${CORELOG_ARGS[@]}" --json "$OUT/corelog_$name.json")
+    log "${cmd[*]} ($name)"
+    echo "${cmd[*]}" > "$OUT/corelog_$name.log"
     wait_quiet "$QUIET_WAIT" "$QUIET_PCT" || true
     load_begin
-    if ! "${RUN_PREFIX[@]}" "$CORELOG" bench wal --dir "$COREDIR" --duration "${DURATION}s" --entry-size 4096 \
-            --concurrency "$conc" --groups "$GROUPS_N" --json "$OUT/corelog_$name.json" \
-            > "$OUT/corelog_$name.log" 2>&1; then
+    # A hung run (see --corelog-args) is killed after the run's length plus 90 s.
+    if ! timeout -s KILL "$((${DURATION%.*} + 90))" "${cmd[@]}" >> "$OUT/corelog_$name.log" 2>&1; then
         tail -n 20 "$OUT/corelog_$name.log" >&2
-        die "corelog bench wal failed ($name); its output is in $OUT/corelog_$name.log"
+        die "corelog bench wal failed or hung ($name); its output is in $OUT/corelog_$name.log"
     fi
     load_end
     echo "$LOAD_OTHER_PCT" > "$OUT/corelog_$name.load"
@@ -196,7 +209,7 @@ corelog_run() { # name concurrency
 }
 
 if [[ $FIO_ONLY -eq 0 ]]; then
-    corelog_run bandwidth 64
+    corelog_run bandwidth "$CONC"
     corelog_run latency 1
 fi
 
@@ -243,10 +256,11 @@ done
 fio_job "c_bs4096_qd1_fdatasync" --bs=4k --iodepth=1 --fdatasync=1
 
 # --- report --------------------------------------------------------------------------
-python3 - "$OUT" "$FIO_ONLY" "$QUIET_PCT" "$(IFS=,; echo "${CEIL_JOBS[*]}")" "${BS_LIST[@]}" <<'EOF'
+python3 - "$OUT" "$FIO_ONLY" "$QUIET_PCT" "$(IFS=,; echo "${CEIL_JOBS[*]}")" "$CONC" "${BS_LIST[@]}" <<'EOF'
 import json, os, sys
 out, fio_only, quiet_pct, ceil_jobs = sys.argv[1], sys.argv[2] == "1", float(sys.argv[3]), sys.argv[4].split(",")
-bs_list = sys.argv[5:]
+conc = sys.argv[5]
+bs_list = sys.argv[6:]
 noisy = []
 
 def load(name):
@@ -321,12 +335,12 @@ if not fio_only:
     b = fio[ceil_name]
     c = fio["c_bs4096_qd1_fdatasync"]
     checks = [
-        ("MiB/s, c=64 vs (a) flush-size write+fdatasync", bw["mib_per_sec"], a["mib_s"], 0.90, ">="),
-        ("MiB/s, c=64 vs (b) no-sync ceiling", bw["mib_per_sec"], b["mib_s"], 0.75, ">="),
+        (f"MiB/s, c={conc} vs (a) flush-size write+fdatasync", bw["mib_per_sec"], a["mib_s"], 0.90, ">="),
+        (f"MiB/s, c={conc} vs (b) no-sync ceiling", bw["mib_per_sec"], b["mib_s"], 0.75, ">="),
         ("p50 µs, c=1 vs (c) 4 KiB write+fdatasync", lat["p50_us"], c["op_p50"], 1.20, "<="),
     ]
     print()
-    print(f"corelog bench wal: c=64 {bw['appends_per_sec']:.0f} appends/s, {bw['mib_per_sec']:.1f} MiB/s payload, "
+    print(f"corelog bench wal: c={conc} {bw['appends_per_sec']:.0f} appends/s, {bw['mib_per_sec']:.1f} MiB/s payload, "
           f"{bw.get('flushes_per_sec', 0):.0f} flushes/s, {bw.get('entries_per_flush', 0):.1f} entries and "
           f"{bw.get('bytes_per_flush', 0):.0f} B per flush, p50 {bw['p50_us']:.0f} p99 {bw['p99_us']:.0f} µs")
     print(f"                   c=1  {lat['appends_per_sec']:.0f} appends/s, p50 {lat['p50_us']:.0f} p90 {lat['p90_us']:.0f} "
