@@ -263,6 +263,11 @@ struct State {
     exclusive: bool,
     /// A trim is under way: truncations and resets wait.
     trimming: bool,
+    /// Queue of appenders waiting for space: tickets `space_head..space_tail` are waiting,
+    /// `space_head` goes next. Tickets given up while not at the head are in `space_abandoned`.
+    space_head: u64,
+    space_tail: u64,
+    space_abandoned: Vec<u64>,
     poisoned: Option<LogError>,
     closed: bool,
     durable_waiters: BinaryHeap<Waiter>,
@@ -283,6 +288,15 @@ impl State {
             return Err(LogError::Closed);
         }
         Ok(())
+    }
+
+    fn advance_space_head(&mut self) {
+        self.space_head += 1;
+        while let Some(pos) = self.space_abandoned.iter().position(|&t| t == self.space_head) {
+            self.space_abandoned.swap_remove(pos);
+            self.space_head += 1;
+        }
+        self.changed();
     }
 
     fn changed(&mut self) {
@@ -493,6 +507,9 @@ impl Log {
             flush_scheduled: false,
             exclusive: false,
             trimming: false,
+            space_head: 0,
+            space_tail: 0,
+            space_abandoned: Vec::new(),
             poisoned: None,
             closed: false,
             durable_waiters: BinaryHeap::new(),
@@ -681,6 +698,11 @@ impl Log {
 
     /// Waits until `len` bytes fit in the open buffer of a segment with room for them, rolling
     /// to a new segment or waiting for flushes as needed.
+    ///
+    /// Waiting appenders are served first come, first served: an appender that finds others
+    /// waiting takes a ticket and waits for its turn, so under heavy load no appender can be
+    /// overtaken indefinitely by newer ones (without this, some appends waited seconds at 512
+    /// appenders). A ticket whose future is dropped is skipped.
     async fn reserve(&self, len: usize) -> LogResult<()> {
         enum Next {
             Ready,
@@ -688,11 +710,20 @@ impl Log {
             TryFlush,
             Wait(u64),
         }
+        let mut ticket = Ticket { log: self, number: None };
         loop {
             let next = {
-                let st = self.shared.st.borrow();
+                let mut st = self.shared.st.borrow_mut();
                 st.check_usable()?;
-                if st.exclusive {
+                let my_turn = match ticket.number {
+                    Some(t) => t == st.space_head,
+                    None => st.space_head == st.space_tail,
+                };
+                if st.exclusive || !my_turn {
+                    if ticket.number.is_none() {
+                        ticket.number = Some(st.space_tail);
+                        st.space_tail += 1;
+                    }
                     Next::Wait(st.epoch)
                 } else {
                     let open = st.open.as_ref().expect("open buffer");
@@ -702,12 +733,19 @@ impl Log {
                     } else if open.len + len <= st.cfg.flush_bytes_max + BLOCK {
                         Next::Ready
                     } else {
+                        if ticket.number.is_none() {
+                            ticket.number = Some(st.space_tail);
+                            st.space_tail += 1;
+                        }
                         Next::TryFlush
                     }
                 }
             };
             match next {
-                Next::Ready => return Ok(()),
+                Next::Ready => {
+                    ticket.consume();
+                    return Ok(());
+                }
                 Next::Roll => {
                     self.shared.st.borrow_mut().exclusive = true;
                     let r = self.roll().await;
@@ -1346,6 +1384,37 @@ impl Log {
             }
         }
         drained
+    }
+}
+
+/// A place in the queue of appenders waiting for buffer space (see `Log::reserve`).
+struct Ticket<'a> {
+    log: &'a Log,
+    number: Option<u64>,
+}
+
+impl Ticket<'_> {
+    /// The holder got its space: the next ticket's turn.
+    fn consume(&mut self) {
+        if let Some(t) = self.number.take() {
+            let mut st = self.log.shared.st.borrow_mut();
+            debug_assert_eq!(t, st.space_head);
+            st.advance_space_head();
+        }
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        // Dropped while waiting (the append failed or its future was dropped): give up the turn.
+        if let Some(t) = self.number.take() {
+            let mut st = self.log.shared.st.borrow_mut();
+            if t == st.space_head {
+                st.advance_space_head();
+            } else {
+                st.space_abandoned.push(t);
+            }
+        }
     }
 }
 
