@@ -18,8 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use corelog::client::{Client, ClientConfig, Position, ReadEntry};
-use corelog::frame::EntryKind;
+use corelog::frame::{EntryKind, EntryRef, FrameLimits, encode_frame};
+use corelog::node::proto::{Op, RequestMeta, ResponseMeta, Status};
 use corelog::node::{NodeConfig, PeerConfig};
+use corelog::wire::{self, Kind};
 
 const BIN: &str = env!("CARGO_BIN_EXE_corelog");
 
@@ -636,4 +638,97 @@ fn repeated_crashes_under_load_lose_nothing() {
         acked.len(),
         log.len()
     );
+}
+
+/// Sends one append of `(session, seq)` to `addr` (the leader's client port) with a raw
+/// request, as a client that retries an old request would; returns the status and payload.
+fn raw_append(addr: SocketAddr, session: u64, seq: u64, data: &[u8]) -> (Status, Vec<u8>) {
+    use std::io::{Read, Write};
+    use zerocopy::{FromBytes, IntoBytes};
+    let entry = EntryRef { kind: EntryKind::Normal, session, seq, data };
+    let mut frame = Vec::new();
+    encode_frame(&mut frame, 0, 0, 1, &[entry], FrameLimits::default()).unwrap();
+    let meta = RequestMeta::new(Op::Append, session, seq, 0);
+    let mut out = Vec::new();
+    wire::encode(&mut out, Kind::Request, 0, 1, meta.as_bytes(), frame.len());
+    out.extend_from_slice(&frame);
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&out).unwrap();
+    let mut env = [0u8; wire::ENVELOPE_LEN];
+    s.read_exact(&mut env).unwrap();
+    let e = wire::check_envelope(&env, 1 << 30).unwrap();
+    let mut buf = vec![0u8; wire::message_len(e)];
+    buf[..wire::ENVELOPE_LEN].copy_from_slice(&env);
+    s.read_exact(&mut buf[wire::ENVELOPE_LEN..]).unwrap();
+    let m = wire::verify(&buf, 1 << 30).unwrap();
+    let rm = ResponseMeta::read_from_bytes(m.meta).unwrap();
+    (Status::from_code(rm.status).unwrap(), m.frames.to_vec())
+}
+
+fn position_of(payload: &[u8]) -> u64 {
+    u64::from_le_bytes(payload[..8].try_into().unwrap())
+}
+
+#[test]
+fn retries_are_deduplicated_after_a_trim_and_a_restart() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(3);
+    cluster.leader(Duration::from_secs(10));
+    let mut client = cluster.client();
+    let session = client.session();
+    let mut acked = Vec::new();
+    for n in 1..=20 {
+        let data = payload(0, n);
+        let pos = client.append(0, &data).expect("append");
+        acked.push(Acked { pos, data, at: Instant::now() });
+    }
+    let (leader, _) = cluster.leader(Duration::from_secs(5));
+    // A retry of the last request gets the original position back; an older one is refused.
+    let (st, p) = raw_append(cluster.addr(leader), session, 20, &payload(0, 20));
+    assert_eq!(st, Status::Ok);
+    assert_eq!(position_of(&p), acked[19].pos.index, "a retry got a new position");
+    let (st, _) = raw_append(cluster.addr(leader), session, 5, &payload(0, 5));
+    assert_eq!(st, Status::StaleSequence);
+
+    // The database checkpoints: the prefix goes. Then the whole cluster restarts.
+    let last = acked[19].pos.index;
+    client.trim(0, last).expect("trim");
+    for id in 1..=3 {
+        cluster.stop(id);
+    }
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    // Only the leader trimmed its log: the test needs it to lead again. Stop whoever else
+    // leads until it does.
+    let trimmed = leader;
+    for round in 0.. {
+        let (l, _) = cluster.leader(Duration::from_secs(10));
+        if l == trimmed {
+            break;
+        }
+        assert!(round < 20, "node {trimmed} never became the leader again");
+        cluster.stop(l);
+        cluster.leader(Duration::from_secs(10));
+        cluster.spawn(l);
+    }
+    let leader = trimmed;
+    let mut probe = cluster.probe();
+    println!("leader after the restart: {}", cluster.status(&mut probe, leader).unwrap());
+    // The session table must have survived with the snapshot: the same answers as before.
+    let (st, p) = raw_append(cluster.addr(leader), session, 20, &payload(0, 20));
+    println!(
+        "retry of sequence 20 after trim and restart: {st:?} {:?}",
+        p.get(..8).map(position_of)
+    );
+    assert_eq!(st, Status::Ok);
+    assert_eq!(position_of(&p), last, "a retry after trim and restart was appended again");
+    let (st, p) = raw_append(cluster.addr(leader), session, 5, &payload(0, 5));
+    println!("retry of sequence 5 after trim and restart: {st:?}");
+    assert_eq!(st, Status::StaleSequence, "{}", String::from_utf8_lossy(&p));
+    // And the session goes on.
+    let data = payload(0, 21);
+    let pos = client.append(0, &data).expect("append after the restart");
+    assert!(pos.index > last);
 }
