@@ -670,65 +670,85 @@ fn position_of(payload: &[u8]) -> u64 {
     u64::from_le_bytes(payload[..8].try_into().unwrap())
 }
 
+impl Cluster {
+    /// Restarts whoever else leads until node `id` does.
+    fn make_leader(&mut self, id: u64) {
+        for round in 0.. {
+            let (l, _) = self.leader(Duration::from_secs(10));
+            if l == id {
+                return;
+            }
+            assert!(round < 20, "node {id} never became the leader");
+            self.stop(l);
+            self.leader(Duration::from_secs(10));
+            self.spawn(l);
+        }
+    }
+}
+
+/// Both ways a node comes to hold a snapshot: it trims its own log (the leader, on a client's
+/// trim), or a leader whose log no longer holds what it needs sends it one. Either way, after
+/// a restart of the whole cluster, that node as the leader must still know every session: a
+/// retry of an append committed before the snapshot gets its original position, an older
+/// sequence is refused.
 #[test]
 fn retries_are_deduplicated_after_a_trim_and_a_restart() {
     let _serial = serial();
     let mut cluster = Cluster::start(3);
-    cluster.leader(Duration::from_secs(10));
+    let (leader, _) = cluster.leader(Duration::from_secs(10));
+    let lagging = (1..=3).find(|&id| id != leader).unwrap();
     let mut client = cluster.client();
     let session = client.session();
-    let mut acked = Vec::new();
-    for n in 1..=20 {
-        let data = payload(0, n);
-        let pos = client.append(0, &data).expect("append");
-        acked.push(Acked { pos, data, at: Instant::now() });
+    let mut positions = Vec::new();
+    for n in 1..=30 {
+        if n == 21 {
+            cluster.stop(lagging);
+        }
+        positions.push(client.append(0, &payload(0, n)).expect("append").index);
     }
-    let (leader, _) = cluster.leader(Duration::from_secs(5));
     // A retry of the last request gets the original position back; an older one is refused.
-    let (st, p) = raw_append(cluster.addr(leader), session, 20, &payload(0, 20));
+    let (st, p) = raw_append(cluster.addr(leader), session, 30, &payload(0, 30));
     assert_eq!(st, Status::Ok);
-    assert_eq!(position_of(&p), acked[19].pos.index, "a retry got a new position");
+    assert_eq!(position_of(&p), positions[29], "a retry got a new position");
     let (st, _) = raw_append(cluster.addr(leader), session, 5, &payload(0, 5));
     assert_eq!(st, Status::StaleSequence);
 
-    // The database checkpoints: the prefix goes. Then the whole cluster restarts.
-    let last = acked[19].pos.index;
+    // The database checkpoints: the leader's prefix goes. The lagging follower comes back and
+    // needs entries that are gone: it gets a snapshot.
+    let last = positions[29];
     client.trim(0, last).expect("trim");
+    cluster.spawn(lagging);
+    let mut probe = cluster.probe();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = cluster.status(&mut probe, lagging);
+        if s.as_ref().is_some_and(|s| s["commit_index"].as_u64() >= Some(last)) {
+            println!("node {lagging} after catching up: {}", s.unwrap());
+            break;
+        }
+        assert!(Instant::now() < deadline, "node {lagging} did not catch up: {s:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The whole cluster restarts; each of the two leads in turn.
     for id in 1..=3 {
         cluster.stop(id);
     }
     for id in 1..=3 {
         cluster.spawn(id);
     }
-    // Only the leader trimmed its log: the test needs it to lead again. Stop whoever else
-    // leads until it does.
-    let trimmed = leader;
-    for round in 0.. {
-        let (l, _) = cluster.leader(Duration::from_secs(10));
-        if l == trimmed {
-            break;
-        }
-        assert!(round < 20, "node {trimmed} never became the leader again");
-        cluster.stop(l);
-        cluster.leader(Duration::from_secs(10));
-        cluster.spawn(l);
+    for (id, how) in [(leader, "trimmed its log"), (lagging, "installed a snapshot")] {
+        cluster.make_leader(id);
+        let (st, p) = raw_append(cluster.addr(id), session, 30, &payload(0, 30));
+        let got = p.get(..8).map(position_of);
+        println!("node {id} ({how}) leads: retry of sequence 30: {st:?} at {got:?}");
+        assert_eq!(st, Status::Ok);
+        assert_eq!(got, Some(last), "node {id} ({how}) appended a retry again");
+        let (st, p) = raw_append(cluster.addr(id), session, 5, &payload(0, 5));
+        println!("node {id} ({how}) leads: retry of sequence 5: {st:?}");
+        assert_eq!(st, Status::StaleSequence, "{}", String::from_utf8_lossy(&p));
     }
-    let leader = trimmed;
-    let mut probe = cluster.probe();
-    println!("leader after the restart: {}", cluster.status(&mut probe, leader).unwrap());
-    // The session table must have survived with the snapshot: the same answers as before.
-    let (st, p) = raw_append(cluster.addr(leader), session, 20, &payload(0, 20));
-    println!(
-        "retry of sequence 20 after trim and restart: {st:?} {:?}",
-        p.get(..8).map(position_of)
-    );
-    assert_eq!(st, Status::Ok);
-    assert_eq!(position_of(&p), last, "a retry after trim and restart was appended again");
-    let (st, p) = raw_append(cluster.addr(leader), session, 5, &payload(0, 5));
-    println!("retry of sequence 5 after trim and restart: {st:?}");
-    assert_eq!(st, Status::StaleSequence, "{}", String::from_utf8_lossy(&p));
     // And the session goes on.
-    let data = payload(0, 21);
-    let pos = client.append(0, &data).expect("append after the restart");
+    let pos = client.append(0, &payload(0, 31)).expect("append after the restart");
     assert!(pos.index > last);
 }
