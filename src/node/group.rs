@@ -8,7 +8,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -19,7 +21,7 @@ use super::proto::{ResponseMeta, Status};
 use super::server::ClientConn;
 use crate::consensus::{
     self, Entry, EntryKind as CoreKind, Membership, Message, Node, Proposed, Ready, Reply,
-    RestartState, Role, Snapshot,
+    RestartState, Role, SessionRecord, Snapshot,
 };
 use crate::frame::{EntryKind, EntryRef};
 use crate::log::{HardState, HardStateFile, Log, LogConfig, LogError};
@@ -68,6 +70,8 @@ pub(crate) struct GroupDriver {
     node: Node,
     log: Log,
     hs_file: HardStateFile,
+    /// The group's directory (log, hard state, snapshot session table).
+    dir: PathBuf,
     /// The snapshot the log restarts from (persisted in the hard-state blob).
     snapshot_meta: Option<(u64, u64, Membership)>,
     handle: Rc<GroupHandle>,
@@ -88,6 +92,72 @@ fn decode_snapshot_meta(b: &[u8]) -> Option<(u64, u64, Membership)> {
     let index = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
     let term = u64::from_le_bytes(b.get(8..16)?.try_into().ok()?);
     Some((index, term, Membership::decode(b.get(16..)?)?))
+}
+
+/// The session table of the latest snapshot. It is too large for the hard-state blob (up to
+/// `max_sessions` records), so it has its own file, written (tmp, fsync, rename, fsync of the
+/// directory) before the hard state that records the snapshot: a file at or after the hard
+/// state's snapshot index is consistent with the log (entries up to its `sessions_applied` are
+/// skipped when the log is replayed into the table).
+const SESSIONS_FILE: &str = "snapshot-sessions";
+const SESSIONS_MAGIC: &[u8; 8] = b"CLSESS01";
+
+fn encode_sessions(group: u64, s: &Snapshot) -> Vec<u8> {
+    let mut v = Vec::with_capacity(44 + 32 * s.sessions.len());
+    v.extend_from_slice(SESSIONS_MAGIC);
+    for x in [group, s.index, s.sessions_applied, s.sessions.len() as u64] {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    for r in &s.sessions {
+        for x in [r.session, r.sequence, r.index, r.term] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    let crc = crc32c::crc32c(&v);
+    v.extend_from_slice(&crc.to_le_bytes());
+    v
+}
+
+/// (snapshot index, sessions applied, records), if `b` is a whole file of this group.
+fn decode_sessions(group: u64, b: &[u8]) -> Option<(u64, u64, Vec<SessionRecord>)> {
+    let (body, crc) = b.split_at_checked(b.len().checked_sub(4)?)?;
+    if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().ok()?)
+        || body.get(..8)? != SESSIONS_MAGIC
+    {
+        return None;
+    }
+    let words: Vec<u64> = body[8..]
+        .chunks(8)
+        .map(|c| c.try_into().map(u64::from_le_bytes))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let (&[g, index, applied, n], rest) = words.split_first_chunk::<4>()?;
+    if g != group || rest.len() as u64 != n.checked_mul(4)? {
+        return None;
+    }
+    let records = rest
+        .chunks_exact(4)
+        .map(|r| SessionRecord { session: r[0], sequence: r[1], index: r[2], term: r[3] })
+        .collect();
+    Some((index, applied, records))
+}
+
+/// Makes the snapshot's session table durable (blocking file I/O: snapshots are rare).
+fn save_sessions(dir: &Path, group: u64, s: &Snapshot) -> Result<(), LogError> {
+    use std::io::Write;
+    let path = dir.join(SESSIONS_FILE);
+    let tmp = dir.join(format!("{SESSIONS_FILE}.tmp"));
+    let io = |op: &'static str, path: &Path, e: std::io::Error| LogError::Io {
+        op,
+        path: path.to_path_buf(),
+        offset: 0,
+        source: Arc::new(e),
+    };
+    let mut f = std::fs::File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
+    f.write_all(&encode_sessions(group, s)).map_err(|e| io("write", &tmp, e))?;
+    f.sync_all().map_err(|e| io("fsync", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io("rename", &path, e))?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync", dir, e))
 }
 
 impl GroupDriver {
@@ -124,10 +194,28 @@ impl GroupDriver {
                     decode_snapshot_meta(&hs.blob).ok_or_else(|| {
                         format!("group {group}: unreadable snapshot metadata in the hard state")
                     })?;
+                let saved = std::fs::read(dir.join(SESSIONS_FILE))
+                    .ok()
+                    .and_then(|b| decode_sessions(group, &b))
+                    .filter(|(i, applied, _)| *i >= index && *applied >= *i);
+                let (sessions_applied, sessions) = match saved {
+                    Some((_, applied, records)) => (applied, records),
+                    None => {
+                        tracing::warn!(
+                            group,
+                            index,
+                            "no session table for the snapshot: retries of requests committed \
+                             before it are not deduplicated"
+                        );
+                        (index, Vec::new())
+                    }
+                };
                 restart.snapshot = Some(Snapshot {
                     index,
                     term,
                     membership: membership.clone(),
+                    sessions,
+                    sessions_applied,
                     ..Snapshot::default()
                 });
                 snapshot_meta = Some((index, term, membership));
@@ -171,6 +259,7 @@ impl GroupDriver {
             node,
             log,
             hs_file,
+            dir,
             snapshot_meta,
             handle,
             peers,
@@ -283,8 +372,12 @@ impl GroupDriver {
                 match self.node.trim(index, Bytes::new()) {
                     Some(s) => {
                         self.snapshot_meta = Some((s.index, s.term, s.membership.clone()));
-                        // The snapshot metadata must be durable before the prefix goes.
-                        let saved = self.save_hard_state(self.node.hard_state()).await;
+                        // The snapshot (its session table, then its metadata) must be durable
+                        // before the prefix goes.
+                        let saved = match save_sessions(&self.dir, self.group, &s) {
+                            Ok(()) => self.save_hard_state(self.node.hard_state()).await,
+                            Err(e) => Err(e),
+                        };
                         let log = self.log.clone();
                         let group = self.group;
                         let leader = self.leader_hint();
@@ -410,6 +503,7 @@ impl GroupDriver {
         let Ready { snapshot, entries, hard_state, messages, commit_index, replies, fetches } =
             ready;
         if let Some(s) = &snapshot {
+            save_sessions(&self.dir, self.group, s)?;
             self.log.reset(s.index + 1).await?;
             self.snapshot_meta = Some((s.index, s.term, s.membership.clone()));
             let hs = self.node.hard_state();
@@ -566,5 +660,33 @@ impl GroupDriver {
             "cores": self.cfg.cores,
         })
         .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_file_round_trip_and_rejects_damage() {
+        let s = Snapshot {
+            index: 40,
+            term: 3,
+            sessions: vec![
+                SessionRecord { session: 7, sequence: 20, index: 21, term: 1 },
+                SessionRecord { session: 9, sequence: 2, index: 39, term: 3 },
+            ],
+            sessions_applied: 42,
+            ..Snapshot::default()
+        };
+        let b = encode_sessions(5, &s);
+        assert_eq!(decode_sessions(5, &b), Some((40, 42, s.sessions.clone())));
+        assert_eq!(decode_sessions(6, &b), None, "another group's file");
+        for cut in [0, 3, b.len() - 1] {
+            assert_eq!(decode_sessions(5, &b[..cut]), None, "cut at {cut}");
+        }
+        let mut bad = b.clone();
+        bad[30] ^= 1;
+        assert_eq!(decode_sessions(5, &bad), None, "damaged");
     }
 }
