@@ -20,7 +20,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::CoreCtx;
 use super::group::{Input, ReplyTo};
-use super::peer::read_message;
+use super::peer::{ReadError, read_message};
 use super::proto::{Op, RequestMeta, ResponseMeta, Status};
 use crate::frame::{Frame, FrameLimits};
 use crate::wire::{self, Kind};
@@ -34,6 +34,20 @@ pub(crate) struct ClientConn {
 }
 
 impl ClientConn {
+    /// A connection-level error (after which the connection closes), queued after the
+    /// responses already queued.
+    fn fail(&self, why: &str) {
+        if !self.closed.get() {
+            let mut out = self.out.borrow_mut();
+            wire::encode(&mut out, Kind::Error, 0, 0, &[], why.len());
+            out.extend_from_slice(why.as_bytes());
+        }
+        self.closed.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
     /// Queues a response; closes the connection instead if the client is not reading.
     pub fn respond(&self, group: u64, id: u64, meta: ResponseMeta, payload: &[u8]) {
         if self.closed.get() {
@@ -137,44 +151,25 @@ async fn handle_conn(ctx: Rc<CoreCtx>, stream: TcpStream) {
     while !conn.closed.get() && !ctx.stop.get() {
         let buf = match read_message(&mut rd, max, timeout).await {
             Ok(b) => b,
+            Err(ReadError::Io(e)) => {
+                tracing::debug!(error = %e, "client connection closed");
+                break;
+            }
             Err(e) => {
-                if !e.contains("eof") && !e.contains("unexpected end") {
-                    tracing::debug!(error = %e, "client connection closed");
-                }
-                // A bad envelope (garbage, an oversized length) gets a clear error first.
-                if e.contains("magic")
-                    || e.contains("exceeds")
-                    || e.contains("version")
-                    || e.contains("kind")
-                {
-                    conn.respond(
-                        0,
-                        0,
-                        ResponseMeta::new(Status::BadRequest, 0, 0, 0),
-                        e.as_bytes(),
-                    );
-                }
+                // Garbage, an oversized length, a silent or stalled client: say why, close.
+                tracing::debug!(error = %e, "closing a client connection");
+                conn.fail(&e.to_string());
                 break;
             }
         };
         let msg = match wire::verify(&buf, max) {
             Ok(m) if m.kind == Kind::Request => m,
             Ok(m) => {
-                conn.respond(
-                    0,
-                    m.envelope.id.get(),
-                    ResponseMeta::new(Status::BadRequest, 0, 0, 0),
-                    b"expected a request",
-                );
+                conn.fail(&format!("expected a request, not {:?}", m.kind));
                 break;
             }
             Err(e) => {
-                conn.respond(
-                    0,
-                    0,
-                    ResponseMeta::new(Status::BadRequest, 0, 0, 0),
-                    e.to_string().as_bytes(),
-                );
+                conn.fail(&e.to_string());
                 break;
             }
         };
