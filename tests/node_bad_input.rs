@@ -119,16 +119,30 @@ impl Cluster {
                 let addr = self.client_addr(i);
                 let deadline = Instant::now() + Duration::from_secs(10);
                 loop {
-                    let (commit, entries) =
-                        self.client.read_from(addr, g, 1, u64::MAX, 16 << 20).expect("read");
+                    let (commit, _) =
+                        self.client.read_from(addr, g, 1, 1, 1).expect("read the commit index");
                     if commit >= last {
-                        let client_entries: Vec<(u64, Vec<u8>)> = entries
+                        // Page through the log: a read returns at most about
+                        // message_bytes_max / 2 (and at least one entry).
+                        let mut entries = Vec::new();
+                        let mut lo = 1;
+                        while lo <= commit {
+                            let (_, page) =
+                                self.client.read_from(addr, g, lo, commit, 16 << 20).expect("read");
+                            lo = page.last().expect("an entry per read").index + 1;
+                            entries.extend(page);
+                        }
+                        // (index, length, checksum): short messages when they differ.
+                        let summary = |d: &[u8]| (d.len(), crc32c::crc32c(d));
+                        let client_entries: Vec<_> = entries
                             .into_iter()
                             .filter(|e| e.kind == EntryKind::Normal)
-                            .map(|e| (e.index, e.data))
+                            .map(|e| (e.index, summary(&e.data)))
                             .collect();
+                        let expected: Vec<_> =
+                            expected.iter().map(|(i, d)| (*i, summary(d))).collect();
                         assert_eq!(
-                            &client_entries, expected,
+                            client_entries, expected,
                             "node {i} group {g} holds exactly the acknowledged entries"
                         );
                         break;
@@ -348,7 +362,9 @@ fn a_4_gib_length_prefix_is_refused_before_the_body() {
     let mut s = connect(c.client_addr(leader));
     let t0 = Instant::now();
     s.write_all(&huge(Kind::Request)).unwrap();
-    let text = read_reply(&mut s).unwrap().error();
+    let r = read_reply(&mut s).unwrap();
+    let (st, _, text) = r.response();
+    assert_eq!((st, r.id), (Status::TooLarge, 1), "{text}");
     assert!(text.contains("exceeds the maximum"), "{text}");
     expect_closed(&mut s, Duration::from_millis(500));
     assert!(t0.elapsed() < Duration::from_millis(900), "{:?}", t0.elapsed());
@@ -366,6 +382,32 @@ fn a_4_gib_length_prefix_is_refused_before_the_body() {
     assert_eq!(r.kind, Kind::HelloOk, "{r:?}");
     s.write_all(&huge(Kind::Raft)).unwrap();
     expect_closed(&mut s, Duration::from_millis(500));
+    c.check_healthy();
+    c.stop();
+}
+
+#[test]
+fn a_request_over_message_bytes_max_is_refused_as_too_large() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::start(|cfg| cfg.message_bytes_max = 64 << 10);
+    let leader = c.leader(0);
+    // Raw: a final answer to that request, then the close.
+    let mut s = connect(c.client_addr(leader));
+    let big = vec![1u8; 100 << 10];
+    let r = call(&mut s, &append_request(0, 9, &append_frame(0, 99, 1, &big)));
+    let (st, _, text) = r.response();
+    assert_eq!((st, r.id), (Status::TooLarge, 9), "{text}");
+    assert!(text.contains("exceeds the maximum of 65536"), "{text}");
+    expect_closed(&mut s, Duration::from_millis(500));
+    // The client gives up at once instead of retrying until its deadline.
+    let t0 = Instant::now();
+    match c.client.append(0, &big) {
+        Err(corelog::client::ClientError::Refused { status: Status::TooLarge, .. }) => {}
+        other => panic!("expected TooLarge: {other:?}"),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    // Just under the bound is fine.
+    c.append(0, &vec![2u8; 60 << 10]);
     c.check_healthy();
     c.stop();
 }

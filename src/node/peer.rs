@@ -194,8 +194,8 @@ pub(crate) enum ReadError {
     /// The connection ended or failed (EOF included).
     Io(std::io::Error),
     /// The envelope is not acceptable (garbage, an oversized length...): worth telling the
-    /// sender before closing.
-    Wire(wire::WireError),
+    /// sender before closing. With the envelope's bytes, unverified.
+    Wire(wire::WireError, [u8; ENVELOPE_LEN]),
     /// No whole message within the timeout.
     Timeout(Duration),
 }
@@ -204,7 +204,7 @@ impl std::fmt::Display for ReadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ReadError::Io(e) => write!(f, "{e}"),
-            ReadError::Wire(e) => write!(f, "{e}"),
+            ReadError::Wire(e, _) => write!(f, "{e}"),
             ReadError::Timeout(t) => write!(f, "no whole message within {t:?}"),
         }
     }
@@ -219,7 +219,7 @@ pub(crate) async fn read_message<S: futures_lite::AsyncRead + Unpin>(
     let work = async {
         let mut env = [0u8; ENVELOPE_LEN];
         stream.read_exact(&mut env).await.map_err(ReadError::Io)?;
-        let e = wire::check_envelope(&env, body_max).map_err(ReadError::Wire)?;
+        let e = wire::check_envelope(&env, body_max).map_err(|e| ReadError::Wire(e, env))?;
         let total = wire::message_len(e);
         let mut buf = BytesMut::zeroed(total);
         buf[..ENVELOPE_LEN].copy_from_slice(&env);

@@ -288,6 +288,18 @@ async fn handle_conn(ctx: Rc<CoreCtx>, stream: TcpStream) {
                 tracing::debug!(error = %e, "client connection closed");
                 break;
             }
+            Err(ReadError::Wire(e @ wire::WireError::TooLarge { .. }, env))
+                if env[6] == Kind::Request as u8 =>
+            {
+                // A request too large to read: a final answer to it (the client must not
+                // retry it), then the close (its body is not read, so the stream is lost).
+                let group = u64::from_le_bytes(env[16..24].try_into().expect("8 bytes"));
+                let id = u64::from_le_bytes(env[24..32].try_into().expect("8 bytes"));
+                let meta = ResponseMeta::new(Status::TooLarge, 0, 0, 0);
+                conn.respond(group, id, meta, e.to_string().as_bytes());
+                conn.close(false);
+                break;
+            }
             Err(e) => {
                 // Garbage, an oversized length, a silent or stalled client: say why, close.
                 tracing::debug!(error = %e, "closing a client connection");
