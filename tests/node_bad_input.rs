@@ -687,3 +687,35 @@ fn too_many_connections_are_refused() {
     c.check_healthy();
     c.stop();
 }
+
+#[test]
+fn a_client_waiting_for_a_commit_is_not_cut_off_as_idle() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // read_timeout_secs = 1; a leader that lost its followers keeps its role for about an
+    // election timeout (2 s here), so an append stays in flight for longer than the timeout.
+    let mut c = Cluster::start(|cfg| cfg.election_ticks = 200);
+    let leader = c.leader(0);
+    // Stop both followers: the leader cannot commit any more.
+    let nodes = std::mem::take(&mut c.nodes);
+    for (i, n) in nodes.into_iter().enumerate() {
+        if i == leader {
+            c.nodes.push(n);
+        } else {
+            n.shutdown().unwrap();
+        }
+    }
+    let mut s = connect(c.client_addr(leader));
+    s.write_all(&append_request(0, 3, &append_frame(0, 99, 1, b"not committed"))).unwrap();
+    // Silent for longer than the read timeout, but waiting for an answer: not closed as idle.
+    s.set_read_timeout(Some(Duration::from_millis(2500))).unwrap();
+    match read_reply(&mut s) {
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+        // The leader may step down and say so.
+        Ok(r) => {
+            assert_eq!((r.kind, r.id), (Kind::Response, 3), "{r:?} ({})", r.text());
+            eprintln!("answered after the leader lost its followers: {:?}", r.response().0);
+        }
+        Err(e) => panic!("closed while waiting for its answer: {e}"),
+    }
+    c.stop();
+}

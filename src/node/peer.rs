@@ -216,9 +216,26 @@ pub(crate) async fn read_message<S: futures_lite::AsyncRead + Unpin>(
     body_max: u32,
     timeout: Duration,
 ) -> Result<Bytes, ReadError> {
+    read_message_after(stream, None, body_max, timeout).await
+}
+
+/// Reads one whole message whose first byte, when `first` is given, was read already.
+pub(crate) async fn read_message_after<S: futures_lite::AsyncRead + Unpin>(
+    stream: &mut S,
+    first: Option<u8>,
+    body_max: u32,
+    timeout: Duration,
+) -> Result<Bytes, ReadError> {
     let work = async {
         let mut env = [0u8; ENVELOPE_LEN];
-        stream.read_exact(&mut env).await.map_err(ReadError::Io)?;
+        let from = match first {
+            Some(b) => {
+                env[0] = b;
+                1
+            }
+            None => 0,
+        };
+        stream.read_exact(&mut env[from..]).await.map_err(ReadError::Io)?;
         let e = wire::check_envelope(&env, body_max).map_err(|e| ReadError::Wire(e, env))?;
         let total = wire::message_len(e);
         let mut buf = BytesMut::zeroed(total);

@@ -15,13 +15,13 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_lite::AsyncWriteExt;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::CoreCtx;
 use super::group::{Input, ReplyTo};
-use super::peer::{ReadError, read_message};
+use super::peer::{ReadError, read_message_after};
 use super::proto::{Op, RequestMeta, ResponseMeta, Status};
 use crate::frame::{Frame, FrameLimits};
 use crate::wire::{self, ENVELOPE_LEN, Kind};
@@ -273,7 +273,29 @@ async fn handle_conn(ctx: Rc<CoreCtx>, stream: TcpStream) {
             }
             continue;
         }
-        let read = async { Some(read_message(&mut rd, max, timeout).await) };
+        // The first byte: a silent connection is closed after the timeout, unless it waits
+        // for answers to its requests (a commit may take longer than the timeout).
+        let read = async {
+            let mut first = [0u8; 1];
+            let mut next = std::pin::pin!(rd.read(&mut first));
+            loop {
+                let tick = async {
+                    glommio::timer::sleep(timeout).await;
+                    None
+                };
+                match futures_lite::future::or(async { Some((&mut next).await) }, tick).await {
+                    Some(Ok(0)) => {
+                        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+                        return Some(Err(ReadError::Io(eof)));
+                    }
+                    Some(Ok(_)) => break,
+                    Some(Err(e)) => return Some(Err(ReadError::Io(e))),
+                    None if conn.reserved.get() > 0 => continue,
+                    None => return Some(Err(ReadError::Timeout(timeout))),
+                }
+            }
+            Some(read_message_after(&mut rd, Some(first[0]), max, timeout).await)
+        };
         let Some(read) = futures_lite::future::or(read, async {
             closed(&conn, |c| &c.reader_waker).await;
             None
