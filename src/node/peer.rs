@@ -342,8 +342,11 @@ async fn handle_conn(ctx: Rc<CoreCtx>, mut stream: TcpStream) {
         return;
     }
     let limits = FrameLimits::default();
-    // Peers are chatty (heartbeats every few ticks): a long silence means a dead peer.
-    let idle = Duration::from_secs(cfg.read_timeout_secs.max(1) * 3);
+    // Peers are chatty (heartbeats every few ticks): a long silence means a dead peer. But
+    // without a leader, a peer speaks only once per election timeout (randomised up to twice
+    // `election_ticks`): closing sooner would lose its vote requests.
+    let election_max = Duration::from_millis(2 * u64::from(cfg.election_ticks) * cfg.tick_ms);
+    let idle = Duration::from_secs(cfg.read_timeout_secs.max(1) * 3).max(2 * election_max);
     while !ctx.stop.get() {
         let buf = match read_message(&mut stream, max, idle).await {
             Ok(b) => b,
