@@ -177,7 +177,9 @@ async fn connect(link: &Link, hello: &HelloMeta) -> Result<TcpStream, String> {
     let mut out = Vec::new();
     wire::encode(&mut out, Kind::Hello, 0, hello.node_id.get(), hello.as_bytes(), 0);
     stream.write_all(&out).await.map_err(|e| e.to_string())?;
-    let reply = read_message(&mut stream, 1 << 16, Duration::from_secs(2)).await?;
+    let reply = read_message(&mut stream, 1 << 16, Duration::from_secs(2))
+        .await
+        .map_err(|e| e.to_string())?;
     let msg = wire::verify(&reply, 1 << 16).map_err(|e| e.to_string())?;
     match msg.kind {
         Kind::HelloOk => Ok(stream),
@@ -186,25 +188,64 @@ async fn connect(link: &Link, hello: &HelloMeta) -> Result<TcpStream, String> {
     }
 }
 
+/// Why [`read_message`] returned no message.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The connection ended or failed (EOF included).
+    Io(std::io::Error),
+    /// The envelope is not acceptable (garbage, an oversized length...): worth telling the
+    /// sender before closing. With the envelope's bytes, unverified.
+    Wire(wire::WireError, [u8; ENVELOPE_LEN]),
+    /// No whole message within the timeout.
+    Timeout(Duration),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Io(e) => write!(f, "{e}"),
+            ReadError::Wire(e, _) => write!(f, "{e}"),
+            ReadError::Timeout(t) => write!(f, "no whole message within {t:?}"),
+        }
+    }
+}
+
 /// Reads one whole message (envelope checked before the body is read), within `timeout`.
 pub(crate) async fn read_message<S: futures_lite::AsyncRead + Unpin>(
     stream: &mut S,
     body_max: u32,
     timeout: Duration,
-) -> Result<Bytes, String> {
+) -> Result<Bytes, ReadError> {
+    read_message_after(stream, None, body_max, timeout).await
+}
+
+/// Reads one whole message whose first byte, when `first` is given, was read already.
+pub(crate) async fn read_message_after<S: futures_lite::AsyncRead + Unpin>(
+    stream: &mut S,
+    first: Option<u8>,
+    body_max: u32,
+    timeout: Duration,
+) -> Result<Bytes, ReadError> {
     let work = async {
         let mut env = [0u8; ENVELOPE_LEN];
-        stream.read_exact(&mut env).await.map_err(|e| e.to_string())?;
-        let e = wire::check_envelope(&env, body_max).map_err(|e| e.to_string())?;
+        let from = match first {
+            Some(b) => {
+                env[0] = b;
+                1
+            }
+            None => 0,
+        };
+        stream.read_exact(&mut env[from..]).await.map_err(ReadError::Io)?;
+        let e = wire::check_envelope(&env, body_max).map_err(|e| ReadError::Wire(e, env))?;
         let total = wire::message_len(e);
         let mut buf = BytesMut::zeroed(total);
         buf[..ENVELOPE_LEN].copy_from_slice(&env);
-        stream.read_exact(&mut buf[ENVELOPE_LEN..]).await.map_err(|e| e.to_string())?;
-        Ok::<Bytes, String>(buf.freeze())
+        stream.read_exact(&mut buf[ENVELOPE_LEN..]).await.map_err(ReadError::Io)?;
+        Ok::<Bytes, ReadError>(buf.freeze())
     };
     futures_lite::future::or(work, async {
         glommio::timer::sleep(timeout).await;
-        Err(format!("timed out after {timeout:?}"))
+        Err(ReadError::Timeout(timeout))
     })
     .await
 }
@@ -244,19 +285,27 @@ async fn handle_conn(ctx: Rc<CoreCtx>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let cfg = ctx.cfg.clone();
     let max = cfg.message_bytes_max;
-    // The handshake.
-    let first = match read_message(&mut stream, 1 << 16, Duration::from_secs(cfg.read_timeout_secs))
-        .await
-    {
+    // The handshake. Anything but a well-formed hello gets an error that says why.
+    let timeout = Duration::from_secs(cfg.read_timeout_secs.max(1));
+    let first = match read_message(&mut stream, 1 << 16, timeout).await {
         Ok(b) => b,
-        Err(e) => {
+        Err(ReadError::Io(e)) => {
             tracing::debug!(error = %e, "peer connection closed before its hello");
+            return;
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "no valid hello on a peer connection");
+            refuse(&mut stream, &e.to_string()).await;
             return;
         }
     };
     let hello = match wire::verify(&first, 1 << 16) {
         Ok(m) if m.kind == Kind::Hello => HelloMeta::read_from_bytes(m.meta).ok(),
-        _ => None,
+        Ok(_) => None,
+        Err(e) => {
+            refuse(&mut stream, &e.to_string()).await;
+            return;
+        }
     };
     let Some(hello) = hello else {
         refuse(&mut stream, "expected a corelog peer hello").await;
@@ -293,8 +342,11 @@ async fn handle_conn(ctx: Rc<CoreCtx>, mut stream: TcpStream) {
         return;
     }
     let limits = FrameLimits::default();
-    // Peers are chatty (heartbeats every few ticks): a long silence means a dead peer.
-    let idle = Duration::from_secs(cfg.read_timeout_secs.max(1) * 3);
+    // Peers are chatty (heartbeats every few ticks): a long silence means a dead peer. But
+    // without a leader, a peer speaks only once per election timeout (randomised up to twice
+    // `election_ticks`): closing sooner would lose its vote requests.
+    let election_max = Duration::from_millis(2 * u64::from(cfg.election_ticks) * cfg.tick_ms);
+    let idle = Duration::from_secs(cfg.read_timeout_secs.max(1) * 3).max(2 * election_max);
     while !ctx.stop.get() {
         let buf = match read_message(&mut stream, max, idle).await {
             Ok(b) => b,

@@ -9,49 +9,143 @@
 //! one whose unread responses exceed `client_queue_bytes_max` (a client that never reads).
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_lite::AsyncWriteExt;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::CoreCtx;
 use super::group::{Input, ReplyTo};
-use super::peer::read_message;
+use super::peer::{ReadError, read_message_after};
 use super::proto::{Op, RequestMeta, ResponseMeta, Status};
 use crate::frame::{Frame, FrameLimits};
-use crate::wire::{self, Kind};
+use crate::wire::{self, ENVELOPE_LEN, Kind};
 
 /// The response side of one client connection.
+///
+/// Bytes buffered for a connection are bounded by `queue_max`: the responses queued (`out`),
+/// the ones being written (`writing`), and what the requests in flight may still produce
+/// (`reserved`, an estimate per request). The reader takes no new request while that sum is at
+/// the bound; if it stays there for the read timeout, or a response would push the queue past
+/// it, the client is not reading its responses and the connection is closed.
 pub(crate) struct ClientConn {
     out: RefCell<Vec<u8>>,
+    /// The writer task, waiting for bytes or for the close.
     waker: Cell<Option<Waker>>,
+    /// The reader task, waiting for room in the queue or for the close.
+    reader_waker: Cell<Option<Waker>>,
     closed: Cell<bool>,
+    /// Closed because the client does not read: drop what is queued, do not wait to write it.
+    abort: Cell<bool>,
+    writing: Cell<usize>,
+    reserved: Cell<usize>,
+    reservations: RefCell<HashMap<u64, usize>>,
     queue_max: usize,
 }
 
 impl ClientConn {
+    fn new(queue_max: usize) -> Self {
+        ClientConn {
+            out: RefCell::new(Vec::new()),
+            waker: Cell::new(None),
+            reader_waker: Cell::new(None),
+            closed: Cell::new(false),
+            abort: Cell::new(false),
+            writing: Cell::new(0),
+            reserved: Cell::new(0),
+            reservations: RefCell::new(HashMap::new()),
+            queue_max,
+        }
+    }
+
+    fn wake(&self) {
+        for w in [&self.waker, &self.reader_waker] {
+            if let Some(w) = w.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Bytes buffered or promised to this connection.
+    fn buffered(&self) -> usize {
+        self.out.borrow().len() + self.writing.get() + self.reserved.get()
+    }
+
+    /// Closes the connection; with `abort`, without writing what is queued.
+    fn close(&self, abort: bool) {
+        self.closed.set(true);
+        self.abort.set(self.abort.get() || abort);
+        self.wake();
+    }
+
+    /// A connection-level error (after which the connection closes): queued after the
+    /// responses already queued, whatever the bound.
+    fn fail(&self, why: &str) {
+        if !self.closed.get() {
+            let mut out = self.out.borrow_mut();
+            wire::encode(&mut out, Kind::Error, 0, 0, &[], why.len());
+            out.extend_from_slice(why.as_bytes());
+        }
+        self.close(false);
+    }
+
+    /// Counts `bytes` against the bound until the response to request `id` is queued.
+    fn reserve(&self, id: u64, bytes: usize) {
+        *self.reservations.borrow_mut().entry(id).or_default() += bytes;
+        self.reserved.set(self.reserved.get() + bytes);
+    }
+
     /// Queues a response; closes the connection instead if the client is not reading.
     pub fn respond(&self, group: u64, id: u64, meta: ResponseMeta, payload: &[u8]) {
+        if let Some(r) = self.reservations.borrow_mut().remove(&id) {
+            self.reserved.set(self.reserved.get() - r);
+        }
         if self.closed.get() {
             return;
         }
-        let mut out = self.out.borrow_mut();
-        if out.len() + payload.len() > self.queue_max {
+        let len = ENVELOPE_LEN + meta.as_bytes().len() + payload.len();
+        if self.buffered() - self.reserved.get() + len > self.queue_max {
             tracing::warn!("a client does not read its responses; closing its connection");
-            self.closed.set(true);
-        } else {
-            wire::encode(&mut out, Kind::Response, group, id, meta.as_bytes(), payload.len());
-            out.extend_from_slice(payload);
+            self.close(true);
+            return;
         }
+        let mut out = self.out.borrow_mut();
+        wire::encode(&mut out, Kind::Response, group, id, meta.as_bytes(), payload.len());
+        out.extend_from_slice(payload);
         drop(out);
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
+        self.wake();
     }
+}
+
+/// Resolves once `conn` is closed (registering `slot` as the waker).
+async fn closed(conn: &ClientConn, slot: fn(&ClientConn) -> &Cell<Option<Waker>>) {
+    std::future::poll_fn(|cx| {
+        if conn.closed.get() {
+            Poll::Ready(())
+        } else {
+            slot(conn).set(Some(cx.waker().clone()));
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// What a request may add to its connection's queue, at most (about; a response that
+/// exceeds its estimate is still caught by the bound when it is queued).
+fn reservation(op: Op, meta: &RequestMeta, entries: usize, read_max: usize) -> usize {
+    const RESPONSE_OVERHEAD: usize = ENVELOPE_LEN + 32 + 256;
+    RESPONSE_OVERHEAD
+        + match op {
+            Op::Append => 16 * entries,
+            Op::Read => (meta.c.get() as usize).clamp(1, read_max),
+            Op::Status => 8 << 10,
+            Op::Trim => 0,
+        }
 }
 
 /// Accepts client connections on this core's client port.
@@ -98,13 +192,11 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, listener: TcpListener) {
 async fn handle_conn(ctx: Rc<CoreCtx>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = futures_lite::io::split(stream);
-    let conn = Rc::new(ClientConn {
-        out: RefCell::new(Vec::new()),
-        waker: Cell::new(None),
-        closed: Cell::new(false),
-        queue_max: ctx.cfg.client_queue_bytes_max,
-    });
-    // The writer: everything queued goes out in one write.
+    let conn = Rc::new(ClientConn::new(ctx.cfg.client_queue_bytes_max));
+    let timeout = Duration::from_secs(ctx.cfg.read_timeout_secs.max(1));
+    // The writer: everything queued goes out in one write. A write that does not finish
+    // within the read timeout, or a close for not reading, ends the connection: a write never
+    // holds the connection (and its slot) forever.
     let writer = {
         let conn = conn.clone();
         let stop = ctx.stop.clone();
@@ -120,70 +212,137 @@ async fn handle_conn(ctx: Rc<CoreCtx>, stream: TcpStream) {
                     }
                 })
                 .await;
+                if conn.abort.get() {
+                    break;
+                }
                 std::mem::swap(&mut *conn.out.borrow_mut(), &mut spare);
-                if !spare.is_empty() && wr.write_all(&spare).await.is_err() {
-                    conn.closed.set(true);
+                conn.writing.set(spare.len());
+                if !spare.is_empty() {
+                    let write = async { wr.write_all(&spare).await.is_ok() };
+                    let aborted = std::future::poll_fn(|cx| {
+                        if conn.abort.get() {
+                            Poll::Ready(false)
+                        } else {
+                            conn.waker.set(Some(cx.waker().clone()));
+                            Poll::Pending
+                        }
+                    });
+                    let timed_out = async {
+                        glommio::timer::sleep(timeout).await;
+                        false
+                    };
+                    let written = futures_lite::future::or(
+                        write,
+                        futures_lite::future::or(aborted, timed_out),
+                    )
+                    .await;
+                    if !written {
+                        conn.close(true);
+                    }
                 }
                 spare.clear();
+                conn.writing.set(0);
+                conn.wake();
                 if conn.closed.get() || stop.get() {
-                    let _ = wr.close().await;
-                    return;
+                    break;
                 }
             }
+            let _ = wr.close().await;
         })
     };
-    let timeout = Duration::from_secs(ctx.cfg.read_timeout_secs.max(1));
     let max = ctx.cfg.message_bytes_max;
     while !conn.closed.get() && !ctx.stop.get() {
-        let buf = match read_message(&mut rd, max, timeout).await {
+        // Backpressure: no new request while the queue is at its bound (there is always room
+        // for one request when none is in flight).
+        if conn.reserved.get() > 0 && conn.buffered() >= conn.queue_max {
+            let room = std::future::poll_fn(|cx| {
+                if conn.closed.get() || conn.buffered() < conn.queue_max {
+                    Poll::Ready(true)
+                } else {
+                    conn.reader_waker.set(Some(cx.waker().clone()));
+                    Poll::Pending
+                }
+            });
+            let full = async {
+                glommio::timer::sleep(timeout).await;
+                false
+            };
+            if !futures_lite::future::or(room, full).await {
+                tracing::warn!("a client does not read its responses; closing its connection");
+                conn.close(true);
+            }
+            continue;
+        }
+        // The first byte: a silent connection is closed after the timeout, unless it waits
+        // for answers to its requests (a commit may take longer than the timeout).
+        let read = async {
+            let mut first = [0u8; 1];
+            let mut next = std::pin::pin!(rd.read(&mut first));
+            loop {
+                let tick = async {
+                    glommio::timer::sleep(timeout).await;
+                    None
+                };
+                match futures_lite::future::or(async { Some((&mut next).await) }, tick).await {
+                    Some(Ok(0)) => {
+                        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+                        return Some(Err(ReadError::Io(eof)));
+                    }
+                    Some(Ok(_)) => break,
+                    Some(Err(e)) => return Some(Err(ReadError::Io(e))),
+                    None if conn.reserved.get() > 0 => continue,
+                    None => return Some(Err(ReadError::Timeout(timeout))),
+                }
+            }
+            Some(read_message_after(&mut rd, Some(first[0]), max, timeout).await)
+        };
+        let Some(read) = futures_lite::future::or(read, async {
+            closed(&conn, |c| &c.reader_waker).await;
+            None
+        })
+        .await
+        else {
+            break;
+        };
+        let buf = match read {
             Ok(b) => b,
+            Err(ReadError::Io(e)) => {
+                tracing::debug!(error = %e, "client connection closed");
+                break;
+            }
+            Err(ReadError::Wire(e @ wire::WireError::TooLarge { .. }, env))
+                if env[6] == Kind::Request as u8 =>
+            {
+                // A request too large to read: a final answer to it (the client must not
+                // retry it), then the close (its body is not read, so the stream is lost).
+                let group = u64::from_le_bytes(env[16..24].try_into().expect("8 bytes"));
+                let id = u64::from_le_bytes(env[24..32].try_into().expect("8 bytes"));
+                let meta = ResponseMeta::new(Status::TooLarge, 0, 0, 0);
+                conn.respond(group, id, meta, e.to_string().as_bytes());
+                conn.close(false);
+                break;
+            }
             Err(e) => {
-                if !e.contains("eof") && !e.contains("unexpected end") {
-                    tracing::debug!(error = %e, "client connection closed");
-                }
-                // A bad envelope (garbage, an oversized length) gets a clear error first.
-                if e.contains("magic")
-                    || e.contains("exceeds")
-                    || e.contains("version")
-                    || e.contains("kind")
-                {
-                    conn.respond(
-                        0,
-                        0,
-                        ResponseMeta::new(Status::BadRequest, 0, 0, 0),
-                        e.as_bytes(),
-                    );
-                }
+                // Garbage, an oversized length, a silent or stalled client: say why, close.
+                tracing::debug!(error = %e, "closing a client connection");
+                conn.fail(&e.to_string());
                 break;
             }
         };
         let msg = match wire::verify(&buf, max) {
             Ok(m) if m.kind == Kind::Request => m,
             Ok(m) => {
-                conn.respond(
-                    0,
-                    m.envelope.id.get(),
-                    ResponseMeta::new(Status::BadRequest, 0, 0, 0),
-                    b"expected a request",
-                );
+                conn.fail(&format!("expected a request, not {:?}", m.kind));
                 break;
             }
             Err(e) => {
-                conn.respond(
-                    0,
-                    0,
-                    ResponseMeta::new(Status::BadRequest, 0, 0, 0),
-                    e.to_string().as_bytes(),
-                );
+                conn.fail(&e.to_string());
                 break;
             }
         };
         handle_request(&ctx, &conn, &buf, &msg);
     }
-    conn.closed.set(true);
-    if let Some(w) = conn.waker.take() {
-        w.wake();
-    }
+    conn.close(false);
     writer.await;
 }
 
@@ -252,12 +411,17 @@ fn handle_request(ctx: &Rc<CoreCtx>, conn: &Rc<ClientConn>, buf: &Bytes, msg: &w
                 let start = e.data.as_ptr() as usize - buf.as_ptr() as usize;
                 entries.push((e.session, e.seq, buf.slice(start..start + e.data.len())));
             }
+            conn.reserve(id, reservation(op, &meta, entries.len(), 0));
             g.inbox.push(Input::Append { entries, reply });
         }
-        Op::Status => g.inbox.push(Input::Status { reply }),
+        Op::Status => {
+            conn.reserve(id, reservation(op, &meta, 0, 0));
+            g.inbox.push(Input::Status { reply })
+        }
         Op::Read => {
             let max_bytes =
                 (meta.c.get() as usize).clamp(1, (ctx.cfg.message_bytes_max as usize) / 2);
+            conn.reserve(id, reservation(op, &meta, 0, max_bytes));
             g.inbox.push(Input::Read {
                 lo: meta.a.get().max(1),
                 hi: meta.b.get(),
@@ -265,6 +429,9 @@ fn handle_request(ctx: &Rc<CoreCtx>, conn: &Rc<ClientConn>, buf: &Bytes, msg: &w
                 reply,
             });
         }
-        Op::Trim => g.inbox.push(Input::Trim { index: meta.a.get(), reply }),
+        Op::Trim => {
+            conn.reserve(id, reservation(op, &meta, 0, 0));
+            g.inbox.push(Input::Trim { index: meta.a.get(), reply })
+        }
     }
 }
