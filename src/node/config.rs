@@ -53,7 +53,9 @@ pub struct NodeConfig {
     /// Bytes of responses queued per client connection before the connection is closed (a
     /// client that does not read its replies).
     pub client_queue_bytes_max: usize,
-    /// Seconds a connection may stay silent in the middle of a message before it is closed.
+    /// Seconds a client connection may stay silent while nothing it asked for is in flight,
+    /// or stall in the middle of a message, or leave a response unread, before it is closed.
+    /// Peer links use at least twice the longest election timeout.
     pub read_timeout_secs: u64,
 }
 
