@@ -50,6 +50,20 @@ impl CoreCtx {
     fn group(&self, g: u64) -> Option<Rc<GroupHandle>> {
         self.groups.borrow().get(&g).cloned()
     }
+
+    /// The next connection on `listener`, or `None` once the core is stopping.
+    async fn accept_until_stopped(
+        &self,
+        listener: &glommio::net::TcpListener,
+    ) -> Option<glommio::Result<glommio::net::TcpStream, ()>> {
+        futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            while !self.stop.get() {
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+            None
+        })
+        .await
+    }
 }
 
 /// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].

@@ -253,14 +253,7 @@ pub(crate) async fn read_message_after<S: futures_lite::AsyncRead + Unpin>(
 /// Accepts peer connections on this core's peer port.
 pub(crate) async fn serve(ctx: Rc<CoreCtx>, listener: TcpListener) {
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            while !ctx.stop.get() {
-                glommio::timer::sleep(Duration::from_millis(20)).await;
-            }
-            None
-        })
-        .await;
-        let Some(accepted) = accepted else { break };
+        let Some(accepted) = ctx.accept_until_stopped(&listener).await else { break };
         match accepted {
             Ok(stream) => {
                 glommio::spawn_local(handle_conn(ctx.clone(), stream)).detach();

@@ -151,14 +151,7 @@ fn reservation(op: Op, meta: &RequestMeta, entries: usize, read_max: usize) -> u
 /// Accepts client connections on this core's client port.
 pub(crate) async fn serve(ctx: Rc<CoreCtx>, listener: TcpListener) {
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            while !ctx.stop.get() {
-                glommio::timer::sleep(Duration::from_millis(20)).await;
-            }
-            None
-        })
-        .await;
-        let Some(accepted) = accepted else { break };
+        let Some(accepted) = ctx.accept_until_stopped(&listener).await else { break };
         match accepted {
             Ok(mut stream) => {
                 if ctx.client_connections.get() >= ctx.cfg.client_connections_max {
