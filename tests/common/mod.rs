@@ -31,19 +31,8 @@ pub fn small_config() -> LogConfig {
     }
 }
 
-/// The payload of entry `index`: deterministic, so a reader can check it.
-pub fn payload(index: u64, len: usize) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len);
-    let mut x = index.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
+/// The payload of entry `index`: deterministic, so a reader can check it (the crash writer's).
+pub use corelog::tools::crash_writer::payload;
 
 /// Appends `n` frames of `per_frame` entries of `len` bytes with `term`, the contents given by
 /// [`payload`]. Returns the last index.
