@@ -101,6 +101,10 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
                 p
             }
         };
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        for line in super::host_header(&dir) {
+            eprintln!("{line}");
+        }
         if !crate::log::direct_io_effective(&dir) {
             eprintln!(
                 "WARNING: O_DIRECT is not in effect on {} (tmpfs?); the figures are not a disk's.",

@@ -84,3 +84,43 @@ mod tests {
         assert!(parse_bytes("12q").is_err());
     }
 }
+
+/// One line per fact about the build and the host that decides what the figures mean: build
+/// profile, git revision, kernel, CPU, cores, and the file system under `dir` with whether
+/// O_DIRECT is in effect there.
+pub fn host_header(dir: &std::path::Path) -> Vec<String> {
+    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string()).ok();
+    let kernel = read("/proc/sys/kernel/osrelease").unwrap_or_else(|| "unknown".into());
+    let cpu = read("/proc/cpuinfo")
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let governor = read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+        .unwrap_or_else(|| "n/a".into());
+    let fs = match crate::log::filesystem_type(dir) {
+        Some(0xEF53) => "ext4".to_string(),
+        Some(0x5846_5342) => "xfs".to_string(),
+        Some(0x0102_1994) => "tmpfs".to_string(),
+        Some(0x9123_683E) => "btrfs".to_string(),
+        Some(t) => format!("{t:#x}"),
+        None => "unknown".to_string(),
+    };
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    vec![
+        format!(
+            "build     {profile}, corelog {}{}",
+            env!("CARGO_PKG_VERSION"),
+            option_env!("CORELOG_GIT_REV").map(|r| format!(" ({r})")).unwrap_or_default()
+        ),
+        format!("host      kernel {kernel}, {cores} cores, {cpu}, governor {governor}"),
+        format!(
+            "data dir  {} on {fs}, O_DIRECT {}",
+            dir.display(),
+            if crate::log::direct_io_effective(dir) { "in effect" } else { "NOT in effect" }
+        ),
+    ]
+}

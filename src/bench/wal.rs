@@ -135,6 +135,9 @@ pub fn run(args: &WalArgs) -> Result<WalReport, String> {
         args.warmup,
         dir.display()
     );
+    for line in super::host_header(&dir) {
+        eprintln!("{line}");
+    }
     if cfg!(debug_assertions) {
         eprintln!("WARNING: debug build; the figures mean nothing. Use --release.");
     }
