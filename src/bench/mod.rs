@@ -69,22 +69,6 @@ pub fn peak_rss_bytes() -> u64 {
     ru.ru_maxrss as u64 * 1024
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_durations_and_sizes() {
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert_eq!(parse_bytes("4k").unwrap(), 4096);
-        assert_eq!(parse_bytes("1MiB").unwrap(), 1 << 20);
-        assert!(parse_bytes("12q").is_err());
-    }
-}
-
 /// One line per fact about the build and the host that decides what the figures mean: build
 /// profile, git revision, kernel, CPU, cores, and the file system under `dir` with whether
 /// O_DIRECT is in effect there.
@@ -123,4 +107,20 @@ pub fn host_header(dir: &std::path::Path) -> Vec<String> {
             if crate::log::direct_io_effective(dir) { "in effect" } else { "NOT in effect" }
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations_and_sizes() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert_eq!(parse_bytes("4k").unwrap(), 4096);
+        assert_eq!(parse_bytes("1MiB").unwrap(), 1 << 20);
+        assert!(parse_bytes("12q").is_err());
+    }
 }
