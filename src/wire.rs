@@ -154,6 +154,21 @@ pub fn encode(
     ENVELOPE_LEN + meta.len()
 }
 
+/// Sets the frames' length of the message whose envelope starts `msg` (written by [`encode`]
+/// with `frames_len` 0, the frames appended after it), and its checksum accordingly. Lets a
+/// sender build frames directly behind the envelope instead of in a buffer of their own.
+pub fn set_frames_len(msg: &mut [u8], frames_len: usize) {
+    let meta_len = {
+        let (env, _) = Envelope::mut_from_prefix(msg).expect("an envelope was written here");
+        let meta_len = env.meta_len.get();
+        env.body_len = U32::new(meta_len + frames_len as u32);
+        meta_len as usize
+    };
+    let (head, rest) = msg.split_at_mut(ENVELOPE_LEN);
+    let crc = crc_of(head, &rest[..meta_len]);
+    head[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// Checks an envelope read on its own (before the body is read): magic, version, kind and the
 /// lengths against `body_max`. The checksum is verified by [`verify`] once the meta is in.
 pub fn check_envelope(bytes: &[u8], body_max: u32) -> Result<&Envelope, WireError> {
@@ -238,6 +253,12 @@ mod tests {
             assert!(verify(&bad, 1 << 20).is_err(), "flip at {i}");
         }
         assert!(matches!(verify(&out, 8), Err(WireError::TooLarge { .. })));
+        // Frames appended after the envelope, the length set afterwards.
+        let mut late = Vec::new();
+        encode(&mut late, Kind::Raft, 7, 3, b"meta!", 0);
+        late.extend_from_slice(b"FRMS");
+        set_frames_len(&mut late, 4);
+        assert_eq!(late, out, "the same bytes as when the length is known up front");
         assert!(matches!(verify(&out[..20], 1 << 20), Err(WireError::Truncated { .. })));
         assert!(matches!(verify(&out[..out.len() - 1], 1 << 20), Err(WireError::Truncated { .. })));
         let mut huge = out.clone();

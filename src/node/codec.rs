@@ -67,7 +67,6 @@ pub fn encode(out: &mut Vec<u8>, group: u64, m: &Message) {
         d: U64::ZERO,
     };
     let set = |v: u64| U64::new(v);
-    let mut payload: Vec<u8> = Vec::new();
     match &m.body {
         Body::RequestVote { pre_vote, last_index, last_term, priority, transfer } => {
             meta.body = 1;
@@ -81,12 +80,11 @@ pub fn encode(out: &mut Vec<u8>, group: u64, m: &Message) {
             meta.body = 2;
             meta.flags = if *pre_vote { PRE_VOTE } else { 0 } | if *granted { YES } else { 0 };
         }
-        Body::Append { prev_index, prev_term, entries, commit } => {
+        Body::Append { prev_index, prev_term, commit, .. } => {
             meta.body = 3;
             meta.a = set(*prev_index);
             meta.b = set(*prev_term);
             meta.c = set(*commit);
-            encode_entries(&mut payload, group, entries);
         }
         Body::AppendResponse { success, match_index, reject_index, hint_index, hint_term } => {
             meta.body = 4;
@@ -112,21 +110,42 @@ pub fn encode(out: &mut Vec<u8>, group: u64, m: &Message) {
             meta.a = set(snapshot.index);
             meta.b = set(snapshot.term);
             meta.c = set(snapshot.sessions_applied);
-            let members = snapshot.membership.encode();
-            payload.extend_from_slice(&(members.len() as u32).to_le_bytes());
-            payload.extend_from_slice(&members);
-            payload.extend_from_slice(&(snapshot.sessions.len() as u32).to_le_bytes());
-            for s in &snapshot.sessions {
-                for v in [s.session, s.sequence, s.index, s.term] {
-                    payload.extend_from_slice(&v.to_le_bytes());
-                }
-            }
-            payload.extend_from_slice(&snapshot.blob);
         }
         Body::TimeoutNow => meta.body = 8,
     }
-    wire::encode(out, Kind::Raft, group, m.from, meta.as_bytes(), payload.len());
-    out.extend_from_slice(&payload);
+    // The envelope first, then the payload straight into `out` (no intermediate buffer: each
+    // entry's bytes are copied once, into the frame), then the envelope learns its length.
+    let start = out.len();
+    wire::encode(out, Kind::Raft, group, m.from, meta.as_bytes(), 0);
+    let payload_start = out.len();
+    match &m.body {
+        Body::Append { entries, .. } => encode_entries(out, group, entries),
+        Body::InstallSnapshot { snapshot } => {
+            let members = snapshot.membership.encode();
+            out.extend_from_slice(&(members.len() as u32).to_le_bytes());
+            out.extend_from_slice(&members);
+            out.extend_from_slice(&(snapshot.sessions.len() as u32).to_le_bytes());
+            for s in &snapshot.sessions {
+                for v in [s.session, s.sequence, s.index, s.term] {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            out.extend_from_slice(&snapshot.blob);
+        }
+        _ => {}
+    }
+    let frames_len = out.len() - payload_start;
+    wire::set_frames_len(&mut out[start..], frames_len);
+}
+
+/// The frame-encoder view of a core entry (same kind codes, data borrowed).
+pub(crate) fn frame_entry(e: &Entry) -> EntryRef<'_> {
+    EntryRef {
+        kind: EntryKind::from_code(e.kind.as_u8()).expect("same codes"),
+        session: e.session,
+        seq: e.sequence,
+        data: &e.data,
+    }
 }
 
 /// Frames `entries` (runs of one term each) at the end of `out`.
@@ -144,15 +163,7 @@ fn encode_entries(out: &mut Vec<u8>, group: u64, entries: &[Entry]) {
             bytes += entries[end].data.len();
             end += 1;
         }
-        let refs: Vec<EntryRef<'_>> = entries[start..end]
-            .iter()
-            .map(|e| EntryRef {
-                kind: EntryKind::from_code(e.kind.as_u8()).expect("same codes"),
-                session: e.session,
-                seq: e.sequence,
-                data: &e.data,
-            })
-            .collect();
+        let refs: Vec<EntryRef<'_>> = entries[start..end].iter().map(frame_entry).collect();
         frame::encode_frame(out, group, term, entries[start].index, &refs, FrameLimits::default())
             .expect("a run within the frame limits");
         start = end;

@@ -23,7 +23,7 @@ use crate::consensus::{
     self, Entry, EntryKind as CoreKind, Membership, Message, Node, Proposed, Ready, Reply,
     RestartState, Role, SessionRecord, Snapshot,
 };
-use crate::frame::{EntryKind, EntryRef};
+use crate::frame::EntryRef;
 use crate::log::{HardState, HardStateFile, Log, LogConfig, LogError};
 
 /// Where a client response goes.
@@ -529,15 +529,8 @@ impl GroupDriver {
                     bytes += w.entries[end].data.len() + 24;
                     end += 1;
                 }
-                let refs: Vec<EntryRef<'_>> = w.entries[start..end]
-                    .iter()
-                    .map(|e| EntryRef {
-                        kind: EntryKind::from_code(e.kind.as_u8()).expect("same codes"),
-                        session: e.session,
-                        seq: e.sequence,
-                        data: &e.data,
-                    })
-                    .collect();
+                let refs: Vec<EntryRef<'_>> =
+                    w.entries[start..end].iter().map(super::codec::frame_entry).collect();
                 let r = self.log.append_entries(term, &refs).await?;
                 assert_eq!(
                     r.first, w.entries[start].index,
