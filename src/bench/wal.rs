@@ -63,6 +63,10 @@ pub struct WalArgs {
     /// Do not pin executors to cores.
     #[arg(long)]
     pub no_pin: bool,
+    /// Let each executor poll (busy-wait) this long before it sleeps, e.g. `200us`: trades a
+    /// core's idle time for the latency of waking up. Off by default (nothing spins).
+    #[arg(long, value_parser = parse_duration)]
+    pub spin_before_park: Option<Duration>,
     /// Write the figures as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -170,9 +174,13 @@ pub fn run(args: &WalArgs) -> Result<WalReport, String> {
         // recent cache); when it runs out, glommio falls back to fresh heap memory per flush,
         // and page faults then cost more CPU than the appends themselves.
         let io_memory = log_config(0, args).dma_memory_bytes();
-        let h = glommio::LocalExecutorBuilder::new(placement)
+        let mut b = glommio::LocalExecutorBuilder::new(placement)
             .name(&format!("wal-bench-{g}"))
-            .io_memory(io_memory)
+            .io_memory(io_memory);
+        if let Some(spin) = args.spin_before_park {
+            b = b.spin_before_park(spin);
+        }
+        let h = b
             .spawn(move || async move { run_group(g as u64, gdir, a).await })
             .map_err(|e| format!("starting executor {g}: {e}"))?;
         handles.push(h);
