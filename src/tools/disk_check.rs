@@ -540,22 +540,20 @@ fn size_label(b: usize) -> String {
 
 /// The device line: file system, device, scheduler, write cache.
 fn describe_device(dir: &Path) -> String {
-    let sys = doctor::Sys::host();
     let fs = crate::log::filesystem_type(dir).map_or("unknown".to_string(), doctor::fs_name);
-    match doctor::block_device_of_dir(&sys, dir) {
+    match doctor::block_device_of_dir(&doctor::Sys::host(), dir) {
         Ok(d) => {
-            let disks: Vec<String> = d
-                .disks
-                .iter()
-                .map(|k| {
-                    let q = |f: &str| sys.read(&format!("sys/block/{k}/queue/{f}"));
-                    let sched = q("scheduler")
-                        .map(|s| doctor::selected(&s).map_or(s.clone(), str::to_string));
+            let (sched, wc, fua) = (d.queue("scheduler"), d.queue("write_cache"), d.queue("fua"));
+            let unknown = || "?".to_string();
+            let disks: Vec<String> = (0..d.disks.len())
+                .map(|i| {
+                    let sched = sched[i].1.as_deref().map(|s| doctor::selected(s).unwrap_or(s));
                     format!(
-                        "{k}: scheduler {}, write cache {}, fua {}",
-                        sched.unwrap_or_else(|| "?".into()),
-                        q("write_cache").unwrap_or_else(|| "?".into()),
-                        q("fua").unwrap_or_else(|| "?".into())
+                        "{}: scheduler {}, write cache {}, fua {}",
+                        d.disks[i],
+                        sched.unwrap_or("?"),
+                        wc[i].1.clone().unwrap_or_else(unknown),
+                        fua[i].1.clone().unwrap_or_else(unknown)
                     )
                 })
                 .collect();

@@ -165,6 +165,23 @@ pub struct BlockDevice {
     /// The disks' sysfs device directories (resolved), to find their interrupts.
     #[serde(skip)]
     pub disk_paths: Vec<PathBuf>,
+    /// The disks' sysfs block directories (resolved), which hold `queue/`.
+    #[serde(skip)]
+    pub disk_dirs: Vec<PathBuf>,
+}
+
+impl BlockDevice {
+    /// `queue/{file}` of each disk, trimmed, paired with the disk's name.
+    pub fn queue(&self, file: &str) -> Vec<(String, Option<String>)> {
+        self.disks
+            .iter()
+            .zip(&self.disk_dirs)
+            .map(|(name, dir)| {
+                let v = std::fs::read_to_string(dir.join("queue").join(file));
+                (name.clone(), v.ok().map(|s| s.trim().to_string()))
+            })
+            .collect()
+    }
 }
 
 /// Maps a device number (`st_dev` of a file) to its block device and whole disks, through
@@ -176,8 +193,9 @@ pub fn block_device(sys: &Sys, major: u32, minor: u32) -> Result<BlockDevice, St
     let name = file_name(&dir);
     let mut disks = Vec::new();
     let mut disk_paths = Vec::new();
-    whole_disks(&dir, &mut disks, &mut disk_paths, 0);
-    Ok(BlockDevice { name, disks, disk_paths })
+    let mut disk_dirs = Vec::new();
+    whole_disks(&dir, &mut disks, &mut disk_paths, &mut disk_dirs, 0);
+    Ok(BlockDevice { name, disks, disk_paths, disk_dirs })
 }
 
 fn file_name(p: &Path) -> String {
@@ -186,7 +204,13 @@ fn file_name(p: &Path) -> String {
 
 /// The whole disks under the sysfs directory `dir` of a block device: its parent if it is a
 /// partition, the disks of its `slaves/` if it is a stacked device, else itself.
-fn whole_disks(dir: &Path, out: &mut Vec<String>, paths: &mut Vec<PathBuf>, depth: u32) {
+fn whole_disks(
+    dir: &Path,
+    out: &mut Vec<String>,
+    paths: &mut Vec<PathBuf>,
+    dirs: &mut Vec<PathBuf>,
+    depth: u32,
+) {
     let disk = if dir.join("partition").exists() {
         dir.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf())
     } else {
@@ -199,7 +223,7 @@ fn whole_disks(dir: &Path, out: &mut Vec<String>, paths: &mut Vec<PathBuf>, dept
     members.sort();
     if !members.is_empty() && depth < 8 {
         for m in members {
-            whole_disks(&m, out, paths, depth + 1);
+            whole_disks(&m, out, paths, dirs, depth + 1);
         }
         return;
     }
@@ -207,7 +231,8 @@ fn whole_disks(dir: &Path, out: &mut Vec<String>, paths: &mut Vec<PathBuf>, dept
     if !out.contains(&name) {
         out.push(name);
         // `device` leads to the hardware (PCI function, virtio device) that raises the IRQs.
-        paths.push(std::fs::canonicalize(disk.join("device")).unwrap_or(disk));
+        paths.push(std::fs::canonicalize(disk.join("device")).unwrap_or_else(|_| disk.clone()));
+        dirs.push(disk);
     }
 }
 
@@ -727,12 +752,11 @@ pub fn checks(sys: &Sys, t: &Target) -> Vec<Check> {
     out.push(check_direct_io(&probe_direct_io(&t.dir)));
 
     let disks: Vec<String> = dev.as_ref().map(|d| d.disks.clone()).unwrap_or_default();
-    let q = |d: &str, f: &str| sys.read(&format!("sys/block/{d}/queue/{f}"));
-    out.push(check_scheduler(
-        &disks.iter().map(|d| (d.clone(), q(d, "scheduler"))).collect::<Vec<_>>(),
-    ));
+    let queue = |f: &str| dev.as_ref().map(|d| d.queue(f)).unwrap_or_default();
+    out.push(check_scheduler(&queue("scheduler")));
+    let (wc, fua) = (queue("write_cache"), queue("fua"));
     out.push(check_write_cache(
-        &disks.iter().map(|d| (d.clone(), q(d, "write_cache"), q(d, "fua"))).collect::<Vec<_>>(),
+        &wc.into_iter().zip(fua).map(|((d, w), (_, f))| (d, w, f)).collect::<Vec<_>>(),
     ));
     out.push(check_thp(sys.read("sys/kernel/mm/transparent_hugepage/enabled").as_deref()));
     out.push(check_swap(
