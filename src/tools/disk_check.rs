@@ -587,6 +587,9 @@ pub fn run(args: &DiskCheckArgs) -> ExitCode {
         println!("{l}");
     }
     println!("device    {device}");
+    if let Some(w) = load_warning() {
+        println!("{w}");
+    }
     println!(
         "settings  {} per latency figure, {} per bandwidth cell, scratch file {}",
         fmt_dur(dur),
@@ -624,6 +627,21 @@ pub fn run(args: &DiskCheckArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// A warning when the host is busy: the process waits in `io_uring_enter`, and with more
+/// runnable threads than cores each wake-up may wait for a scheduler tick, which then shows in
+/// every latency figure.
+fn load_warning() -> Option<String> {
+    let load: f64 =
+        std::fs::read_to_string("/proc/loadavg").ok()?.split(' ').next()?.parse().ok()?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (load > cores as f64 * 0.75).then(|| {
+        format!(
+            "WARNING   load average {load:.1} on {cores} cores: latency figures include waits for \
+             the CPU (a scheduler tick is 1-4 ms); measure on an idle host"
+        )
+    })
 }
 
 fn fmt_dur(d: Duration) -> String {

@@ -559,7 +559,7 @@ pub fn check_clocksource(current: Option<&str>, available: Option<&str>) -> Chec
     let fast = ["tsc", "arch_sys_counter", "kvm-clock"];
     let verdict = if fast.contains(&c) { Verdict::Pass } else { Verdict::Warn };
     let hint = if available.is_some_and(|a| a.split_whitespace().any(|x| x == "tsc")) {
-        "echo tsc > /sys/devices/system/clocksource/clocksource0/current_clocksource"
+        "tuning/clocksource.sh --apply (tsc is offered)"
     } else {
         "every clock_gettime becomes a system call; per-stage timing costs more"
     };
