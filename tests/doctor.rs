@@ -147,22 +147,39 @@ fn interrupts_and_cpu_lists() {
 
 #[test]
 fn irq_affinity_verdicts() {
-    let irq = |i: u32, c: &[usize]| (i, c.to_vec());
+    // (irq, effective, allowed)
+    let irq = |i: u32, e: &[usize], a: &[usize]| IrqPlacement {
+        irq: i,
+        effective: e.to_vec(),
+        allowed: a.to_vec(),
+    };
     // On a pinned core, with cores to spare: move it.
-    let c = check_irq_affinity("disk IRQ affinity", "vda", &[irq(36, &[1])], &[0, 1], 4);
+    let c =
+        check_irq_affinity("disk IRQ affinity", "vda", &[irq(36, &[1], &[0, 1, 2, 3])], &[0, 1], 4);
     assert_eq!(c.verdict, Verdict::Warn);
     assert!(c.hint.contains("--avoid 0,1"), "{}", c.hint);
     assert_eq!(c.found, "vda: IRQ 36 on cpu 1; pinned 0,1");
     // Off the pinned cores.
-    let c = check_irq_affinity("disk IRQ affinity", "vda", &[irq(36, &[3])], &[0, 1], 4);
+    let c = check_irq_affinity("disk IRQ affinity", "vda", &[irq(36, &[3], &[2, 3])], &[0, 1], 4);
     assert_eq!(c.verdict, Verdict::Pass);
-    // A queue per CPU (NVMe): each core completes its own I/O.
-    let per_cpu: Vec<_> = (0..4).map(|c| irq(100 + c as u32, &[c])).collect();
-    assert_eq!(check_irq_affinity("d", "nvme0n1", &per_cpu, &[0, 1], 4).verdict, Verdict::Pass);
+    // A queue per CPU (NVMe, managed IRQs): each core completes its own I/O.
+    let per_cpu: Vec<_> = (0..4).map(|c| irq(100 + c as u32, &[c], &[c])).collect();
+    let c = check_irq_affinity("d", "nvme0n1", &per_cpu, &[0, 1], 4);
+    assert_eq!(c.verdict, Verdict::Pass);
+    assert!(c.found.contains("a queue per CPU"), "{}", c.found);
+    // As many IRQs as CPUs but each allowed anywhere (a virtio NIC's rx and tx): not per-CPU.
+    let spread = [irq(38, &[1], &[0, 1, 2, 3]), irq(39, &[0], &[0, 1, 2, 3])];
+    let spread4 = [
+        spread[0].clone(),
+        spread[1].clone(),
+        irq(40, &[2], &[0, 1, 2, 3]),
+        irq(41, &[3], &[0, 1, 2, 3]),
+    ];
+    assert_eq!(check_irq_affinity("d", "eth0", &spread4, &[0, 1], 4).verdict, Verdict::Warn);
     // Every core pinned: nowhere else to go.
-    assert_eq!(check_irq_affinity("d", "vda", &[irq(36, &[1])], &[0, 1], 2).verdict, Verdict::Pass);
+    assert_eq!(check_irq_affinity("d", "eth0", &spread, &[0, 1], 2).verdict, Verdict::Pass);
     // Nothing pinned, or no IRQ found: the question does not apply.
-    assert_eq!(check_irq_affinity("d", "vda", &[irq(36, &[1])], &[], 4).verdict, Verdict::Skip);
+    assert_eq!(check_irq_affinity("d", "vda", &spread, &[], 4).verdict, Verdict::Skip);
     assert_eq!(check_irq_affinity("d", "veth0", &[], &[0], 4).verdict, Verdict::Skip);
 }
 
@@ -240,6 +257,8 @@ fn data_dir_to_block_device() {
     assert_eq!(device_irqs(&d.disk_paths[0], &irqs), vec![90, 91]);
     assert_eq!(irq_cpus(&sys, 90), vec![3]);
     assert_eq!(irq_cpus(&sys, 91), vec![2, 3]);
+    assert_eq!(irq_placement(&sys, 91).allowed, vec![2, 3]);
+    assert_eq!(irq_placement(&sys, 90).allowed, Vec::<usize>::new());
 }
 
 /// The whole run against the fake sysfs, with the real data directory's device number mapped

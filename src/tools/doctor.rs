@@ -647,16 +647,38 @@ pub fn irq_cpus(sys: &Sys, irq: u32) -> Vec<usize> {
         .unwrap_or_default()
 }
 
-/// `irqs` pairs each IRQ of the device with the CPUs it fires on; `pinned` are the cores
-/// corelog pins; `ncpu` the CPUs online.
+/// Where one IRQ may fire (`smp_affinity_list`) and where it does (the effective affinity,
+/// or the allowed set when the kernel does not report one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IrqPlacement {
+    /// The IRQ number.
+    pub irq: u32,
+    /// The CPUs it fires on.
+    pub effective: Vec<usize>,
+    /// The CPUs it may fire on.
+    pub allowed: Vec<usize>,
+}
+
+/// The placement of `irq` on this host (or fixture).
+pub fn irq_placement(sys: &Sys, irq: u32) -> IrqPlacement {
+    let allowed = sys
+        .read(&format!("proc/irq/{irq}/smp_affinity_list"))
+        .map(|s| parse_cpu_list(&s))
+        .unwrap_or_default();
+    IrqPlacement { irq, effective: irq_cpus(sys, irq), allowed }
+}
+
+/// `irqs` are the device's IRQs; `pinned` the cores corelog pins; `ncpu` the CPUs online.
 ///
 /// Interrupt work on a pinned reactor core steals time from it. With cores to spare the IRQs
-/// belong on the others; a device with a queue per CPU (NVMe, multi-queue NICs) is fine as is,
-/// since each core completes its own I/O; a host where corelog pins every core has no choice.
+/// belong on the others. A device with a queue per CPU (NVMe, multi-queue NICs: each IRQ
+/// allowed on exactly one CPU, together covering them all) is fine as is, since each core
+/// completes its own I/O, and the kernel will not move those IRQs anyway. A host where corelog
+/// pins every core has no choice.
 pub fn check_irq_affinity(
     condition: &str,
     device: &str,
-    irqs: &[(u32, Vec<usize>)],
+    irqs: &[IrqPlacement],
     pinned: &[usize],
     ncpu: usize,
 ) -> Check {
@@ -664,20 +686,27 @@ pub fn check_irq_affinity(
     if irqs.is_empty() {
         return Check::new(condition, expected, format!("{device}: no IRQs found"), Verdict::Skip);
     }
-    let mut cpus: Vec<usize> = irqs.iter().flat_map(|(_, c)| c.iter().copied()).collect();
+    let mut cpus: Vec<usize> = irqs.iter().flat_map(|p| p.effective.iter().copied()).collect();
     cpus.sort_unstable();
     cpus.dedup();
+    let mut one_each: Vec<usize> =
+        irqs.iter().filter(|p| p.allowed.len() == 1).map(|p| p.allowed[0]).collect();
+    one_each.sort_unstable();
+    one_each.dedup();
+    let per_cpu_queues =
+        ncpu > 1 && irqs.iter().all(|p| p.allowed.len() == 1) && one_each.len() >= ncpu;
     let list = |v: &[usize]| v.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
     let found = format!(
-        "{device}: IRQ {} on cpu {}; pinned {}",
-        irqs.iter().map(|(i, _)| i.to_string()).collect::<Vec<_>>().join(","),
+        "{device}: IRQ {} on cpu {}{}; pinned {}",
+        irqs.iter().map(|p| p.irq.to_string()).collect::<Vec<_>>().join(","),
         list(&cpus),
+        if per_cpu_queues { " (a queue per CPU)" } else { "" },
         if pinned.is_empty() { "none".to_string() } else { list(pinned) }
     );
     let overlap = cpus.iter().any(|c| pinned.contains(c));
     let verdict = if pinned.is_empty() {
         Verdict::Skip
-    } else if !overlap || irqs.len() >= ncpu || pinned.len() >= ncpu {
+    } else if !overlap || per_cpu_queues || pinned.len() >= ncpu {
         Verdict::Pass
     } else {
         Verdict::Warn
@@ -781,10 +810,10 @@ pub fn checks(sys: &Sys, t: &Target) -> Vec<Check> {
     ));
 
     let interrupts = parse_interrupts(&sys.read("proc/interrupts").unwrap_or_default());
-    let with_cpus = |irqs: Vec<u32>| -> Vec<(u32, Vec<usize>)> {
-        irqs.into_iter().map(|i| (i, irq_cpus(sys, i))).collect()
+    let with_cpus = |irqs: Vec<u32>| -> Vec<IrqPlacement> {
+        irqs.into_iter().map(|i| irq_placement(sys, i)).collect()
     };
-    let disk_irqs: Vec<(u32, Vec<usize>)> = dev
+    let disk_irqs: Vec<IrqPlacement> = dev
         .as_ref()
         .map(|d| d.disk_paths.iter().flat_map(|p| device_irqs(p, &interrupts)).collect())
         .map(with_cpus)
