@@ -86,7 +86,7 @@ impl Default for NodeConfig {
             heartbeat_ticks: 3,
             segment_bytes: 64 << 20,
             flush_bytes_max: 1 << 20,
-            flushes_in_flight_max: 2,
+            flushes_in_flight_max: LogConfig::new(0).flushes_in_flight_max,
             sync: SyncMethod::Fdatasync,
             disk_profile: None,
             message_bytes_max: 4 << 20,
