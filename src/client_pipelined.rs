@@ -27,7 +27,9 @@
 //!   one `write` (no writer thread, no hand-off).
 //! - One reader thread per connection parses responses in batches and completes them. The
 //!   callbacks run on that thread: they must be short and must not block (a callback may
-//!   submit the next append with [`PipelinedClient::try_append_with`]).
+//!   submit the next append with [`PipelinedClient::try_append_with`]). Appends submitted by
+//!   the callbacks of one batch go out in one write, as do those submitted inside
+//!   [`PipelinedClient::corked`].
 //! - One maintenance thread per client resends requests that were redirected or refused for
 //!   the moment, after their back-off, and detects attempts without an answer.
 //!
@@ -52,6 +54,52 @@ use crate::client::{ClientError, Position};
 use crate::frame::{EntryKind, EntryRef, FrameLimits, encode_frame};
 use crate::node::proto::{Op, RequestMeta, ResponseMeta, Status};
 use crate::wire::{self, ENVELOPE_LEN, Kind};
+
+/// Connections with requests buffered by a corked thread.
+type CorkList = Vec<(Arc<Shared>, Arc<Conn>)>;
+
+thread_local! {
+    /// While this thread is corked: the connections it buffered requests on, to write when
+    /// it uncorks.
+    static CORKED: std::cell::RefCell<Option<CorkList>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Writes what this thread buffered while corked (it stays corked).
+fn flush_corked() {
+    let list = CORKED.with(|c| c.borrow_mut().as_mut().map(std::mem::take));
+    for (shared, conn) in list.into_iter().flatten() {
+        let out = conn.out.lock().unwrap_or_else(|e| e.into_inner());
+        if !out.writing && !out.buf.is_empty() {
+            shared.flush(&conn, out);
+        }
+    }
+}
+
+/// Runs `f` with this thread corked: requests it submits are buffered and written together
+/// when `f` returns (nested calls join the outer one).
+fn corked<R>(f: impl FnOnce() -> R) -> R {
+    let outer = CORKED.with(|c| {
+        let mut c = c.borrow_mut();
+        let outer = c.is_some();
+        if !outer {
+            *c = Some(Vec::new());
+        }
+        outer
+    });
+    if outer {
+        return f();
+    }
+    struct Uncork;
+    impl Drop for Uncork {
+        fn drop(&mut self) {
+            flush_corked();
+            CORKED.with(|c| *c.borrow_mut() = None);
+        }
+    }
+    let _uncork = Uncork;
+    f()
+}
 
 /// Settings of a [`PipelinedClient`].
 #[derive(Debug, Clone)]
@@ -140,7 +188,8 @@ struct Shared {
     slot_free: Condvar,
     /// Signalled when something is queued for the maintenance thread.
     work: Condvar,
-    readers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Every connection's reader thread, with its connection (to close it at shutdown).
+    readers: Mutex<Vec<(std::thread::JoinHandle<()>, Arc<Conn>)>>,
 }
 
 /// A pipelined append client (see the module docs). Cheap to share between threads.
@@ -233,7 +282,13 @@ impl PipelinedClient {
             if !st.free.is_empty() {
                 break;
             }
-            st = self.shared.slot_free.wait(st).unwrap_or_else(|e| e.into_inner());
+            // What this thread holds back must go out, or no slot may ever free up.
+            drop(st);
+            flush_corked();
+            st = self.shared.lock();
+            if st.free.is_empty() && !st.closed {
+                st = self.shared.slot_free.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
         }
         self.submit(st, group, data, Box::new(done))
     }
@@ -254,6 +309,12 @@ impl PipelinedClient {
             return Ok(false);
         }
         self.submit(st, group, data, Box::new(done)).map(|()| true)
+    }
+
+    /// Runs `f`, writing the appends this thread submits inside it together when it returns
+    /// (one `write` for a burst instead of one each). Completion callbacks run corked already.
+    pub fn corked<R>(&self, f: impl FnOnce() -> R) -> R {
+        corked(f)
     }
 
     /// Submits an append; the returned handle resolves to its position. The handle can be
@@ -326,7 +387,11 @@ impl PipelinedClient {
         let maintenance = self.maintenance.lock().unwrap_or_else(|e| e.into_inner()).take();
         let readers =
             std::mem::take(&mut *self.shared.readers.lock().unwrap_or_else(|e| e.into_inner()));
-        for h in maintenance.into_iter().chain(readers) {
+        for (_, c) in &readers {
+            c.broken.store(true, Ordering::Relaxed);
+            let _ = c.stream.shutdown(Shutdown::Both);
+        }
+        for h in maintenance.into_iter().chain(readers.into_iter().map(|(h, _)| h)) {
             if h.thread().id() != me {
                 let _ = h.join();
             }
@@ -385,11 +450,25 @@ impl Shared {
                 drop(st);
                 let connected = self.connect(addr);
                 st = self.lock();
+                if st.closed {
+                    drop(st);
+                    if let Ok(c) = connected {
+                        c.broken.store(true, Ordering::Relaxed);
+                        let _ = c.stream.shutdown(Shutdown::Both);
+                    }
+                    (req.done)(Err(closed_error()));
+                    return;
+                }
                 match connected {
                     Ok(c) => {
                         let e = st.conns.entry(addr).or_insert_with(|| c.clone());
                         if e.broken.load(Ordering::Relaxed) {
-                            *e = c;
+                            *e = c.clone();
+                        }
+                        if !Arc::ptr_eq(e, &c) {
+                            // Another thread connected first: ours goes (and its reader).
+                            c.broken.store(true, Ordering::Relaxed);
+                            let _ = c.stream.shutdown(Shutdown::Both);
                         }
                         e.clone()
                     }
@@ -419,6 +498,24 @@ impl Shared {
         if out.writing {
             return;
         }
+        let corked = CORKED.with(|c| match c.borrow_mut().as_mut() {
+            Some(list) => {
+                if !list.iter().any(|(_, x)| Arc::ptr_eq(x, &conn)) {
+                    list.push((self.clone(), conn.clone()));
+                }
+                true
+            }
+            None => false,
+        });
+        if !corked {
+            self.flush(&conn, out);
+        }
+    }
+
+    /// Writes everything buffered on `conn` (the caller holds its `out`, with no write in
+    /// progress); submitters that buffer meanwhile leave their bytes to this loop.
+    fn flush<'a>(&self, conn: &'a Arc<Conn>, mut out: MutexGuard<'a, ConnOut>) {
+        debug_assert!(!out.writing);
         out.writing = true;
         loop {
             let mut chunk = std::mem::take(&mut out.spare);
@@ -432,8 +529,8 @@ impl Shared {
                 out.writing = false;
                 out.buf.clear();
                 drop(out);
-                tracing::debug!(%addr, error = %e, "pipelined client: write failed");
-                self.fail_conn(&conn);
+                tracing::debug!(addr = %conn.addr, error = %e, "pipelined client: write failed");
+                self.fail_conn(conn);
                 return;
             }
             if out.buf.is_empty() {
@@ -461,8 +558,8 @@ impl Shared {
             .spawn(move || read_loop(&shared, &c, rd))
             .map_err(|e| e.to_string())?;
         let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
-        readers.retain(|h| !h.is_finished());
-        readers.push(h);
+        readers.retain(|(h, _)| !h.is_finished());
+        readers.push((h, conn.clone()));
         Ok(conn)
     }
 
@@ -682,7 +779,8 @@ fn read_loop(shared: &Arc<Shared>, conn: &Arc<Conn>, mut rd: TcpStream) {
             start += total;
         }
         if !msgs.is_empty() {
-            shared.on_responses(conn, &mut msgs);
+            // Appends submitted by the callbacks go out in one write.
+            corked(|| shared.on_responses(conn, &mut msgs));
         }
         if fatal {
             break;

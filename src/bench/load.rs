@@ -490,26 +490,36 @@ impl Generator {
                     let mut i: u32 = 0;
                     while due < stop_at {
                         // Sleep at least PACER_SLEEP_MIN: the appends due meanwhile go out
-                        // together (their lag is measured, and counts in their latency).
+                        // together, in one write (their lag is measured, and counts in their
+                        // latency).
                         let now = Instant::now();
                         if due > now {
                             std::thread::sleep((due - now).max(PACER_SLEEP_MIN));
                         }
-                        let len = size.draw(&mut rng);
-                        let off = rng.below((data.len() - len + 1) as u64) as usize;
-                        let group = rng.below(groups);
-                        let intended = due;
-                        let rec = r.clone();
-                        let sent = Instant::now();
-                        let res = c.append_with(group, &data[off..off + len], move |res| {
-                            record_done(&rec, res, len, intended, sent, (start, stop_at));
+                        let now = Instant::now();
+                        let ok = c.corked(|| {
+                            while due <= now && due < stop_at {
+                                let len = size.draw(&mut rng);
+                                let off = rng.below((data.len() - len + 1) as u64) as usize;
+                                let group = rng.below(groups);
+                                let intended = due;
+                                let rec = r.clone();
+                                let sent = Instant::now();
+                                let res = c.append_with(group, &data[off..off + len], move |res| {
+                                    record_done(&rec, res, len, intended, sent, (start, stop_at));
+                                });
+                                if let Err(e) = res {
+                                    tracing::debug!(error = %e, "bench: submit failed");
+                                    return false;
+                                }
+                                i += 1;
+                                due = first + interval * i;
+                            }
+                            true
                         });
-                        if let Err(e) = res {
-                            tracing::debug!(error = %e, "bench: submit failed");
+                        if !ok {
                             break;
                         }
-                        i += 1;
-                        due = first + interval * i;
                     }
                 })
                 .expect("spawn a pacer thread");
