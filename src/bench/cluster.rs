@@ -42,8 +42,8 @@ pub struct ClusterArgs {
     /// Bytes per entry: a size (`1KiB`) or a distribution (`uniform:128..4096`).
     #[arg(long, default_value = "1KiB", value_parser = EntrySize::parse)]
     pub entry_size: EntrySize,
-    /// Appends in flight in the closed loop (all connections together); also the most in
-    /// flight in the open loop.
+    /// Appends in flight in the closed loop (all connections together); the open loop allows
+    /// four times as many.
     #[arg(long, default_value_t = 512)]
     pub concurrency: usize,
     /// Open-loop rate in appends/s. Given, the saturation phase is skipped.
@@ -85,6 +85,9 @@ pub struct ClusterArgs {
     #[arg(long)]
     pub quiet: bool,
 }
+
+/// Appends in flight allowed in the open loop, as a multiple of `--concurrency`.
+const OPEN_LOOP_WINDOW_FACTOR: usize = 4;
 
 /// The figures of one phase.
 #[derive(Debug, Clone, Serialize)]
@@ -449,7 +452,10 @@ fn run_phases(
     args: &ClusterArgs,
     addresses: &[SocketAddr],
 ) -> Result<(Vec<PhaseResult>, Vec<(String, Histogram<u64>)>), String> {
-    let per_conn = args.concurrency.div_ceil(args.connections);
+    // The closed loop keeps `concurrency` in flight by itself; the bound of the clients is
+    // the open loop's, with room for a backlog (four times the closed loop's) so that the
+    // pacers are not held back by the window while the cluster keeps up.
+    let per_conn = args.concurrency.div_ceil(args.connections) * OPEN_LOOP_WINDOW_FACTOR;
     let gen_ = Generator::new(
         addresses,
         args.connections,
@@ -516,7 +522,7 @@ fn compare_lines(l: &compare::Limits, r: &ClusterReport, local: bool) -> Vec<Str
             v.push(format!(
                 "corelog   {:.1} MiB/s of appends, written by {} replicas to this one disk = {:.1} MiB/s \
                  = {:.0}% of this disk's durable write bandwidth ({:.1} MiB/s with {} KiB writes); \
-                 per replica {:.0}% of one {}th of it",
+                 per replica {:.0}% of 1/{} of it",
                 r.mib_per_sec,
                 r.replicas,
                 written,
