@@ -13,6 +13,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod client_pipelined;
 pub mod consensus;
 pub mod frame;
 pub mod log;

@@ -14,7 +14,7 @@ struct Cli {
 enum Command {
     /// Benchmarks that print throughput and latency percentiles. With no mode: a local
     /// 3-replica cluster (`bench cluster`).
-    Bench(BenchCmd),
+    Bench(Box<BenchCmd>),
     /// Run a node of a cluster.
     Serve(corelog::tools::cli::ServeArgs),
     /// Configuration helpers.
@@ -73,6 +73,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(b) => {
+            let b = *b;
             let r = match b.mode {
                 Some(BenchMode::Wal(args)) => corelog::bench::wal::run(&args).map(|_| ()),
                 Some(BenchMode::Cluster(args)) => corelog::bench::cluster::run(&args).map(|_| ()),

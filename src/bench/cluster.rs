@@ -1,62 +1,102 @@
 //! `corelog bench` / `corelog bench cluster`: a replicated cluster under load.
 //!
 //! By default it starts a local cluster of `--replicas` nodes in this process (each node its
-//! own executor threads, real TCP on loopback, real files under a new directory in /var/tmp),
-//! waits for a leader, and runs `--concurrency` closed-loop clients, each on its own thread with
-//! its own session: append one entry, wait until it is committed on a majority (durable on
-//! each), record the latency, repeat. With `--addresses` it loads an existing cluster instead.
-//! The warm-up is excluded from every figure.
+//! own executor threads, real TCP on loopback, real files under a new directory in /var/tmp);
+//! with `--addresses` it loads an existing cluster instead. The load comes from a few
+//! connections with many appends in flight on each ([`super::load`]). Phases:
+//!
+//! 1. warm-up, closed loop (excluded from every figure);
+//! 2. saturation, closed loop with `--concurrency` appends in flight: the sustained throughput;
+//! 3. open loop at `--load-fraction` of that throughput (or at `--rate`, which skips 2): the
+//!    latency, measured from each append's due time (no coordinated omission).
+//!
+//! It prints a header (build, host, data directory, O_DIRECT) and loud warnings when the
+//! figures cannot be trusted, one progress line per second on stderr, the figures of each
+//! phase on stdout with a grep-able `SUMMARY` line, and writes `summary.json`, `latency.hgrm`,
+//! `timeseries.csv` and `report.html` into the output directory. `--compare` measures the
+//! machine's own limits first ([`super::compare`]) and states corelog's figures as fractions
+//! of them.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::{latency_histogram, parse_bytes, parse_duration, peak_rss_bytes, process_cpu_time};
-use crate::client::{Client, ClientConfig};
+use super::load::{EntrySize, Generator, PhaseResult};
+use super::progress::{Progress, human_us};
+use super::{compare, parse_duration, peak_rss_bytes, report};
 use crate::node::{self, NodeConfig, PeerConfig};
 
 /// Arguments of `corelog bench cluster`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClusterArgs {
-    /// Measured duration.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// Measured duration of each phase (saturation, open loop).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Warm-up before measuring (excluded).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub warmup: Duration,
-    /// Bytes per entry.
-    #[arg(long, default_value = "1KiB", value_parser = parse_bytes)]
-    pub entry_size: usize,
-    /// Clients (closed loop, one append in flight each).
-    #[arg(long, default_value_t = 32)]
+    /// Bytes per entry: a size (`1KiB`) or a distribution (`uniform:128..4096`).
+    #[arg(long, default_value = "1KiB", value_parser = EntrySize::parse)]
+    pub entry_size: EntrySize,
+    /// Appends in flight in the closed loop (all connections together); the open loop allows
+    /// four times as many.
+    #[arg(long, default_value_t = 512)]
     pub concurrency: usize,
+    /// Open-loop rate in appends/s. Given, the saturation phase is skipped.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Open-loop rate as a fraction of the saturation throughput.
+    #[arg(long, default_value_t = 0.8)]
+    pub load_fraction: f64,
+    /// Client connections (each with many appends in flight).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Consensus groups (logs) of the local cluster; appends are spread over them.
+    #[arg(long, default_value_t = 1)]
+    pub groups: u64,
     /// Replicas of the local cluster.
     #[arg(long, default_value_t = 3)]
     pub replicas: u64,
+    /// Seed of the entry sizes, contents and group choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Output directory for summary.json, latency.hgrm, timeseries.csv and report.html
+    /// (default: a new directory under ./corelog-bench/).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Run against an existing cluster (client addresses, comma separated) instead.
     #[arg(long, value_delimiter = ',')]
     pub addresses: Vec<SocketAddr>,
     /// Directory for the local cluster's data (default: a new directory under /var/tmp).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Write the figures as JSON to this file.
+    /// Also write summary.json to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Measure this machine's limits first (disk with io_uring, loopback TCP) and state the
+    /// figures as fractions of them.
+    #[arg(long)]
+    pub compare: bool,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
-/// The figures of one run.
+/// Appends in flight allowed in the open loop, as a multiple of `--concurrency`.
+const OPEN_LOOP_WINDOW_FACTOR: usize = 4;
+
+/// The figures of one phase.
 #[derive(Debug, Clone, Serialize)]
-pub struct ClusterReport {
-    pub replicas: u64,
-    pub concurrency: usize,
-    pub entry_size: usize,
+pub struct PhaseReport {
+    pub name: String,
+    pub mode: String,
+    pub offered_per_sec: Option<f64>,
     pub duration_s: f64,
     pub appends: u64,
-    pub errors: u64,
     pub appends_per_sec: f64,
     pub mib_per_sec: f64,
     pub min_us: u64,
@@ -67,8 +107,71 @@ pub struct ClusterReport {
     pub p999_us: u64,
     pub p9999_us: u64,
     pub max_us: u64,
+    pub errors: BTreeMap<String, u64>,
+    /// CPU per append of the whole process (all local replicas and the generator).
     pub cpu_us_per_append: f64,
+    /// The generator's CPU: cores used, share of the process, µs per append.
+    pub generator_cores: f64,
+    pub generator_cpu_share: f64,
+    pub generator_cpu_us_per_append: f64,
+    /// Open loop: due → sent lag of the generator, µs.
+    pub send_lag_p50_us: u64,
+    pub send_lag_p99_us: u64,
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterReport {
+    pub replicas: u64,
+    pub concurrency: usize,
+    pub connections: usize,
+    pub entry_size: String,
+    pub phases: Vec<PhaseReport>,
+    /// Sustained throughput (saturation phase; the open loop's when there is none).
+    pub appends_per_sec: f64,
+    pub mib_per_sec: f64,
+    /// Latency of the open-loop phase.
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
     pub peak_rss_mib: f64,
+    pub out_dir: PathBuf,
+    pub limits: Option<compare::Limits>,
+}
+
+fn q(h: &Histogram<u64>, p: f64) -> u64 {
+    if h.is_empty() { 0 } else { h.value_at_quantile(p) }
+}
+
+fn phase_report(p: &PhaseResult) -> PhaseReport {
+    let h = &p.latency;
+    let secs = p.duration.as_secs_f64();
+    let n = p.completed.max(1) as f64;
+    PhaseReport {
+        name: p.name.clone(),
+        mode: if p.offered_per_sec.is_some() { "open loop" } else { "closed loop" }.into(),
+        offered_per_sec: p.offered_per_sec,
+        duration_s: secs,
+        appends: p.completed,
+        appends_per_sec: p.appends_per_sec(),
+        mib_per_sec: p.mib_per_sec(),
+        min_us: h.min(),
+        mean_us: h.mean(),
+        p50_us: q(h, 0.5),
+        p90_us: q(h, 0.9),
+        p99_us: q(h, 0.99),
+        p999_us: q(h, 0.999),
+        p9999_us: q(h, 0.9999),
+        max_us: h.max(),
+        errors: p.errors.clone(),
+        cpu_us_per_append: p.process_cpu.as_secs_f64() * 1e6 / n,
+        generator_cores: p.generator_cpu.as_secs_f64() / secs,
+        generator_cpu_share: p.generator_cpu.as_secs_f64() / p.process_cpu.as_secs_f64().max(1e-9),
+        generator_cpu_us_per_append: p.generator_cpu.as_secs_f64() * 1e6 / n,
+        send_lag_p50_us: q(&p.send_lag, 0.5),
+        send_lag_p99_us: q(&p.send_lag, 0.99),
+    }
 }
 
 fn free_port() -> Result<u16, String> {
@@ -78,17 +181,102 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("finding a free port: {e}"))
 }
 
-/// Runs the benchmark and prints the figures.
-pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
-    if args.concurrency == 0 {
-        return Err("--concurrency must be at least 1".into());
+/// `YYYYmmdd-HHMMSS` (UTC) of now.
+fn timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+fn print_phase(p: &PhaseReport) {
+    match p.offered_per_sec {
+        Some(r) => println!(
+            "{} ({}, {:.0}s): offered {:.0}/s, achieved {:.0}/s",
+            p.name, p.mode, p.duration_s, r, p.appends_per_sec
+        ),
+        None => println!(
+            "{} ({}, {:.0}s): achieved {:.0}/s",
+            p.name, p.mode, p.duration_s, p.appends_per_sec
+        ),
     }
+    println!("  appends/s  {:>12.0}", p.appends_per_sec);
+    println!("  MiB/s      {:>12.1}", p.mib_per_sec);
+    println!(
+        "  latency    min {}  mean {}  p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}",
+        human_us(p.min_us),
+        human_us(p.mean_us.round() as u64),
+        human_us(p.p50_us),
+        human_us(p.p90_us),
+        human_us(p.p99_us),
+        human_us(p.p999_us),
+        human_us(p.p9999_us),
+        human_us(p.max_us)
+    );
+    if p.errors.is_empty() {
+        println!("  errors     none");
+    } else {
+        let e: Vec<String> = p.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("  errors     {}", e.join(", "));
+    }
+    println!(
+        "  generator  {:.2} cores ({:.0}% of this process's CPU, {:.1} µs per append){}",
+        p.generator_cores,
+        p.generator_cpu_share * 100.0,
+        p.generator_cpu_us_per_append,
+        if p.offered_per_sec.is_some() {
+            format!(
+                "; due-to-sent lag p50 {} p99 {}",
+                human_us(p.send_lag_p50_us),
+                human_us(p.send_lag_p99_us)
+            )
+        } else {
+            String::new()
+        }
+    );
+}
+
+/// Runs the benchmark, prints the figures and writes the output directory.
+pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
+    if args.concurrency == 0 || args.connections == 0 {
+        return Err("--concurrency and --connections must be at least 1".into());
+    }
+    if !(args.load_fraction > 0.0 && args.load_fraction <= 1.5) {
+        return Err("--load-fraction must be in (0, 1.5]".into());
+    }
+    if args.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        return Err("--rate must be positive".into());
+    }
+    if args.duration < Duration::from_secs(1) {
+        return Err("--duration must be at least 1s".into());
+    }
+    let out_dir = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("corelog-bench").join(format!("{}-{}", timestamp(), std::process::id()))
+    });
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| format!("creating the output directory {}: {e}", out_dir.display()))?;
+    let mut warnings = Vec::new();
     if cfg!(debug_assertions) {
-        eprintln!("WARNING: debug build; the figures mean nothing. Use --release.");
+        warnings.push("WARNING: debug build; the figures mean nothing. Use --release.".into());
     }
     let mut nodes = Vec::new();
     let mut _tmp = None;
-    let addresses = if args.addresses.is_empty() {
+    let mut header = Vec::new();
+    let mut limits = None;
+    let local = args.addresses.is_empty();
+    let addresses = if local {
         let dir = match &args.dir {
             Some(d) => d.clone(),
             None => {
@@ -102,14 +290,36 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
             }
         };
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        for line in super::host_header(&dir) {
+        header = super::host_header(&dir);
+        if crate::log::filesystem_type(&dir) == Some(libc::TMPFS_MAGIC) {
+            warnings.push(format!(
+                "WARNING: {} is on tmpfs: nothing is durable and the figures are not a disk's.",
+                dir.display()
+            ));
+        } else if !crate::log::direct_io_effective(&dir) {
+            warnings.push(format!(
+                "WARNING: O_DIRECT is not in effect on {}; the figures include the page cache.",
+                dir.display()
+            ));
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if (args.replicas as usize) > cores {
+            warnings.push(format!(
+                "note: {} replicas and the load generator share {cores} cores; latencies include \
+                 waiting for a CPU (up to a scheduler tick, 4 ms, when all are busy).",
+                args.replicas
+            ));
+        }
+        for line in &header {
             eprintln!("{line}");
         }
-        if !crate::log::direct_io_effective(&dir) {
-            eprintln!(
-                "WARNING: O_DIRECT is not in effect on {} (tmpfs?); the figures are not a disk's.",
-                dir.display()
-            );
+        for w in &warnings {
+            eprintln!("{w}");
+        }
+        if args.compare {
+            eprintln!("compare: measuring this machine's limits (disk under {})...", dir.display());
+            let l = compare::measure(&dir, &[4096, 256 << 10, 1 << 20], Duration::from_secs(1))?;
+            limits = Some(l);
         }
         let mut members = Vec::new();
         for id in 1..=args.replicas {
@@ -119,155 +329,335 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
                 client_addr: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
             });
         }
+        let cores = (args.groups as usize).clamp(1, cores);
         for id in 1..=args.replicas {
             let cfg = NodeConfig {
                 node_id: id,
                 data_dir: dir.join(format!("node{id}")),
                 members: members.clone(),
+                groups: args.groups,
+                cores,
                 ..NodeConfig::default()
             };
             nodes.push(node::start(cfg)?);
         }
         eprintln!(
-            "corelog bench: local cluster of {} replicas on loopback, data under {}",
+            "corelog bench: local cluster of {} replicas on loopback ({} group(s), {cores} core(s) \
+             each), data under {}",
             args.replicas,
+            args.groups,
             dir.display()
         );
         members.iter().map(|m| m.client_addr).collect()
     } else {
+        header.push(format!("cluster   existing, client addresses {:?}", args.addresses));
+        warnings.push(
+            "note: an existing cluster: its build, disks and O_DIRECT are not checked here.".into(),
+        );
+        for line in header.iter().chain(&warnings) {
+            eprintln!("{line}");
+        }
+        if args.compare {
+            let l = compare::measure(
+                Path::new("."),
+                &[4096, 256 << 10, 1 << 20],
+                Duration::from_secs(1),
+            )?;
+            limits = Some(l);
+        }
         args.addresses.clone()
     };
-    eprintln!(
-        "corelog bench: {} clients, {} B entries, {:.1}s + {:.1}s warm-up",
-        args.concurrency,
-        args.entry_size,
-        args.duration.as_secs_f64(),
-        args.warmup.as_secs_f64()
-    );
-    // Wait for a leader: the first append that succeeds.
-    let mut probe = Client::new(ClientConfig::new(addresses.clone())).map_err(|e| e.to_string())?;
-    probe
-        .append(0, b"corelog bench: warm-up probe")
-        .map_err(|e| format!("the cluster does not accept appends: {e}"))?;
-
-    let start = Instant::now();
-    let measure_from = start + args.warmup;
-    let stop_at = measure_from + args.duration;
-    let stop = Arc::new(AtomicBool::new(false));
-    let appends = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let mut threads = Vec::new();
-    for _ in 0..args.concurrency {
-        let (addresses, stop, appends, errors) =
-            (addresses.clone(), stop.clone(), appends.clone(), errors.clone());
-        let size = args.entry_size;
-        threads.push(std::thread::spawn(move || {
-            let mut hist = latency_histogram();
-            let Ok(mut client) = Client::new(ClientConfig::new(addresses)) else {
-                return hist;
-            };
-            let data = vec![0x5Au8; size];
-            while !stop.load(Ordering::Relaxed) {
-                let t0 = Instant::now();
-                if t0 >= stop_at {
-                    break;
-                }
-                match client.append(0, &data) {
-                    Ok(_) if t0 >= measure_from => {
-                        hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
-                        appends.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(_) => {}
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            hist
-        }));
-    }
-    std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
-    let cpu0 = process_cpu_time();
-    let mut last = 0;
-    while Instant::now() < stop_at {
-        std::thread::sleep(
-            Duration::from_secs(1).min(stop_at.saturating_duration_since(Instant::now())),
-        );
-        let now = appends.load(Ordering::Relaxed);
-        eprintln!("  {:>10} appends/s", now - last);
-        last = now;
-    }
-    let cpu = process_cpu_time().saturating_sub(cpu0);
-    stop.store(true, Ordering::Relaxed);
-    let mut hist = latency_histogram();
-    for t in threads {
-        if let Ok(h) = t.join() {
-            hist.add(&h).map_err(|e| e.to_string())?;
-        }
-    }
+    let result = run_phases(args, &addresses);
     for n in nodes {
         n.shutdown()?;
     }
-    let n = appends.load(Ordering::Relaxed);
-    let secs = args.duration.as_secs_f64();
+    let (phases, stages) = result?;
+    let reports: Vec<PhaseReport> = phases.iter().map(phase_report).collect();
+    let sat = reports.iter().find(|p| p.offered_per_sec.is_none()).unwrap_or(&reports[0]);
+    let open = reports.iter().find(|p| p.offered_per_sec.is_some()).unwrap_or(&reports[0]);
     let r = ClusterReport {
-        replicas: if args.addresses.is_empty() {
-            args.replicas
-        } else {
-            args.addresses.len() as u64
-        },
+        replicas: if local { args.replicas } else { args.addresses.len() as u64 },
         concurrency: args.concurrency,
-        entry_size: args.entry_size,
-        duration_s: secs,
-        appends: n,
-        errors: errors.load(Ordering::Relaxed),
-        appends_per_sec: n as f64 / secs,
-        mib_per_sec: n as f64 * args.entry_size as f64 / secs / (1 << 20) as f64,
-        min_us: hist.min(),
-        mean_us: hist.mean(),
-        p50_us: hist.value_at_quantile(0.5),
-        p90_us: hist.value_at_quantile(0.9),
-        p99_us: hist.value_at_quantile(0.99),
-        p999_us: hist.value_at_quantile(0.999),
-        p9999_us: hist.value_at_quantile(0.9999),
-        max_us: hist.max(),
-        cpu_us_per_append: if n > 0 && args.addresses.is_empty() {
-            cpu.as_secs_f64() * 1e6 / n as f64
-        } else {
-            0.0
-        },
+        connections: args.connections,
+        entry_size: args.entry_size.to_string(),
+        appends_per_sec: sat.appends_per_sec,
+        mib_per_sec: sat.mib_per_sec,
+        p50_us: open.p50_us,
+        p99_us: open.p99_us,
+        p999_us: open.p999_us,
+        max_us: open.max_us,
         peak_rss_mib: peak_rss_bytes() as f64 / (1 << 20) as f64,
+        out_dir: out_dir.clone(),
+        limits,
+        phases: reports.clone(),
     };
-    println!("appends/s        {:>12.0}", r.appends_per_sec);
-    println!("MiB/s            {:>12.1}", r.mib_per_sec);
-    println!(
-        "commit latency us min {} mean {:.0} p50 {} p90 {} p99 {} p99.9 {} p99.99 {} max {}",
-        r.min_us, r.mean_us, r.p50_us, r.p90_us, r.p99_us, r.p999_us, r.p9999_us, r.max_us
-    );
-    println!("errors           {:>12}", r.errors);
-    if args.addresses.is_empty() {
-        println!(
-            "cpu per append   {:>12.1} us (all replicas and the clients, one process)",
-            r.cpu_us_per_append
-        );
-        println!("peak RSS         {:>12.0} MiB (all replicas and the clients)", r.peak_rss_mib);
+    // stdout.
+    for line in header.iter().chain(&warnings) {
+        println!("{line}");
     }
     println!(
-        "SUMMARY cluster appends_per_sec={:.0} mib_per_sec={:.1} p50_us={} p99_us={} p999_us={} max_us={} entry_size={} concurrency={} replicas={}",
+        "settings  {} B entries ({}), {} in flight over {} connections, {} replica(s), seed {}",
+        args.entry_size.mean().round(),
+        args.entry_size,
+        args.concurrency,
+        args.connections,
+        r.replicas,
+        args.seed
+    );
+    for p in &reports {
+        print_phase(p);
+    }
+    if !stages.is_empty() {
+        println!("where the latency goes ({}):", open.name);
+        for l in report::stage_breakdown_text(&stages).lines() {
+            println!("  {l}");
+        }
+    }
+    if local {
+        println!(
+            "cpu per append {:.1} µs in the {} phase (all replicas and the generator, one \
+             process); peak RSS {:.0} MiB",
+            sat.cpu_us_per_append, sat.name, r.peak_rss_mib
+        );
+    }
+    let notes = r.limits.as_ref().map(|l| compare_lines(l, &r, local)).unwrap_or_default();
+    for n in &notes {
+        println!("{n}");
+    }
+    println!(
+        "SUMMARY cluster appends_per_sec={:.0} mib_per_sec={:.1} p50_us={} p99_us={} p999_us={} max_us={} offered_per_sec={:.0} achieved_per_sec={:.0} errors={} entry_size={} concurrency={} connections={} replicas={}",
         r.appends_per_sec,
         r.mib_per_sec,
         r.p50_us,
         r.p99_us,
         r.p999_us,
         r.max_us,
-        r.entry_size,
+        open.offered_per_sec.unwrap_or(0.0),
+        open.appends_per_sec,
+        reports.iter().map(|p| p.errors.values().sum::<u64>()).sum::<u64>(),
+        args.entry_size.mean().round(),
         r.concurrency,
+        r.connections,
         r.replicas
     );
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?;
-        std::fs::write(path, text + "\n")
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
-    }
+    write_outputs(args, &r, &phases, &stages, &header, &warnings, &notes)?;
+    println!("report    {}", out_dir.join("report.html").display());
     Ok(r)
+}
+
+/// The phases: warm-up + saturation (unless `--rate`), then the open loop. Returns the phases
+/// and the stage breakdown of the open loop.
+#[allow(clippy::type_complexity)]
+fn run_phases(
+    args: &ClusterArgs,
+    addresses: &[SocketAddr],
+) -> Result<(Vec<PhaseResult>, Vec<(String, Histogram<u64>)>), String> {
+    // The closed loop keeps `concurrency` in flight by itself; the bound of the clients is
+    // the open loop's, with room for a backlog (four times the closed loop's) so that the
+    // pacers are not held back by the window while the cluster keeps up.
+    let per_conn = args.concurrency.div_ceil(args.connections) * OPEN_LOOP_WINDOW_FACTOR;
+    let gen_ = Generator::new(
+        addresses,
+        args.connections,
+        per_conn,
+        args.groups,
+        args.entry_size,
+        args.seed,
+    )?;
+    gen_.wait_ready(Duration::from_secs(10))
+        .map_err(|e| format!("the cluster does not accept appends: {e}"))?;
+    let mut progress = Progress::new(args.quiet);
+    let mut phases = Vec::new();
+    let rate = match args.rate {
+        Some(r) => {
+            // A closed-loop warm-up at the same concurrency, not reported.
+            if !args.warmup.is_zero() {
+                let mut quiet = Progress::new(true);
+                gen_.closed_loop(
+                    "warm-up",
+                    args.concurrency,
+                    Duration::ZERO,
+                    args.warmup,
+                    &mut quiet,
+                );
+            }
+            r
+        }
+        None => {
+            let sat = gen_.closed_loop(
+                "saturation",
+                args.concurrency,
+                args.warmup,
+                args.duration,
+                &mut progress,
+            );
+            let r = sat.appends_per_sec() * args.load_fraction;
+            phases.push(sat);
+            if r < 1.0 {
+                gen_.close();
+                return Err("the saturation phase completed no appends".into());
+            }
+            r
+        }
+    };
+    let name = match args.rate {
+        Some(_) => "open loop".to_string(),
+        None => format!("open loop {:.0}%", args.load_fraction * 100.0),
+    };
+    let open = gen_.open_loop(&name, rate, args.duration, &mut progress);
+    gen_.close();
+    let stages = vec![
+        ("generator: due → sent".to_string(), open.send_lag.clone()),
+        ("cluster: sent → acknowledged".to_string(), open.service.clone()),
+    ];
+    phases.push(open);
+    Ok((phases, stages))
+}
+
+fn compare_lines(l: &compare::Limits, r: &ClusterReport, local: bool) -> Vec<String> {
+    let mut v = compare::describe(l);
+    if let Some(best) = l.best_disk() {
+        if local {
+            let written = r.mib_per_sec * r.replicas as f64;
+            v.push(format!(
+                "corelog   {:.1} MiB/s of appends, written by {} replicas to this one disk = {:.1} MiB/s \
+                 = {:.0}% of this disk's durable write bandwidth ({:.1} MiB/s with {} KiB writes); \
+                 per replica {:.0}% of 1/{} of it",
+                r.mib_per_sec,
+                r.replicas,
+                written,
+                written / best.mib_per_sec * 100.0,
+                best.mib_per_sec,
+                best.write_bytes >> 10,
+                r.mib_per_sec / (best.mib_per_sec / r.replicas as f64) * 100.0,
+                r.replicas
+            ));
+        } else {
+            v.push(format!(
+                "corelog   {:.1} MiB/s of appends = {:.0}% of this machine's disk bandwidth ({:.1} MiB/s)",
+                r.mib_per_sec,
+                r.mib_per_sec / best.mib_per_sec * 100.0,
+                best.mib_per_sec
+            ));
+        }
+    }
+    if let Some(small) = l.disk.iter().find(|d| d.write_bytes == 4096) {
+        let floor = small.p50_us + l.loopback_rtt_p50_us;
+        v.push(format!(
+            "corelog   open-loop commit p50 {} = {:.2}x (one durable 4 KiB write {} + one loopback round trip {})",
+            human_us(r.p50_us),
+            r.p50_us as f64 / floor.max(1) as f64,
+            human_us(small.p50_us),
+            human_us(l.loopback_rtt_p50_us)
+        ));
+    }
+    v
+}
+
+fn write_outputs(
+    args: &ClusterArgs,
+    r: &ClusterReport,
+    phases: &[PhaseResult],
+    stages: &[(String, Histogram<u64>)],
+    header: &[String],
+    warnings: &[String],
+    notes: &[String],
+) -> Result<(), String> {
+    let dir = &r.out_dir;
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).map_err(|e| format!("writing {}: {e}", p.display()))
+    };
+    let settings = serde_json::json!({
+        "duration_s": args.duration.as_secs_f64(),
+        "warmup_s": args.warmup.as_secs_f64(),
+        "entry_size": args.entry_size.to_string(),
+        "entry_size_mean": args.entry_size.mean(),
+        "concurrency": args.concurrency,
+        "rate": args.rate,
+        "load_fraction": args.load_fraction,
+        "connections": args.connections,
+        "groups": args.groups,
+        "replicas": r.replicas,
+        "seed": args.seed,
+        "addresses": args.addresses,
+        "compare": args.compare,
+    });
+    let open = phases.iter().rev().find(|p| p.offered_per_sec.is_some());
+    let summary = serde_json::json!({
+        "appends_per_sec": r.appends_per_sec,
+        "mib_per_sec": r.mib_per_sec,
+        "p50_us": r.p50_us,
+        "p99_us": r.p99_us,
+        "p999_us": r.p999_us,
+        "max_us": r.max_us,
+        "throughput_from": "saturation phase (closed loop)",
+        "latency_from": "open-loop phase, from each append's due time",
+        "offered_per_sec": open.and_then(|p| p.offered_per_sec),
+        "achieved_per_sec": open.map(|p| p.appends_per_sec()),
+        "peak_rss_mib": r.peak_rss_mib,
+        "settings": settings,
+        "host": header,
+        "warnings": warnings,
+        "phases": r.phases,
+        "limits": r.limits,
+    });
+    let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())? + "\n";
+    write("summary.json", &text)?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, &text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    if let Some(open) = open {
+        write("latency.hgrm", &report::hgrm(&open.latency))?;
+    }
+    for p in phases.iter().filter(|p| p.offered_per_sec.is_none()) {
+        write("latency-saturation.hgrm", &report::hgrm(&p.latency))?;
+    }
+    let mut csv = String::from(
+        "phase,second,appends,appends_per_sec,mib_per_sec,p50_us,p99_us,max_us,errors\n",
+    );
+    let rows: Vec<_> = phases.iter().flat_map(|p| p.seconds.iter()).cloned().collect();
+    for s in &rows {
+        csv.push_str(&format!(
+            "{},{},{},{},{:.3},{},{},{},{}\n",
+            s.phase, s.second, s.appends, s.appends, s.mib, s.p50_us, s.p99_us, s.max_us, s.errors
+        ));
+    }
+    write("timeseries.csv", &csv)?;
+    let mut summary_rows = Vec::new();
+    for p in &r.phases {
+        let label = match p.offered_per_sec {
+            Some(o) => format!("{} (offered {o:.0}/s)", p.name),
+            None => p.name.clone(),
+        };
+        summary_rows.push((
+            label,
+            format!(
+                "{:.0} appends/s, {:.1} MiB/s; p50 {}, p99 {}, p99.9 {}, max {}; errors {}",
+                p.appends_per_sec,
+                p.mib_per_sec,
+                human_us(p.p50_us),
+                human_us(p.p99_us),
+                human_us(p.p999_us),
+                human_us(p.max_us),
+                p.errors.values().sum::<u64>()
+            ),
+        ));
+    }
+    let settings_rows: Vec<(String, String)> = settings
+        .as_object()
+        .map(|o| o.iter().map(|(k, v)| (k.clone(), v.to_string())).collect())
+        .unwrap_or_default();
+    let html = report::render_html(&report::HtmlReport {
+        title: format!("corelog bench: {} replicas, {} entries", r.replicas, args.entry_size),
+        header,
+        settings: settings_rows,
+        summary: summary_rows,
+        warnings,
+        percentiles: phases.iter().map(|p| (p.name.clone(), &p.latency)).collect(),
+        seconds: &rows,
+        stages,
+        notes: notes.to_vec(),
+    });
+    write("report.html", &html)
 }

@@ -1,6 +1,10 @@
 //! Benchmarks behind `corelog bench`. They print figures; nothing here asserts a speed.
 
 pub mod cluster;
+pub mod compare;
+pub mod load;
+pub mod progress;
+pub mod report;
 pub mod wal;
 
 use std::time::Duration;

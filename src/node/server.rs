@@ -122,6 +122,9 @@ impl ClientConn {
     }
 }
 
+/// Read buffer of a client connection.
+const CLIENT_READ_BUFFER_BYTES: usize = 64 << 10;
+
 /// Resolves once `conn` is closed (registering `slot` as the waker).
 async fn closed(conn: &ClientConn, slot: fn(&ClientConn) -> &Cell<Option<Waker>>) {
     std::future::poll_fn(|cx| {
@@ -184,7 +187,10 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, listener: TcpListener) {
 
 async fn handle_conn(ctx: Rc<CoreCtx>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = futures_lite::io::split(stream);
+    let (rd, mut wr) = futures_lite::io::split(stream);
+    // Buffered: a pipelining client sends many requests back to back, and one read takes all
+    // that arrived instead of two reads (envelope, body) per request.
+    let mut rd = futures_lite::io::BufReader::with_capacity(CLIENT_READ_BUFFER_BYTES, rd);
     let conn = Rc::new(ClientConn::new(ctx.cfg.client_queue_bytes_max));
     let timeout = Duration::from_secs(ctx.cfg.read_timeout_secs.max(1));
     // The writer: everything queued goes out in one write. A write that does not finish

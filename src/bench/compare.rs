@@ -1,0 +1,257 @@
+//! `corelog bench --compare`: this machine's own limits, measured in the same run, so the
+//! cluster's figures can be read as fractions of them.
+//!
+//! - The disk: sequential O_DIRECT writes, each followed by an fdatasync, through io_uring
+//!   (the `io-uring` crate directly, no runtime), into a file preallocated and written once
+//!   with zeros (as corelog's segments are, so an fdatasync does not also commit extent
+//!   metadata). Measured at the flush sizes given: bandwidth, and the fdatasync latency.
+//! - The network: the round trip of a 64-byte message over loopback TCP (`TCP_NODELAY`), the
+//!   least a replicated commit pays once, and the client's request pays once more.
+//!
+//! Each probe runs for a short, fixed time and prints figures; nothing asserts a speed.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use io_uring::{IoUring, opcode, types};
+use serde::Serialize;
+
+use super::latency_histogram;
+
+/// The disk at one write size.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskPoint {
+    pub write_bytes: usize,
+    pub writes_per_sec: f64,
+    pub mib_per_sec: f64,
+    /// Write + fdatasync, µs.
+    pub p50_us: u64,
+    pub p99_us: u64,
+    /// The fdatasync alone, µs.
+    pub fdatasync_p50_us: u64,
+}
+
+/// The machine's limits.
+#[derive(Debug, Clone, Serialize)]
+pub struct Limits {
+    pub disk: Vec<DiskPoint>,
+    pub loopback_rtt_p50_us: u64,
+    pub loopback_rtt_p99_us: u64,
+}
+
+impl Limits {
+    /// The disk point with the highest bandwidth.
+    pub fn best_disk(&self) -> Option<&DiskPoint> {
+        self.disk.iter().max_by(|a, b| a.mib_per_sec.total_cmp(&b.mib_per_sec))
+    }
+}
+
+struct Aligned {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+impl Aligned {
+    fn new(len: usize) -> Aligned {
+        let layout = std::alloc::Layout::from_size_align(len, 4096).expect("layout");
+        // SAFETY: the layout has a non-zero size; zeroed memory is a valid [u8].
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!ptr.is_null(), "out of memory");
+        Aligned { ptr, layout }
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
+    }
+}
+
+fn wait_one(ring: &mut IoUring, what: &str) -> Result<i32, String> {
+    ring.submit_and_wait(1).map_err(|e| format!("io_uring submit ({what}): {e}"))?;
+    let cqe = ring.completion().next().ok_or_else(|| format!("no completion for {what}"))?;
+    let r = cqe.result();
+    if r < 0 {
+        return Err(format!("{what}: {}", std::io::Error::from_raw_os_error(-r)));
+    }
+    Ok(r)
+}
+
+/// Sequential O_DIRECT writes of `write_bytes`, each followed by an fdatasync, for `time`, in
+/// a file of `file_bytes` under `dir` (removed afterwards).
+pub fn disk_probe(
+    dir: &Path,
+    write_bytes: usize,
+    file_bytes: usize,
+    time: Duration,
+) -> Result<DiskPoint, String> {
+    let write_bytes = write_bytes.next_multiple_of(4096);
+    let file_bytes = file_bytes.max(write_bytes).next_multiple_of(write_bytes);
+    let path = dir.join(format!("corelog-compare-{}.probe", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .map_err(|e| format!("opening {} with O_DIRECT: {e}", path.display()))?;
+    let remove = scopeguard(&path);
+    let fd = types::Fd(file.as_raw_fd());
+    let mut ring = IoUring::new(4).map_err(|e| format!("io_uring setup: {e}"))?;
+    let buf = Aligned::new(write_bytes);
+    // SAFETY: the buffer is `write_bytes` long and lives until the end of this function.
+    unsafe { std::ptr::write_bytes(buf.ptr, 0x5A, write_bytes) };
+    let write_at = |ring: &mut IoUring, off: u64| -> Result<(), String> {
+        let e = opcode::Write::new(fd, buf.ptr, write_bytes as u32).offset(off).build();
+        // SAFETY: the buffer outlives the operation (we wait for its completion right here).
+        unsafe { ring.submission().push(&e).map_err(|_| "submission queue full".to_string())? };
+        let n = wait_one(ring, "write")?;
+        if n as usize != write_bytes {
+            return Err(format!("short write: {n} of {write_bytes} bytes"));
+        }
+        Ok(())
+    };
+    let sync = |ring: &mut IoUring| -> Result<(), String> {
+        let e = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build();
+        // SAFETY: no buffer involved.
+        unsafe { ring.submission().push(&e).map_err(|_| "submission queue full".to_string())? };
+        wait_one(ring, "fdatasync").map(|_| ())
+    };
+    // Write the whole file once (allocated, written extents), then measure overwrites.
+    let mut off = 0;
+    while off < file_bytes as u64 {
+        write_at(&mut ring, off)?;
+        off += write_bytes as u64;
+    }
+    sync(&mut ring)?;
+    let mut both = latency_histogram();
+    let mut fsync = latency_histogram();
+    let (start, mut off, mut n) = (Instant::now(), 0u64, 0u64);
+    while start.elapsed() < time {
+        let t0 = Instant::now();
+        write_at(&mut ring, off)?;
+        let t1 = Instant::now();
+        sync(&mut ring)?;
+        let t2 = Instant::now();
+        both.saturating_record((t2 - t0).as_micros() as u64);
+        fsync.saturating_record((t2 - t1).as_micros() as u64);
+        n += 1;
+        off = (off + write_bytes as u64) % file_bytes as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(remove);
+    Ok(DiskPoint {
+        write_bytes,
+        writes_per_sec: n as f64 / secs,
+        mib_per_sec: n as f64 * write_bytes as f64 / secs / (1 << 20) as f64,
+        p50_us: both.value_at_quantile(0.5),
+        p99_us: both.value_at_quantile(0.99),
+        fdatasync_p50_us: fsync.value_at_quantile(0.5),
+    })
+}
+
+/// Removes a file when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn scopeguard(p: &Path) -> RemoveOnDrop {
+    RemoveOnDrop(p.to_path_buf())
+}
+
+/// Round trips of a 64-byte message over loopback TCP for `time`.
+pub fn loopback_probe(time: Duration) -> Result<Histogram<u64>, String> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("loopback bind: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut b = [0u8; 64];
+        loop {
+            if s.read_exact(&mut b).is_err() {
+                return Ok(());
+            }
+            s.write_all(&b)?;
+        }
+    });
+    let mut c = std::net::TcpStream::connect(addr).map_err(|e| format!("loopback connect: {e}"))?;
+    c.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut h = latency_histogram();
+    let mut b = [7u8; 64];
+    let start = Instant::now();
+    while start.elapsed() < time {
+        let t0 = Instant::now();
+        c.write_all(&b).map_err(|e| e.to_string())?;
+        c.read_exact(&mut b).map_err(|e| e.to_string())?;
+        h.saturating_record((t0.elapsed().as_micros() as u64).max(1));
+    }
+    drop(c);
+    let _ = echo.join();
+    Ok(h)
+}
+
+/// Runs the probes: the disk under `dir` at each of `write_sizes`, then loopback TCP.
+pub fn measure(dir: &Path, write_sizes: &[usize], time_each: Duration) -> Result<Limits, String> {
+    let mut disk = Vec::new();
+    for &w in write_sizes {
+        disk.push(disk_probe(dir, w, (64 << 20).max(w * 8), time_each)?);
+    }
+    let rtt = loopback_probe(time_each)?;
+    Ok(Limits {
+        disk,
+        loopback_rtt_p50_us: rtt.value_at_quantile(0.5),
+        loopback_rtt_p99_us: rtt.value_at_quantile(0.99),
+    })
+}
+
+/// The limits as lines for stdout.
+pub fn describe(l: &Limits) -> Vec<String> {
+    let mut v = Vec::new();
+    for d in &l.disk {
+        v.push(format!(
+            "disk      O_DIRECT write + fdatasync of {:>7} B: {:>8.0} /s {:>8.1} MiB/s, p50 {} (fdatasync alone {}), p99 {}",
+            d.write_bytes,
+            d.writes_per_sec,
+            d.mib_per_sec,
+            super::progress::human_us(d.p50_us),
+            super::progress::human_us(d.fdatasync_p50_us),
+            super::progress::human_us(d.p99_us),
+        ));
+    }
+    v.push(format!(
+        "network   loopback TCP round trip (64 B): p50 {}, p99 {}",
+        super::progress::human_us(l.loopback_rtt_p50_us),
+        super::progress::human_us(l.loopback_rtt_p99_us)
+    ));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_measure_something() {
+        let dir = tempfile::tempdir_in(".").unwrap();
+        if !crate::log::direct_io_effective(dir.path()) {
+            eprintln!("skipping: O_DIRECT is not in effect here");
+            return;
+        }
+        let d = disk_probe(dir.path(), 4096, 1 << 20, Duration::from_millis(100)).unwrap();
+        assert!(d.writes_per_sec > 0.0 && d.p50_us > 0, "{d:?}");
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "probe file removed");
+        let h = loopback_probe(Duration::from_millis(50)).unwrap();
+        assert!(!h.is_empty());
+    }
+}

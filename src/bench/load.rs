@@ -1,0 +1,584 @@
+//! The load generator of `corelog bench cluster`: a few connections, many appends in flight on
+//! each (the [`PipelinedClient`]), every append's latency recorded.
+//!
+//! Two kinds of phase:
+//!
+//! - **Closed loop** (saturation): `concurrency` appends are kept in flight, spread over the
+//!   connections; each completion submits the next append from the completing thread (no
+//!   hand-off). Its throughput is what the cluster sustains; its latency is the latency *at*
+//!   saturation, which is mostly queueing.
+//! - **Open loop**: appends are due at a fixed rate (uniformly spaced per connection), whatever
+//!   happened to the earlier ones; a pacer thread per connection submits each when due. The
+//!   latency of an append is measured from when it was *due*, not from when the pacer got to
+//!   send it, so a stall of the cluster (or of the generator) shows in the figures instead of
+//!   silently delaying the next sends (coordinated omission, as wrk2 corrects it). The lag
+//!   between due and sent is recorded too: it is the generator's own share of the latency.
+//!
+//! Latencies are recorded for appends *submitted* (closed loop) or *due* (open loop) in the
+//! measured window; rates count appends *completed* in it. Per-second rows (count, p99) are
+//! taken from the same recorders once a second.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use super::latency_histogram;
+use crate::client::ClientError;
+use crate::client_pipelined::{PipelinedClient, PipelinedConfig};
+use crate::consensus::rand::SplitMix64;
+
+/// The shortest sleep of an open-loop pacer: a wake-up per append would cost more CPU than
+/// the appends (tens of thousands a second on two cores).
+const PACER_SLEEP_MIN: Duration = Duration::from_micros(100);
+
+/// Sizes of the entries appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntrySize {
+    /// Every entry has this many bytes.
+    Fixed(usize),
+    /// Uniformly distributed in `lo..=hi` bytes.
+    Uniform(usize, usize),
+}
+
+impl EntrySize {
+    /// Parses `1KiB`, `4096` or `uniform:128..4096` (sizes with units allowed).
+    pub fn parse(s: &str) -> Result<EntrySize, String> {
+        match s.trim().strip_prefix("uniform:") {
+            Some(range) => {
+                let (lo, hi) = range
+                    .split_once("..")
+                    .ok_or_else(|| format!("bad distribution {s:?} (use uniform:LO..HI)"))?;
+                let (lo, hi) =
+                    (super::parse_bytes(lo)?, super::parse_bytes(hi.trim_start_matches('=')));
+                let hi = hi?;
+                if lo == 0 || lo > hi {
+                    return Err(format!("bad range in {s:?}: need 0 < LO <= HI"));
+                }
+                Ok(EntrySize::Uniform(lo, hi))
+            }
+            None => match super::parse_bytes(s)? {
+                0 => Err("entry size must be at least 1 byte".into()),
+                n => Ok(EntrySize::Fixed(n)),
+            },
+        }
+    }
+
+    /// The largest entry.
+    pub fn max(&self) -> usize {
+        match *self {
+            EntrySize::Fixed(n) => n,
+            EntrySize::Uniform(_, hi) => hi,
+        }
+    }
+
+    /// The mean entry size.
+    pub fn mean(&self) -> f64 {
+        match *self {
+            EntrySize::Fixed(n) => n as f64,
+            EntrySize::Uniform(lo, hi) => (lo + hi) as f64 / 2.0,
+        }
+    }
+
+    fn draw(&self, rng: &mut SplitMix64) -> usize {
+        match *self {
+            EntrySize::Fixed(n) => n,
+            EntrySize::Uniform(lo, hi) => rng.range_inclusive(lo as u64, hi as u64) as usize,
+        }
+    }
+}
+
+impl std::fmt::Display for EntrySize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EntrySize::Fixed(n) => write!(f, "{n} B"),
+            EntrySize::Uniform(lo, hi) => write!(f, "uniform {lo}..{hi} B"),
+        }
+    }
+}
+
+/// What one connection's completions record.
+pub(crate) struct Recorder {
+    /// Latency of the appends measured in this phase (µs).
+    pub latency: Histogram<u64>,
+    /// Open loop: due → submitted (µs), the generator's own lag.
+    pub send_lag: Histogram<u64>,
+    /// Closed loop and open loop: submitted → acknowledged (µs).
+    pub service: Histogram<u64>,
+    /// Latency of this second (taken by the reporter).
+    pub second: Histogram<u64>,
+    /// Appends completed (successfully) in the window, and their bytes.
+    pub completed: u64,
+    pub bytes: u64,
+    /// Errors in the window, by kind.
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl Recorder {
+    fn new() -> Self {
+        Recorder {
+            latency: latency_histogram(),
+            send_lag: latency_histogram(),
+            service: latency_histogram(),
+            second: latency_histogram(),
+            completed: 0,
+            bytes: 0,
+            errors: BTreeMap::new(),
+        }
+    }
+}
+
+/// The kind of an error, for counting.
+pub fn error_kind(e: &ClientError) -> String {
+    match e {
+        ClientError::Timeout(..) => "timeout".into(),
+        ClientError::Refused { status, .. } => format!("refused:{status:?}"),
+        ClientError::Protocol(_) => "protocol".into(),
+    }
+}
+
+/// One row of the per-second series.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SecondRow {
+    pub phase: String,
+    pub second: u64,
+    pub appends: u64,
+    pub mib: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    pub errors: u64,
+}
+
+/// The outcome of one phase.
+pub struct PhaseResult {
+    pub name: String,
+    /// Open-loop rate asked for (None: closed loop).
+    pub offered_per_sec: Option<f64>,
+    pub duration: Duration,
+    pub latency: Histogram<u64>,
+    pub send_lag: Histogram<u64>,
+    pub service: Histogram<u64>,
+    pub completed: u64,
+    pub bytes: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub seconds: Vec<SecondRow>,
+    /// CPU time of the whole process in the window, and of the generator's threads.
+    pub process_cpu: Duration,
+    pub generator_cpu: Duration,
+}
+
+impl PhaseResult {
+    pub fn appends_per_sec(&self) -> f64 {
+        self.completed as f64 / self.duration.as_secs_f64()
+    }
+    pub fn mib_per_sec(&self) -> f64 {
+        self.bytes as f64 / self.duration.as_secs_f64() / (1 << 20) as f64
+    }
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// The generator: its connections (one pipelined client each) and the data appended.
+pub struct Generator {
+    clients: Vec<Arc<PipelinedClient>>,
+    recorders: Vec<Arc<Mutex<Recorder>>>,
+    groups: u64,
+    size: EntrySize,
+    /// Random bytes to slice entries from.
+    data: Arc<Vec<u8>>,
+    seed: u64,
+}
+
+/// Settings shared by the callbacks of one closed-loop phase.
+struct ClosedCtx {
+    client: Arc<PipelinedClient>,
+    rec: Arc<Mutex<Recorder>>,
+    rng: Mutex<SplitMix64>,
+    data: Arc<Vec<u8>>,
+    size: EntrySize,
+    groups: u64,
+    measure_from: Instant,
+    stop_at: Instant,
+    stop: AtomicBool,
+}
+
+fn record_done(
+    rec: &Mutex<Recorder>,
+    r: Result<crate::client::Position, ClientError>,
+    bytes: usize,
+    intended: Instant,
+    sent: Instant,
+    window: (Instant, Instant),
+) {
+    let now = Instant::now();
+    let mut rec = rec.lock().unwrap_or_else(|e| e.into_inner());
+    let completed_in = now >= window.0 && now < window.1;
+    match r {
+        Ok(_) => {
+            if intended >= window.0 && intended < window.1 {
+                let us = (now.duration_since(intended).as_micros() as u64).max(1);
+                rec.latency.saturating_record(us);
+                rec.second.saturating_record(us);
+                rec.service.saturating_record((now.duration_since(sent).as_micros() as u64).max(1));
+                if sent > intended {
+                    rec.send_lag
+                        .saturating_record(sent.duration_since(intended).as_micros() as u64);
+                } else {
+                    rec.send_lag.saturating_record(0);
+                }
+            }
+            if completed_in {
+                rec.completed += 1;
+                rec.bytes += bytes as u64;
+            }
+        }
+        Err(e) => {
+            if completed_in || (intended >= window.0 && intended < window.1) {
+                *rec.errors.entry(error_kind(&e)).or_default() += 1;
+            }
+        }
+    }
+}
+
+fn closed_next(ctx: &Arc<ClosedCtx>) {
+    let now = Instant::now();
+    if ctx.stop.load(Ordering::Relaxed) || now >= ctx.stop_at {
+        return;
+    }
+    let (len, off, group) = {
+        let mut rng = ctx.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let len = ctx.size.draw(&mut rng);
+        let off = rng.below((ctx.data.len() - len + 1) as u64) as usize;
+        (len, off, rng.below(ctx.groups))
+    };
+    let c = ctx.clone();
+    let r = ctx.client.try_append_with(group, &ctx.data[off..off + len], move |r| {
+        record_done(&c.rec, r, len, now, now, (c.measure_from, c.stop_at));
+        closed_next(&c);
+    });
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "bench: submit failed");
+    }
+}
+
+impl Generator {
+    /// A generator with `connections` pipelined clients of `nodes`, each allowing
+    /// `in_flight_per_connection` appends in flight.
+    pub fn new(
+        nodes: &[std::net::SocketAddr],
+        connections: usize,
+        in_flight_per_connection: usize,
+        groups: u64,
+        size: EntrySize,
+        seed: u64,
+    ) -> Result<Generator, String> {
+        let mut clients = Vec::new();
+        for _ in 0..connections {
+            let mut cfg = PipelinedConfig::new(nodes.to_vec());
+            cfg.max_in_flight = in_flight_per_connection.max(1);
+            clients.push(Arc::new(PipelinedClient::new(cfg).map_err(|e| e.to_string())?));
+        }
+        let mut rng = SplitMix64::new(seed);
+        let data_len = (size.max() * 4).max(64 << 10);
+        let data: Vec<u8> = (0..data_len).map(|_| rng.next_u64() as u8).collect();
+        Ok(Generator {
+            recorders: (0..connections).map(|_| Arc::new(Mutex::new(Recorder::new()))).collect(),
+            clients,
+            groups: groups.max(1),
+            size,
+            data: Arc::new(data),
+            seed,
+        })
+    }
+
+    /// Waits until every group takes an append (a leader everywhere), up to `within`.
+    pub fn wait_ready(&self, within: Duration) -> Result<(), String> {
+        for g in 0..self.groups {
+            let p =
+                self.clients[0].append(g, b"corelog bench: probe").map_err(|e| e.to_string())?;
+            let deadline = Instant::now() + within;
+            match p.wait() {
+                Ok(_) => {}
+                Err(e) if Instant::now() < deadline => {
+                    return Err(format!("group {g} does not accept appends: {e}"));
+                }
+                Err(e) => return Err(format!("group {g}: no leader within {within:?}: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    fn reset(&self) {
+        for r in &self.recorders {
+            *r.lock().unwrap_or_else(|e| e.into_inner()) = Recorder::new();
+        }
+    }
+
+    /// Takes the per-second figures of all connections.
+    fn take_second(&self, phase: &str, second: u64, prev: &mut (u64, u64, u64)) -> SecondRow {
+        let mut h = latency_histogram();
+        let (mut done, mut bytes, mut errors) = (0, 0, 0);
+        for r in &self.recorders {
+            let mut r = r.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = h.add(&r.second);
+            r.second.reset();
+            done += r.completed;
+            bytes += r.bytes;
+            errors += r.errors.values().sum::<u64>();
+        }
+        let row = SecondRow {
+            phase: phase.to_string(),
+            second,
+            appends: done - prev.0,
+            mib: (bytes - prev.1) as f64 / (1 << 20) as f64,
+            p50_us: if h.is_empty() { 0 } else { h.value_at_quantile(0.5) },
+            p99_us: if h.is_empty() { 0 } else { h.value_at_quantile(0.99) },
+            max_us: h.max(),
+            errors: errors - prev.2,
+        };
+        *prev = (done, bytes, errors);
+        row
+    }
+
+    fn collect(
+        &self,
+        name: &str,
+        offered: Option<f64>,
+        duration: Duration,
+        seconds: Vec<SecondRow>,
+        cpu: (Duration, Duration),
+    ) -> PhaseResult {
+        let mut res = PhaseResult {
+            name: name.to_string(),
+            offered_per_sec: offered,
+            duration,
+            latency: latency_histogram(),
+            send_lag: latency_histogram(),
+            service: latency_histogram(),
+            completed: 0,
+            bytes: 0,
+            errors: BTreeMap::new(),
+            seconds,
+            process_cpu: cpu.0,
+            generator_cpu: cpu.1,
+        };
+        for r in &self.recorders {
+            let r = r.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = res.latency.add(&r.latency);
+            let _ = res.send_lag.add(&r.send_lag);
+            let _ = res.service.add(&r.service);
+            res.completed += r.completed;
+            res.bytes += r.bytes;
+            for (k, v) in &r.errors {
+                *res.errors.entry(k.clone()).or_default() += v;
+            }
+        }
+        res
+    }
+
+    /// Reports once a second until `stop_at`, measuring from `measure_from`.
+    fn tick_until(
+        &self,
+        phase: &str,
+        measure_from: Instant,
+        stop_at: Instant,
+        progress: &mut super::progress::Progress,
+    ) -> (Vec<SecondRow>, (Duration, Duration)) {
+        std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
+        let mut prev = (0, 0, 0);
+        let mut rows = Vec::new();
+        let cpu0 = (super::process_cpu_time(), generator_cpu_time());
+        let mut next = measure_from + Duration::from_secs(1);
+        let mut second = 0;
+        while next <= stop_at + Duration::from_millis(1) {
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            second += 1;
+            let row = self.take_second(phase, second, &mut prev);
+            progress.second(&row);
+            rows.push(row);
+            next += Duration::from_secs(1);
+        }
+        std::thread::sleep(stop_at.saturating_duration_since(Instant::now()));
+        let cpu = (
+            super::process_cpu_time().saturating_sub(cpu0.0),
+            generator_cpu_time().saturating_sub(cpu0.1),
+        );
+        (rows, cpu)
+    }
+
+    /// Waits until nothing is in flight (up to the clients' deadline).
+    fn drain(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.clients.iter().any(|c| c.in_flight() > 0) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A closed-loop phase: `concurrency` appends in flight for `warmup + duration`, figures
+    /// from the last `duration`.
+    pub fn closed_loop(
+        &self,
+        name: &str,
+        concurrency: usize,
+        warmup: Duration,
+        duration: Duration,
+        progress: &mut super::progress::Progress,
+    ) -> PhaseResult {
+        self.reset();
+        let start = Instant::now();
+        let measure_from = start + warmup;
+        let stop_at = measure_from + duration;
+        let n = self.clients.len();
+        let mut ctxs = Vec::new();
+        for (k, (c, r)) in self.clients.iter().zip(&self.recorders).enumerate() {
+            let ctx = Arc::new(ClosedCtx {
+                client: c.clone(),
+                rec: r.clone(),
+                rng: Mutex::new(SplitMix64::new(self.seed ^ ((k as u64 + 1) * 0x9E37))),
+                data: self.data.clone(),
+                size: self.size,
+                groups: self.groups,
+                measure_from,
+                stop_at,
+                stop: AtomicBool::new(false),
+            });
+            let share = concurrency / n + usize::from(k < concurrency % n);
+            for _ in 0..share {
+                closed_next(&ctx);
+            }
+            ctxs.push(ctx);
+        }
+        progress.phase(name, warmup, duration);
+        let (rows, cpu) = self.tick_until(name, measure_from, stop_at, progress);
+        for c in &ctxs {
+            c.stop.store(true, Ordering::Relaxed);
+        }
+        self.drain();
+        progress.end_phase();
+        self.collect(name, None, duration, rows, cpu)
+    }
+
+    /// An open-loop phase at `rate` appends/s for `duration`.
+    pub fn open_loop(
+        &self,
+        name: &str,
+        rate: f64,
+        duration: Duration,
+        progress: &mut super::progress::Progress,
+    ) -> PhaseResult {
+        self.reset();
+        let n = self.clients.len();
+        let start = Instant::now() + Duration::from_millis(20);
+        let stop_at = start + duration;
+        let interval = Duration::from_secs_f64(n as f64 / rate.max(1e-3));
+        let mut pacers = Vec::new();
+        for (k, (c, r)) in self.clients.iter().zip(&self.recorders).enumerate() {
+            let (c, r, data, size, groups) =
+                (c.clone(), r.clone(), self.data.clone(), self.size, self.groups);
+            let seed = self.seed ^ ((k as u64 + 101) * 0x9E37);
+            // Connections start staggered within one interval.
+            let first = start + interval.mul_f64(k as f64 / n as f64);
+            let h = std::thread::Builder::new()
+                .name("corelog-bench-p".into())
+                .spawn(move || {
+                    let mut rng = SplitMix64::new(seed);
+                    let mut due = first;
+                    let mut i: u32 = 0;
+                    while due < stop_at {
+                        // Sleep at least PACER_SLEEP_MIN: the appends due meanwhile go out
+                        // together, in one write (their lag is measured, and counts in their
+                        // latency).
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep((due - now).max(PACER_SLEEP_MIN));
+                        }
+                        let now = Instant::now();
+                        let ok = c.corked(|| {
+                            while due <= now && due < stop_at {
+                                let len = size.draw(&mut rng);
+                                let off = rng.below((data.len() - len + 1) as u64) as usize;
+                                let group = rng.below(groups);
+                                let intended = due;
+                                let rec = r.clone();
+                                let sent = Instant::now();
+                                let res = c.append_with(group, &data[off..off + len], move |res| {
+                                    record_done(&rec, res, len, intended, sent, (start, stop_at));
+                                });
+                                if let Err(e) = res {
+                                    tracing::debug!(error = %e, "bench: submit failed");
+                                    return false;
+                                }
+                                i += 1;
+                                due = first + interval * i;
+                            }
+                            true
+                        });
+                        if !ok {
+                            break;
+                        }
+                    }
+                })
+                .expect("spawn a pacer thread");
+            pacers.push(h);
+        }
+        progress.phase(name, Duration::ZERO, duration);
+        let (rows, cpu) = self.tick_until(name, start, stop_at, progress);
+        for p in pacers {
+            let _ = p.join();
+        }
+        self.drain();
+        progress.end_phase();
+        self.collect(name, Some(rate), duration, rows, cpu)
+    }
+
+    /// Closes the connections.
+    pub fn close(&self) {
+        for c in &self.clients {
+            c.close();
+        }
+    }
+}
+
+/// CPU time of the generator's threads (the pipelined clients' and the pacers'), from
+/// /proc/self/task/*/stat (clock ticks).
+pub fn generator_cpu_time() -> Duration {
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut ticks = 0u64;
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return Duration::ZERO };
+    for t in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let comm = &stat[open + 1..close];
+        if !(comm.starts_with("corelog-client") || comm.starts_with("corelog-bench")) {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        // After the comm: state is field 3; utime and stime are fields 14 and 15.
+        let f = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        ticks += f(14) + f(15);
+    }
+    Duration::from_secs_f64(ticks as f64 / tick)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_entry_sizes() {
+        assert_eq!(EntrySize::parse("1KiB").unwrap(), EntrySize::Fixed(1024));
+        assert_eq!(EntrySize::parse("uniform:128..4k").unwrap(), EntrySize::Uniform(128, 4096));
+        assert!(EntrySize::parse("uniform:4k..128").is_err());
+        assert!(EntrySize::parse("uniform:12").is_err());
+        assert!(EntrySize::parse("0").is_err());
+        let mut rng = SplitMix64::new(1);
+        let u = EntrySize::Uniform(10, 20);
+        let draws: Vec<usize> = (0..1000).map(|_| u.draw(&mut rng)).collect();
+        assert!(draws.iter().all(|d| (10..=20).contains(d)));
+        assert!(draws.contains(&10) && draws.contains(&20));
+    }
+}

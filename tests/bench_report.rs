@@ -1,0 +1,164 @@
+//! `corelog bench` end to end (a short run of the real binary against a local 3-replica
+//! cluster): the phases, the stdout figures and the SUMMARY line, and the files of the output
+//! directory, with report.html rendered by headless Chromium (Debian's `chromium`; the test
+//! skips the browser part when it is not installed, unless CORELOG_REQUIRE_CHROMIUM=1).
+
+use std::path::Path;
+use std::process::Command;
+
+fn bench(out: &Path, data: &Path, extra: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .args(["bench", "--quiet", "--duration", "1s", "--connections", "2"])
+        .arg("--out")
+        .arg(out)
+        .arg("--dir")
+        .arg(data)
+        .args(extra)
+        .output()
+        .expect("run corelog bench");
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "corelog bench failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout
+}
+
+fn summary_field(stdout: &str, key: &str) -> f64 {
+    let line = stdout.lines().find(|l| l.starts_with("SUMMARY cluster ")).expect("SUMMARY line");
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key} missing in {line}"))
+        .parse()
+        .unwrap()
+}
+
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser", "google-chrome"].into_iter().find(|b| {
+        Command::new(b).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
+    })
+}
+
+#[test]
+fn default_phases_write_every_report_and_the_page_renders() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (out, data) = (tmp.path().join("out"), tmp.path().join("data"));
+    let stdout = bench(&out, &data, &["--warmup", "500ms", "--concurrency", "64"]);
+    // stdout: both phases, every percentile, errors, the generator's share, the stages.
+    for needle in [
+        "saturation (closed loop",
+        "open loop 80% (open loop",
+        "offered ",
+        "p99.99 ",
+        "errors     none",
+        "generator  ",
+        "where the latency goes",
+        "data dir  ",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} missing in\n{stdout}");
+    }
+    let sat = summary_field(&stdout, "appends_per_sec");
+    let offered = summary_field(&stdout, "offered_per_sec");
+    assert!(sat > 0.0);
+    assert!((offered - 0.8 * sat).abs() <= 1.0, "offered {offered} is 80% of {sat}");
+    assert_eq!(summary_field(&stdout, "errors"), 0.0);
+    assert!(summary_field(&stdout, "p99_us") >= summary_field(&stdout, "p50_us"));
+
+    // summary.json
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    for k in ["appends_per_sec", "mib_per_sec", "p50_us", "p99_us", "p999_us", "max_us"] {
+        assert!(j[k].is_number(), "summary.json lacks {k}: {j}");
+    }
+    assert_eq!(j["settings"]["concurrency"], 64);
+    assert_eq!(j["settings"]["replicas"], 3);
+    assert_eq!(j["phases"].as_array().unwrap().len(), 2);
+    assert_eq!(j["appends_per_sec"].as_f64().unwrap().round(), sat);
+
+    // latency.hgrm: the percentile distribution format.
+    let hgrm = std::fs::read_to_string(out.join("latency.hgrm")).unwrap();
+    assert!(hgrm.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)\n\n"));
+    assert!(hgrm.contains("#[Mean    =") && hgrm.contains("Total count    ="), "{hgrm}");
+    let data_lines: Vec<&str> =
+        hgrm.lines().skip(2).filter(|l| !l.starts_with('#') && !l.is_empty()).collect();
+    assert!(data_lines.len() > 10, "{hgrm}");
+    let pct: Vec<f64> =
+        data_lines.iter().map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap()).collect();
+    assert!(pct.windows(2).all(|w| w[0] <= w[1]), "percentiles ascend");
+    assert_eq!(*pct.last().unwrap(), 1.0);
+
+    // timeseries.csv: one row per second of each phase.
+    let csv = std::fs::read_to_string(out.join("timeseries.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().starts_with("phase,second,appends,"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.iter().filter(|r| r[0] == "saturation").count(), 1, "{csv}");
+    assert_eq!(rows.iter().filter(|r| r[0].starts_with("open loop")).count(), 1, "{csv}");
+
+    // report.html: the charts, as the browser sees them.
+    let page = out.join("report.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    for id in ["latency-percentiles", "throughput-timeseries", "p99-timeseries", "stage-shares"] {
+        assert!(html.contains(&format!("<svg id=\"{id}\"")), "{id} missing");
+    }
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var_os("CORELOG_REQUIRE_CHROMIUM").is_none(),
+            "CORELOG_REQUIRE_CHROMIUM is set but no chromium is installed"
+        );
+        eprintln!("skipping the browser check: chromium is not installed");
+        return;
+    };
+    let profile = tmp.path().join("chromium-profile");
+    let headless = |extra: &[&str]| {
+        Command::new(browser)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(extra)
+            .arg(format!("file://{}", page.display()))
+            .output()
+            .expect("run chromium")
+    };
+    let dom = headless(&["--dump-dom"]);
+    assert!(dom.status.success(), "{}", String::from_utf8_lossy(&dom.stderr));
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    for id in ["latency-percentiles", "throughput-timeseries", "p99-timeseries", "stage-shares"] {
+        assert!(dom.contains(&format!("<svg id=\"{id}\"")), "the browser's DOM lacks svg#{id}");
+    }
+    // Two latency lines (saturation, open loop), a line per phase in each time series.
+    assert!(dom.matches("class=\"series\"").count() >= 6, "{dom}");
+    assert_eq!(dom.matches("<rect class=\"stage\"").count(), 2);
+    let shot = tmp.path().join("report.png");
+    let s = headless(&[&format!("--screenshot={}", shot.display()), "--window-size=900,2400"]);
+    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "a page with charts");
+}
+
+#[test]
+fn a_fixed_rate_skips_saturation_and_sizes_follow_the_distribution() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (out, data) = (tmp.path().join("out"), tmp.path().join("data"));
+    let stdout = bench(
+        &out,
+        &data,
+        &["--warmup", "0s", "--rate", "2000", "--entry-size", "uniform:100..3000", "--seed", "7"],
+    );
+    assert!(!stdout.contains("saturation (closed loop"), "{stdout}");
+    assert!(stdout.contains("open loop (open loop, 1s): offered 2000/s"), "{stdout}");
+    assert_eq!(summary_field(&stdout, "errors"), 0.0);
+    assert_eq!(summary_field(&stdout, "entry_size"), 1550.0, "the mean of 100..=3000");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(j["settings"]["seed"], 7);
+    assert_eq!(j["phases"].as_array().unwrap().len(), 1);
+    // MiB/s and appends/s agree with a mean entry of about 1550 bytes.
+    let (n, mib) = (
+        j["phases"][0]["appends"].as_f64().unwrap(),
+        j["phases"][0]["mib_per_sec"].as_f64().unwrap(),
+    );
+    assert!(n > 0.0);
+    let mean = mib * (1 << 20) as f64 / j["phases"][0]["appends_per_sec"].as_f64().unwrap();
+    assert!((1200.0..1900.0).contains(&mean), "mean entry {mean} bytes");
+}
