@@ -379,6 +379,22 @@ fn chaos(mut c: ProcCluster, cuts: Option<NetnsCuts>, what: &str) {
     let last = acked.iter().map(|a| a.pos.index).max().unwrap();
     let log = c.same_log_everywhere(0, last);
     let normal = check_exactly_once(&log, &acked);
+    // The longest time the clients went without an acknowledgement (informational: it bounds
+    // how long elections and catch-up took under the schedule, on a shared machine).
+    let mut times: Vec<Instant> = acked.iter().map(|a| a.at).collect();
+    times.sort();
+    let gap = times
+        .windows(2)
+        .map(|w| (w[1] - w[0], w[1]))
+        .max_by_key(|&(d, _)| d)
+        .map(|(d, at)| format!("{d:?} (ending at {:.1}s)", (at - t0).as_secs_f64()))
+        .unwrap_or_default();
+    println!("longest time without an acknowledgement: {gap}");
+    if let Net::Proxy(p) = &c.net {
+        // Informational: connections through the proxy now (one per directed link and core
+        // when every node is connected; more while a dead connection awaits its timeout).
+        println!("connections through the proxy: {}", p.connections());
+    }
     let faults: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!("faults: {}", faults.join(", "));
     println!(
