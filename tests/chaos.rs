@@ -420,7 +420,7 @@ fn chaos_through_the_fault_proxy() {
 }
 
 /// The proxy handles the per-core ports: with 2 cores, both groups (one per core) elect a
-/// leader and replicate through it, and a blackhole on one node's links stops its core links.
+/// leader and replicate through it, on one route per directed link and core.
 #[test]
 fn proxied_cluster_with_two_cores_replicates_every_group() {
     let _serial = serial();
