@@ -537,3 +537,79 @@ fn latency_with_delayed_links() {
         println!("{r}");
     }
 }
+
+/// How long a leader's SIGKILL stops the acknowledgements: kills the leader of a 3-node
+/// cluster (direct links) `FAILOVER_KILLS` times (default 10) under 4 writers, and prints for
+/// each kill the time until a new leader answers a status probe and until the first append is
+/// acknowledged after the kill. Ignored by default (about a minute): `cargo test --release
+/// --test chaos -- --ignored --nocapture failover`.
+#[test]
+#[ignore]
+fn failover_time() {
+    let _serial = serial();
+    let kills = env_u64("FAILOVER_KILLS").unwrap_or(10);
+    let mut c = ProcCluster::start(Options::default());
+    c.leader(Duration::from_secs(15));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let threads: Vec<_> = (0..4)
+        .map(|w| {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            let mut client = c.client();
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    if client.append(0, &payload(w, n)).is_ok() {
+                        acked.lock().unwrap().push(Instant::now());
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut probe = c.probe();
+    let (mut to_leader, mut to_ack) = (Vec::new(), Vec::new());
+    for k in 0..kills {
+        std::thread::sleep(Duration::from_millis(1000));
+        let (old, _) = c.leader(Duration::from_secs(15));
+        let killed = Instant::now();
+        c.kill9(old);
+        let leader_after = loop {
+            if let Some((l, _)) = c.leader_now(&mut probe)
+                && l != old
+            {
+                break killed.elapsed();
+            }
+            assert!(killed.elapsed() < Duration::from_secs(15), "no new leader");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let ack_after = loop {
+            let first = acked.lock().unwrap().iter().filter(|&&t| t > killed).min().copied();
+            if let Some(t) = first {
+                break t - killed;
+            }
+            assert!(killed.elapsed() < Duration::from_secs(15), "no append after the kill");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        println!(
+            "kill {k}: node {old}; new leader after {leader_after:?}, first ack after {ack_after:?}"
+        );
+        to_leader.push(leader_after);
+        to_ack.push(ack_after);
+        c.spawn(old);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    to_leader.sort();
+    to_ack.sort();
+    let mid = |v: &[Duration]| v[v.len() / 2];
+    println!(
+        "over {kills} kills: new leader median {:?} max {:?}; first ack median {:?} max {:?}",
+        mid(&to_leader),
+        to_leader.last().unwrap(),
+        mid(&to_ack),
+        to_ack.last().unwrap()
+    );
+}
