@@ -10,11 +10,14 @@
 //!   and a fake disk and checks the safety invariants after every step.
 //! - [`wire`]: the envelope of every message on a TCP connection (peers and clients).
 //! - [`bench`]: the benchmarks behind `corelog bench`.
+//! - [`faultproxy`]: the fault-injecting TCP proxy that the tests of real processes put
+//!   between the nodes (`corelog proxy`).
 
 pub mod bench;
 pub mod client;
 pub mod client_pipelined;
 pub mod consensus;
+pub mod faultproxy;
 pub mod frame;
 pub mod log;
 pub mod node;

@@ -26,6 +26,9 @@ enum Command {
     Cluster(corelog::tools::cli::ClusterArgs),
     #[command(flatten)]
     Client(corelog::tools::cli::ClientCommand),
+    /// A fault-injecting TCP proxy between the nodes of a test cluster (delay, jitter,
+    /// blackhole, stall, reset, bandwidth cap per directed link), or one command to it.
+    Proxy(corelog::faultproxy::ProxyArgs),
     /// Run the deterministic consensus simulator over many seeds.
     Sim(corelog::sim::cli::SimArgs),
     /// Check a log directory: recover it read-only style and print what it holds.
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         }
         Command::Cluster(args) => corelog::tools::cli::cluster(&args),
         Command::Client(cmd) => corelog::tools::cli::client(&cmd),
+        Command::Proxy(args) => corelog::faultproxy::run(&args),
         Command::Sim(args) => corelog::sim::cli::run(&args),
         Command::Inspect(args) => corelog::tools::inspect::run(&args),
         Command::Doctor(args) => corelog::tools::doctor::run(&args),

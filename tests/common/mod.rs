@@ -196,5 +196,439 @@ impl LocalCluster {
                 n.shutdown().expect("shutdown");
             }
         }
+/// Clusters of real `corelog serve` processes for the fault tests, with every peer link
+/// optionally through the fault proxy, or each node in its own network namespace.
+pub mod procs {
+    use std::collections::{HashMap, HashSet};
+    use std::net::{IpAddr, SocketAddr, TcpStream};
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use corelog::client::{Client, ClientConfig, Position, ReadEntry};
+    use corelog::faultproxy::FaultProxy;
+    use corelog::frame::EntryKind;
+    use corelog::node::{NodeConfig, PeerConfig};
+
+    /// The `corelog` binary of this build.
+    pub const BIN: &str = env!("CARGO_BIN_EXE_corelog");
+
+    /// A free port on `ip` (the OS picks it; it may be taken again before use, rarely).
+    pub fn free_port_on(ip: IpAddr) -> u16 {
+        std::net::TcpListener::bind(SocketAddr::new(ip, 0)).unwrap().local_addr().unwrap().port()
+    }
+
+    /// `n` consecutive free ports on `ip`; returns the first.
+    pub fn free_ports(ip: IpAddr, n: u16) -> u16 {
+        for _ in 0..100 {
+            let first = std::net::TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
+            let base = first.local_addr().unwrap().port();
+            if u32::from(base) + u32::from(n) > 65535 {
+                continue;
+            }
+            let rest: Vec<_> = (1..n)
+                .map_while(|i| std::net::TcpListener::bind(SocketAddr::new(ip, base + i)).ok())
+                .collect();
+            if rest.len() + 1 == usize::from(n) {
+                return base;
+            }
+        }
+        panic!("no {n} consecutive free ports on {ip}");
+    }
+
+    /// How the nodes reach each other.
+    pub enum Net {
+        /// Directly, on loopback.
+        Direct,
+        /// Through a fault proxy: node `a` dials node `b` through the proxy's routes `a->b`.
+        Proxy(FaultProxy),
+        /// Each node in its own network namespace (made by `tools/netns-cluster.sh`); node
+        /// `id` runs in namespace `{prefix}{id}` with address `ips[id - 1]`.
+        Netns { prefix: String, ips: Vec<IpAddr> },
+    }
+
+    /// Settings of a process cluster.
+    pub struct Options {
+        pub nodes: u64,
+        pub cores: usize,
+        pub groups: u64,
+        pub proxy: bool,
+        /// Namespaces: (prefix, address of each node).
+        pub netns: Option<(String, Vec<IpAddr>)>,
+    }
+
+    impl Default for Options {
+        fn default() -> Self {
+            Options { nodes: 3, cores: 1, groups: 1, proxy: false, netns: None }
+        }
+    }
+
+    pub struct Proc {
+        pub id: u64,
+        pub config: PathBuf,
+        pub stderr: PathBuf,
+        pub child: Option<Child>,
+        pub stopped: bool,
+    }
+
+    /// A cluster of `corelog serve` processes; dropping it kills and reaps them all.
+    pub struct ProcCluster {
+        pub dir: tempfile::TempDir,
+        pub procs: Vec<Proc>,
+        /// Client addresses, in node order (node `id` at `id - 1`).
+        pub addrs: Vec<SocketAddr>,
+        pub net: Net,
+    }
+
+    impl Drop for ProcCluster {
+        fn drop(&mut self) {
+            for p in &mut self.procs {
+                if let Some(mut c) = p.child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+            if std::thread::panicking() {
+                for p in &self.procs {
+                    if let Ok(text) = std::fs::read_to_string(&p.stderr) {
+                        let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                        eprintln!("--- node {} stderr (last lines) ---", p.id);
+                        for l in tail.into_iter().rev() {
+                            eprintln!("{l}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    impl ProcCluster {
+        /// Writes the configurations and starts every node.
+        pub fn start(o: Options) -> ProcCluster {
+            let dir =
+                tempfile::Builder::new().prefix("corelog-procs-").tempdir_in("/var/tmp").unwrap();
+            let cores = o.cores as u16;
+            let ips: Vec<IpAddr> = match &o.netns {
+                Some((_, ips)) => ips.clone(),
+                None => vec![IpAddr::from([127, 0, 0, 1]); o.nodes as usize],
+            };
+            let members: Vec<PeerConfig> = (1..=o.nodes)
+                .map(|id| {
+                    let ip = ips[id as usize - 1];
+                    // In a namespace every node has its own address: fixed ports will do.
+                    let (p, c) = if o.netns.is_some() {
+                        (7100, 7200)
+                    } else {
+                        (free_ports(ip, cores), free_ports(ip, cores))
+                    };
+                    PeerConfig {
+                        id,
+                        peer_addr: SocketAddr::new(ip, p),
+                        client_addr: SocketAddr::new(ip, c),
+                    }
+                })
+                .collect();
+            let net = if o.proxy {
+                Net::Proxy(FaultProxy::new())
+            } else if let Some((prefix, ips)) = o.netns {
+                Net::Netns { prefix, ips }
+            } else {
+                Net::Direct
+            };
+            let mut procs = Vec::new();
+            for id in 1..=o.nodes {
+                // Each node's view of the others: their real peer address, or the proxy's
+                // listener for the link from this node to them.
+                let view: Vec<PeerConfig> = members
+                    .iter()
+                    .map(|m| match &net {
+                        Net::Proxy(p) if m.id != id => {
+                            let at = p
+                                .add_routes(
+                                    &id.to_string(),
+                                    &m.id.to_string(),
+                                    IpAddr::from([127, 0, 0, 1]),
+                                    m.peer_addr,
+                                    cores,
+                                )
+                                .unwrap();
+                            PeerConfig { peer_addr: at, ..m.clone() }
+                        }
+                        _ => m.clone(),
+                    })
+                    .collect();
+                let cfg = NodeConfig {
+                    cluster_id: 7,
+                    node_id: id,
+                    data_dir: dir.path().join(format!("n{id}")),
+                    members: view,
+                    cores: o.cores,
+                    groups: o.groups,
+                    segment_bytes: 4 << 20,
+                    ..NodeConfig::default()
+                };
+                let config = dir.path().join(format!("n{id}.toml"));
+                std::fs::write(&config, toml::to_string(&cfg).unwrap()).unwrap();
+                let stderr = dir.path().join(format!("n{id}.stderr"));
+                procs.push(Proc { id, config, stderr, child: None, stopped: false });
+            }
+            let addrs = members.iter().map(|m| m.client_addr).collect();
+            let mut c = ProcCluster { dir, procs, addrs, net };
+            for id in 1..=o.nodes {
+                c.spawn(id);
+            }
+            c
+        }
+
+        /// The fault proxy (panics if the cluster has none).
+        pub fn proxy(&self) -> &FaultProxy {
+            match &self.net {
+                Net::Proxy(p) => p,
+                _ => panic!("this cluster has no proxy"),
+            }
+        }
+
+        /// Starts node `id` (again) and waits until it accepts clients.
+        pub fn spawn(&mut self, id: u64) {
+            let netns = match &self.net {
+                Net::Netns { prefix, .. } => Some(format!("{prefix}{id}")),
+                _ => None,
+            };
+            let p = &mut self.procs[id as usize - 1];
+            assert!(p.child.is_none(), "node {id} is running");
+            let err =
+                std::fs::OpenOptions::new().create(true).append(true).open(&p.stderr).unwrap();
+            let mut cmd = match &netns {
+                // `ip netns exec` execs the program: the child's pid is the node's.
+                Some(ns) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns, BIN]);
+                    c
+                }
+                None => Command::new(BIN),
+            };
+            let child = cmd
+                .arg("serve")
+                .arg("--config")
+                .arg(&p.config)
+                .env("CORELOG_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(err)
+                .spawn()
+                .expect("spawn corelog serve");
+            p.child = Some(child);
+            p.stopped = false;
+            let addr = self.addrs[id as usize - 1];
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    return;
+                }
+                let p = &mut self.procs[id as usize - 1];
+                if let Some(s) = p.child.as_mut().unwrap().try_wait().unwrap() {
+                    panic!("node {id} exited at start: {s}");
+                }
+                assert!(Instant::now() < deadline, "node {id} does not accept clients after 10 s");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        /// SIGKILL: the node dies at once, in the middle of whatever it was doing.
+        pub fn kill9(&mut self, id: u64) {
+            let p = &mut self.procs[id as usize - 1];
+            let mut c = p.child.take().expect("running");
+            c.kill().unwrap();
+            c.wait().unwrap();
+            p.stopped = false;
+        }
+
+        /// SIGSTOP: the node freezes with its sockets open.
+        pub fn sigstop(&mut self, id: u64) {
+            let p = &mut self.procs[id as usize - 1];
+            let c = p.child.as_ref().expect("running");
+            unsafe { libc::kill(c.id() as i32, libc::SIGSTOP) };
+            p.stopped = true;
+        }
+
+        /// SIGCONT: a frozen node goes on.
+        pub fn sigcont(&mut self, id: u64) {
+            let p = &mut self.procs[id as usize - 1];
+            if let Some(c) = p.child.as_ref() {
+                unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+            }
+            p.stopped = false;
+        }
+
+        /// Nodes whose process runs (frozen ones included).
+        pub fn running(&self) -> Vec<u64> {
+            self.procs.iter().filter(|p| p.child.is_some()).map(|p| p.id).collect()
+        }
+
+        /// Nodes that run and are not frozen.
+        pub fn live(&self) -> Vec<u64> {
+            self.procs.iter().filter(|p| p.child.is_some() && !p.stopped).map(|p| p.id).collect()
+        }
+
+        pub fn addr(&self, id: u64) -> SocketAddr {
+            self.addrs[id as usize - 1]
+        }
+
+        /// A client of the whole cluster (its own session).
+        pub fn client(&self) -> Client {
+            let mut cfg = ClientConfig::new(self.addrs.clone());
+            cfg.attempt_timeout = Duration::from_millis(1000);
+            Client::new(cfg).unwrap()
+        }
+
+        /// A client for status and reads of one node at a time: it gives up fast.
+        pub fn probe(&self) -> Client {
+            let mut cfg = ClientConfig::new(self.addrs.clone());
+            cfg.deadline = Duration::from_millis(500);
+            cfg.attempt_timeout = Duration::from_millis(300);
+            Client::new(cfg).unwrap()
+        }
+
+        /// Status of `group` as node `id` sees it.
+        pub fn status(&self, probe: &mut Client, id: u64, group: u64) -> Option<serde_json::Value> {
+            let text = probe.status_of(self.addr(id), group).ok()?;
+            serde_json::from_str(&text).ok()
+        }
+
+        /// The live node that leads group 0 in the highest term any live node reports, if
+        /// there is one now.
+        pub fn leader_now(&self, probe: &mut Client) -> Option<(u64, u64)> {
+            let mut best: Option<(u64, u64)> = None;
+            let mut max_term = 0;
+            for id in self.live() {
+                if let Some(s) = self.status(probe, id, 0) {
+                    let term = s["term"].as_u64().unwrap_or(0);
+                    max_term = max_term.max(term);
+                    if s["role"] == "Leader" && best.is_none_or(|(_, t)| term > t) {
+                        best = Some((id, term));
+                    }
+                }
+            }
+            best.filter(|&(_, t)| t == max_term)
+        }
+
+        /// Waits for a leader of group 0; returns (leader id, term).
+        pub fn leader(&self, within: Duration) -> (u64, u64) {
+            let mut probe = self.probe();
+            let deadline = Instant::now() + within;
+            loop {
+                if let Some(l) = self.leader_now(&mut probe) {
+                    return l;
+                }
+                assert!(Instant::now() < deadline, "no leader within {within:?}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        /// Waits until node `id` knows entries up to `last` of `group` committed, then reads
+        /// its log `1..=last`.
+        pub fn committed_log(
+            &self,
+            id: u64,
+            group: u64,
+            last: u64,
+            within: Duration,
+        ) -> Vec<ReadEntry> {
+            let mut probe = self.probe();
+            let addr = self.addr(id);
+            let deadline = Instant::now() + within;
+            loop {
+                match probe.read_from(addr, group, 1, 0, 1) {
+                    Ok((commit, _)) if commit >= last => break,
+                    Ok((commit, _)) => assert!(
+                        Instant::now() < deadline,
+                        "node {id}: commit {commit} did not reach {last} within {within:?}"
+                    ),
+                    Err(e) => assert!(Instant::now() < deadline, "node {id}: {e}"),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let mut out: Vec<ReadEntry> = Vec::new();
+            let mut lo = 1;
+            while lo <= last {
+                let (_, entries) = probe
+                    .read_from(addr, group, lo, last, 1 << 20)
+                    .unwrap_or_else(|e| panic!("node {id}: read from {lo}: {e}"));
+                assert!(!entries.is_empty(), "node {id}: nothing read at {lo} (commit >= {last})");
+                for e in entries {
+                    assert_eq!(e.index, lo, "node {id}: the log has a gap or is out of order");
+                    lo += 1;
+                    out.push(e);
+                }
+            }
+            out
+        }
+
+        /// Reads `1..=last` of `group` from every running node, checks that they hold the
+        /// same entries at the same indexes, and returns that log.
+        pub fn same_log_everywhere(&self, group: u64, last: u64) -> Vec<ReadEntry> {
+            let mut reference: Option<(u64, Vec<ReadEntry>)> = None;
+            for id in self.running() {
+                let log = self.committed_log(id, group, last, Duration::from_secs(20));
+                match &reference {
+                    None => reference = Some((id, log)),
+                    Some((rid, r)) => {
+                        assert_eq!(r.len(), log.len());
+                        for (a, b) in r.iter().zip(&log) {
+                            assert_eq!(a, b, "nodes {rid} and {id} differ at index {}", a.index);
+                        }
+                    }
+                }
+            }
+            reference.expect("a running node").1
+        }
+    }
+
+    /// One acknowledged append.
+    #[derive(Clone, Debug)]
+    pub struct Acked {
+        pub pos: Position,
+        pub data: Vec<u8>,
+        pub at: Instant,
+    }
+
+    /// Checks that every acknowledged append is in `log` exactly once, at its acknowledged
+    /// index, and that no payload and no (session, sequence) appears twice; returns the
+    /// number of client entries in the log.
+    pub fn check_exactly_once(log: &[ReadEntry], acked: &[Acked]) -> usize {
+        let by_index: HashMap<u64, &ReadEntry> = log.iter().map(|e| (e.index, e)).collect();
+        let mut seen_data: HashSet<&[u8]> = HashSet::new();
+        let mut seen_seq: HashSet<(u64, u64)> = HashSet::new();
+        let (mut dup_data, mut dup_seq, mut normal) = (0, 0, 0);
+        for e in log.iter().filter(|e| e.kind == EntryKind::Normal) {
+            normal += 1;
+            if !seen_data.insert(&e.data) {
+                dup_data += 1;
+                eprintln!("duplicate payload at {}: {}", e.index, String::from_utf8_lossy(&e.data));
+            }
+            if !seen_seq.insert((e.session, e.seq)) {
+                dup_seq += 1;
+                eprintln!("duplicate (session {}, seq {}) at {}", e.session, e.seq, e.index);
+            }
+        }
+        assert_eq!(dup_data, 0, "a payload was committed more than once");
+        assert_eq!(dup_seq, 0, "a (session, sequence) was committed more than once");
+        for a in acked {
+            let e = by_index
+                .get(&a.pos.index)
+                .unwrap_or_else(|| panic!("acknowledged index {} is missing", a.pos.index));
+            assert_eq!(
+                e.kind,
+                EntryKind::Normal,
+                "acknowledged index {} is not client data",
+                e.index
+            );
+            assert_eq!(
+                e.data, a.data,
+                "index {} holds another payload than the one acknowledged there",
+                e.index
+            );
+        }
+        normal
     }
 }
