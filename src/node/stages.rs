@@ -33,9 +33,11 @@
 //! compared across hosts; only durations cross the wire.
 //!
 //! "Slowest of the majority": with `n` voters a commit needs `n / 2` followers besides the
-//! leader; the `n / 2`-th ack to arrive for a batch is the one that decided. (With five or
-//! more voters a commit can also happen without the leader's own flush; the chain then
-//! still charges the leader's flush first, a small distortion noted here.)
+//! leader; the `n / 2`-th ack to arrive for a batch is the one that decided. When the
+//! followers are faster than the leader's own disk, `n / 2 + 1` of them can commit an append
+//! before the leader's flush completes: the leader's flush was then off the critical path,
+//! its two points are left out (not counted as incomplete), and "follower_flush" runs from
+//! the send to the durability of the `n / 2 + 1`-th follower.
 //!
 //! # Cost
 //! Two `Instant`s per client request, a few per batch (one batch per `take_ready`, shared by
@@ -129,6 +131,8 @@ pub struct StageRecorder {
     pub total: Histogram<u64>,
     /// Appends recorded with a point unknown (its stage counted as zero).
     pub incomplete: u64,
+    /// Per point of [`POINTS`]: appends recorded without it.
+    pub missing: [u64; POINT_COUNT],
 }
 
 impl Default for StageRecorder {
@@ -137,23 +141,29 @@ impl Default for StageRecorder {
             stages: std::array::from_fn(|_| new_histogram()),
             total: new_histogram(),
             incomplete: 0,
+            missing: [0; POINT_COUNT],
         }
     }
 }
 
 impl StageRecorder {
-    /// Records one append; returns its chain (or `None` when the ends are unknown).
+    /// Records one append; returns its chain (or `None` when the ends are unknown). A point
+    /// unknown where `expected` says it should be known counts the append as incomplete.
     pub fn record(
         &mut self,
         points: &[Option<Instant>; POINT_COUNT],
+        expected: &[bool; POINT_COUNT],
     ) -> Option<[Instant; POINT_COUNT]> {
         let c = chain(points)?;
         for (h, d) in self.stages.iter_mut().zip(durations(&c)) {
             h.saturating_record(d);
         }
         self.total.saturating_record(c[POINT_COUNT - 1].duration_since(c[0]).as_nanos() as u64);
-        if points.iter().any(Option::is_none) {
+        if points.iter().zip(expected).any(|(p, e)| p.is_none() && *e) {
             self.incomplete += 1;
+            for ((m, p), e) in self.missing.iter_mut().zip(points).zip(expected) {
+                *m += u64::from(p.is_none() && *e);
+            }
         }
         Some(c)
     }
@@ -165,6 +175,9 @@ impl StageRecorder {
         }
         self.total.add(&other.total).expect("same bounds");
         self.incomplete += other.incomplete;
+        for (a, b) in self.missing.iter_mut().zip(other.missing) {
+            *a += b;
+        }
     }
 
     /// The stages as `(name, histogram)` pairs, in order.
@@ -207,8 +220,10 @@ struct LeaderBatch {
     durable: Option<Instant>,
     /// Followers that acked the whole batch.
     acks: usize,
-    /// (follower durable, ack received) of the ack that made the majority.
+    /// (follower durable, ack received) of the ack that made the majority with the leader.
     quorum: Option<(Instant, Instant)>,
+    /// The same for the ack that made a majority of followers alone.
+    quorum_without_leader: Option<(Instant, Instant)>,
     committed: Option<Instant>,
 }
 
@@ -285,6 +300,7 @@ impl Timeline {
             durable: None,
             acks: 0,
             quorum: None,
+            quorum_without_leader: None,
             committed: None,
         });
     }
@@ -334,6 +350,9 @@ impl Timeline {
             if b.acks == self.quorum {
                 b.quorum = Some((durable_est, now));
             }
+            if b.acks == self.quorum + 1 {
+                b.quorum_without_leader = Some((durable_est, now));
+            }
         }
     }
 
@@ -380,19 +399,32 @@ impl Timeline {
         let pos = self.batches.partition_point(|b| b.last < last);
         let Some(b) = self.batches.get(pos).filter(|b| b.first <= last) else { return };
         let now = Instant::now();
+        // Committed before the leader's own flush completed: a majority of followers decided,
+        // and the leader's flush was not on the critical path (its points stay unknown, and
+        // the follower stage covers the time from the send).
+        let (quorum, leader_decided) = match (b.durable, self.quorum) {
+            (Some(d), 0) => (Some((d, d)), true),
+            (Some(_), _) => (b.quorum, true),
+            (None, _) => (b.quorum_without_leader, false),
+        };
         let points = [
             Some(received),
             Some(proposed),
             Some(b.sent),
             b.submitted,
             b.durable,
-            if self.quorum == 0 { b.durable } else { b.quorum.map(|q| q.0) },
-            if self.quorum == 0 { b.durable } else { b.quorum.map(|q| q.1) },
+            quorum.map(|q| q.0),
+            quorum.map(|q| q.1),
             b.committed,
             Some(now),
         ];
+        let mut expected = [true; POINT_COUNT];
+        if !leader_decided {
+            expected[3] = false;
+            expected[4] = false;
+        }
         let m = &self.metrics;
-        let Some(c) = m.stages.borrow_mut().record(&points) else { return };
+        let Some(c) = m.stages.borrow_mut().record(&points, &expected) else { return };
         if let Some(key) = trace::sample_key(m.trace_every, first, last) {
             m.trace(TraceSample {
                 node: self.node,
@@ -487,7 +519,7 @@ mod tests {
         assert_eq!(d, [5_000, 15_000, 10_000, 100_000, 0, 20_000, 0, 10_000]);
         assert_eq!(d.iter().sum::<u64>(), 160_000);
         let mut r = StageRecorder::default();
-        r.record(&points);
+        r.record(&points, &[true; POINT_COUNT]);
         assert_eq!(r.incomplete, 1);
         assert_eq!(r.total.max(), r.total.highest_equivalent(160_000));
         let named = r.named();
