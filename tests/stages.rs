@@ -205,8 +205,9 @@ fn every_stage_is_timed_and_traced_on_every_node() {
     }
 }
 
-/// One round of the overhead measurement: (appends/s, p50 µs, p99 µs).
-fn overhead_round(timing: bool, secs: u64, clients: usize) -> (f64, u64, u64) {
+/// One round of the overhead measurement: (appends/s, p50 µs, p99 µs, process CPU µs per
+/// append: three nodes and the clients).
+fn overhead_round(timing: bool, secs: u64, clients: usize) -> (f64, u64, u64, f64) {
     let dir = tempfile::Builder::new().prefix("corelog-overhead-").tempdir_in("/var/tmp").unwrap();
     let cfgs = configs(dir.path(), 3, |c| {
         c.stage_timing = timing;
@@ -217,7 +218,9 @@ fn overhead_round(timing: bool, secs: u64, clients: usize) -> (f64, u64, u64) {
     Client::new(ClientConfig::new(addrs.clone())).unwrap().append(0, b"hello").unwrap();
     let leader = leader_of(&nodes);
     load(&addrs, clients, 1024, Duration::from_secs(1), None); // warm-up
+    let cpu0 = corelog::bench::process_cpu_time();
     let h = load(&addrs, clients, 1024, Duration::from_secs(secs), None);
+    let cpu = corelog::bench::process_cpu_time() - cpu0;
     let timed: u64 = nodes[leader].stages().unwrap().iter().map(|(_, h)| h.len()).sum();
     if timing {
         assert!(timed > 0, "timing on records stages");
@@ -227,7 +230,30 @@ fn overhead_round(timing: bool, secs: u64, clients: usize) -> (f64, u64, u64) {
     for n in nodes {
         n.shutdown().unwrap();
     }
-    (h.len() as f64 / secs as f64, h.value_at_quantile(0.5), h.value_at_quantile(0.99))
+    (
+        h.len() as f64 / secs as f64,
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        cpu.as_secs_f64() * 1e6 / h.len().max(1) as f64,
+    )
+}
+
+/// CPU cost of the timing work of one append, measured in isolation: the clock reads of one
+/// append and its share of its batch's (about 8), and one record of every stage.
+fn recording_cost_ns() -> f64 {
+    let mut r = stages::StageRecorder::default();
+    let n = 200_000u32;
+    let t0 = Instant::now();
+    for i in 0..n {
+        let base = Instant::now();
+        let mut points = [Some(base); stages::POINT_COUNT];
+        for (k, p) in points.iter_mut().enumerate().skip(1).take(7) {
+            *p = Some(Instant::now() + Duration::from_nanos(u64::from(i % 97) * k as u64));
+        }
+        points[stages::POINT_COUNT - 1] = Some(base + Duration::from_micros(u64::from(i % 5000)));
+        std::hint::black_box(r.record(&points, &[true; stages::POINT_COUNT]));
+    }
+    t0.elapsed().as_nanos() as f64 / f64::from(n)
 }
 
 #[test]
@@ -244,23 +270,29 @@ fn stage_timing_overhead() {
         for timing in order {
             let f = overhead_round(timing, secs, clients);
             eprintln!(
-                "round {r} timing {:>3}: {:>8.0} appends/s  p50 {:>6} µs  p99 {:>6} µs",
+                "round {r} timing {:>3}: {:>8.0} appends/s  p50 {:>6} µs  p99 {:>6} µs  \
+                 CPU {:>5.1} µs/append",
                 if timing { "on" } else { "off" },
                 f.0,
                 f.1,
-                f.2
+                f.2,
+                f.3
             );
             if timing { on.push(f) } else { off.push(f) }
         }
     }
-    let avg = |v: &[(f64, u64, u64)], f: fn(&(f64, u64, u64)) -> f64| {
-        v.iter().map(f).sum::<f64>() / v.len() as f64
-    };
+    type Round = (f64, u64, u64, f64);
+    let avg = |v: &[Round], f: fn(&Round) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
     eprintln!(
         "stage timing on/off, {clients} clients, 1 KiB entries, {rounds}x{secs}s each: \
-         throughput ratio {:.3}, p50 ratio {:.3}, p99 ratio {:.3}",
+         throughput ratio {:.3}, p50 ratio {:.3}, p99 ratio {:.3}, CPU per append ratio {:.3}",
         avg(&on, |f| f.0) / avg(&off, |f| f.0),
         avg(&on, |f| f.1 as f64) / avg(&off, |f| f.1 as f64),
         avg(&on, |f| f.2 as f64) / avg(&off, |f| f.2 as f64),
+        avg(&on, |f| f.3) / avg(&off, |f| f.3),
+    );
+    eprintln!(
+        "timing work of one append in isolation (8 clock reads + 8 stage records): {:.0} ns",
+        recording_cost_ns()
     );
 }

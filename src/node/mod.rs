@@ -86,10 +86,6 @@ impl NodeHandle {
 
     /// Waits until the node stops (after a shutdown request from elsewhere).
     pub fn wait(self) -> Result<(), String> {
-        if let Some((_, t)) = self.metrics_server {
-            self.stop.store(true, Ordering::SeqCst);
-            let _ = t.join();
-        }
         let mut first_err = None;
         for t in self.threads {
             match t.join() {
@@ -97,6 +93,11 @@ impl NodeHandle {
                 Ok(Err(e)) => first_err = first_err.or(Some(e)),
                 Err(e) => first_err = first_err.or(Some(e.to_string())),
             }
+        }
+        // The cores have stopped: so does the endpoint (it watches the same flag).
+        if let Some((_, t)) = self.metrics_server {
+            self.stop.store(true, Ordering::SeqCst);
+            let _ = t.join();
         }
         first_err.map_or(Ok(()), Err)
     }
