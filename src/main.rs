@@ -30,6 +30,10 @@ enum Command {
     Sim(corelog::sim::cli::SimArgs),
     /// Check a log directory: recover it read-only style and print what it holds.
     Inspect(corelog::tools::inspect::InspectArgs),
+    /// Check that the host and the data directory are fit for corelog (exits 1 on a FAIL).
+    Doctor(corelog::tools::doctor::DoctorArgs),
+    /// Measure the disk as the log uses it and write a profile for `serve`.
+    DiskCheck(corelog::tools::disk_check::DiskCheckArgs),
     /// Append known entries to a log and print each durable index (used by the crash tests).
     #[command(hide = true)]
     CrashWriter(corelog::tools::crash_writer::CrashWriterArgs),
@@ -91,6 +95,8 @@ fn main() -> ExitCode {
         Command::Client(cmd) => corelog::tools::cli::client(&cmd),
         Command::Sim(args) => corelog::sim::cli::run(&args),
         Command::Inspect(args) => corelog::tools::inspect::run(&args),
+        Command::Doctor(args) => corelog::tools::doctor::run(&args),
+        Command::DiskCheck(args) => corelog::tools::disk_check::run(&args),
         Command::CrashWriter(args) => corelog::tools::crash_writer::run(&args),
     }
 }

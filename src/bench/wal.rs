@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::{latency_histogram, parse_bytes, parse_duration, peak_rss_bytes, process_cpu_time};
 use crate::frame::{EntryKind, EntryRef};
-use crate::log::{Log, LogConfig, SyncMethod, direct_io_effective};
+use crate::log::{IoEngine, Log, LogConfig, SyncMethod, direct_io_effective};
 
 /// Arguments of `corelog bench wal`.
 #[derive(Debug, Clone, clap::Args)]
@@ -44,18 +44,29 @@ pub struct WalArgs {
     /// How a flush is made durable: fdatasync or dsync (O_DSYNC).
     #[arg(long, default_value = "fdatasync")]
     pub sync: SyncMethod,
+    /// Which io_uring submits flushes: `uring` (the log's own ring: write linked to fdatasync,
+    /// one system call per flush) or `runtime` (glommio's file API: two operations).
+    #[arg(long, default_value = "uring")]
+    pub io_engine: IoEngine,
     /// Most bytes per flush.
     #[arg(long, default_value = "1MiB", value_parser = parse_bytes)]
     pub flush_bytes_max: usize,
     /// Flushes in flight at once per log.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 4)]
     pub flushes_in_flight: usize,
+    /// Bytes gathered before flushes are cut to pipeline (see `LogConfig::pipeline_bytes`).
+    #[arg(long, default_value = "64KiB", value_parser = parse_bytes)]
+    pub pipeline_bytes: usize,
     /// Segment size.
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
     pub segment_bytes: usize,
     /// Do not pin executors to cores.
     #[arg(long)]
     pub no_pin: bool,
+    /// Let each executor poll (busy-wait) this long before it sleeps, e.g. `200us`: trades a
+    /// core's idle time for the latency of waking up. Off by default (nothing spins).
+    #[arg(long, value_parser = parse_duration)]
+    pub spin_before_park: Option<Duration>,
     /// Write the figures as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -68,6 +79,7 @@ pub struct WalReport {
     pub concurrency: usize,
     pub entry_size: usize,
     pub sync: String,
+    pub io_engine: String,
     pub flush_bytes_max: usize,
     pub flushes_in_flight: usize,
     pub duration_s: f64,
@@ -125,10 +137,11 @@ pub fn run(args: &WalArgs) -> Result<WalReport, String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let direct_io = direct_io_effective(&dir);
     eprintln!(
-        "corelog bench wal: {groups} group(s), {} appenders each, {} B entries, sync {}, flush max {} B, {} in flight, {} + {:?} warm-up, dir {}",
+        "corelog bench wal: {groups} group(s), {} appenders each, {} B entries, sync {} via {}, flush max {} B, {} in flight, {} + {:?} warm-up, dir {}",
         args.concurrency,
         args.entry_size,
         args.sync,
+        args.io_engine,
         args.flush_bytes_max,
         args.flushes_in_flight,
         humanize(args.duration),
@@ -161,9 +174,13 @@ pub fn run(args: &WalArgs) -> Result<WalReport, String> {
         // recent cache); when it runs out, glommio falls back to fresh heap memory per flush,
         // and page faults then cost more CPU than the appends themselves.
         let io_memory = log_config(0, args).dma_memory_bytes();
-        let h = glommio::LocalExecutorBuilder::new(placement)
+        let mut b = glommio::LocalExecutorBuilder::new(placement)
             .name(&format!("wal-bench-{g}"))
-            .io_memory(io_memory)
+            .io_memory(io_memory);
+        if let Some(spin) = args.spin_before_park {
+            b = b.spin_before_park(spin);
+        }
+        let h = b
             .spawn(move || async move { run_group(g as u64, gdir, a).await })
             .map_err(|e| format!("starting executor {g}: {e}"))?;
         handles.push(h);
@@ -203,6 +220,7 @@ pub fn run(args: &WalArgs) -> Result<WalReport, String> {
         concurrency: args.concurrency,
         entry_size: args.entry_size,
         sync: args.sync.to_string(),
+        io_engine: args.io_engine.to_string(),
         flush_bytes_max: args.flush_bytes_max,
         flushes_in_flight: args.flushes_in_flight,
         duration_s: secs,
@@ -257,7 +275,7 @@ fn print_report(r: &WalReport) {
         r.segments_zero_filled, r.segments_recycled, r.peak_rss_mib, r.errors
     );
     println!(
-        "SUMMARY wal appends_per_sec={:.0} mib_per_sec={:.1} p50_us={} p99_us={} p999_us={} max_us={} entry_size={} concurrency={} groups={} sync={}",
+        "SUMMARY wal appends_per_sec={:.0} mib_per_sec={:.1} p50_us={} p99_us={} p999_us={} max_us={} entry_size={} concurrency={} groups={} sync={} io_engine={}",
         r.appends_per_sec,
         r.mib_per_sec,
         r.p50_us,
@@ -267,7 +285,8 @@ fn print_report(r: &WalReport) {
         r.entry_size,
         r.concurrency,
         r.groups,
-        r.sync
+        r.sync,
+        r.io_engine
     );
 }
 
@@ -277,6 +296,8 @@ fn log_config(group: u64, args: &WalArgs) -> LogConfig {
         flush_bytes_max: args.flush_bytes_max,
         flushes_in_flight_max: args.flushes_in_flight,
         sync: args.sync,
+        io_engine: args.io_engine,
+        pipeline_bytes: args.pipeline_bytes,
         spare_segments: 2,
         ..LogConfig::new(group)
     }

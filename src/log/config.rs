@@ -40,6 +40,38 @@ impl std::fmt::Display for SyncMethod {
     }
 }
 
+/// Which io_uring submits the log's flushes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoEngine {
+    /// The log's own ring (the `io-uring` crate): a flush is one linked chain
+    /// write -> fdatasync -> notify, submitted with one system call (see `log::uring`). Falls
+    /// back to `Runtime` when the ring cannot be set up.
+    Uring,
+    /// The runtime's file API (glommio `DmaFile`): write, then fdatasync, as two operations.
+    Runtime,
+}
+
+impl std::str::FromStr for IoEngine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "uring" => Ok(IoEngine::Uring),
+            "runtime" | "glommio" => Ok(IoEngine::Runtime),
+            other => Err(format!("unknown I/O engine {other:?} (uring or runtime)")),
+        }
+    }
+}
+
+impl std::fmt::Display for IoEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IoEngine::Uring => "uring",
+            IoEngine::Runtime => "runtime",
+        })
+    }
+}
+
 /// Settings of one group's log.
 ///
 /// Memory of one open log is bounded by
@@ -56,10 +88,16 @@ pub struct LogConfig {
     /// flushes are in flight). Default 1 MiB; a multiple of [`BLOCK`]. Larger flushes get more of
     /// the device's bandwidth per fdatasync; under light load flushes are as small as one block.
     pub flush_bytes_max: usize,
-    /// Flushes that may be in flight at once. Default 2. The durable index advances only over
-    /// the contiguous prefix of completed flushes. A second flush starts only when the first
-    /// one ended on a block boundary (two writes never race on one block).
+    /// Flushes that may be in flight at once. Default 4 (on this project's test VM, 4 KiB
+    /// entries at 64 appends in flight: ~1.3-1.4x the appends/s of 2, with a lower p99; 8 was
+    /// worse at 512 in flight). The durable index advances only over the contiguous prefix of
+    /// completed flushes. A further flush starts only when the last one ended on a block
+    /// boundary (two writes never race on one block).
     pub flushes_in_flight_max: usize,
+    /// Bytes that must have gathered before a flush is cut at a block boundary so that a
+    /// further flush may start while it is in flight (pipelining; see the log's module docs).
+    /// Below this, a flush takes everything gathered and the next waits for it. Default 64 KiB.
+    pub pipeline_bytes: usize,
     /// How a flush is made durable. Default [`SyncMethod::Fdatasync`].
     pub sync: SyncMethod,
     /// Zero-filled or recycled segments kept ready ahead of need. Default 1.
@@ -70,6 +108,8 @@ pub struct LogConfig {
     pub recent_cache_bytes: usize,
     /// Limits every frame must respect. A frame is at most `flush_bytes_max` bytes long.
     pub frame_limits: FrameLimits,
+    /// Which ring submits flushes. Default [`IoEngine::Uring`].
+    pub io_engine: IoEngine,
 }
 
 impl LogConfig {
@@ -79,11 +119,13 @@ impl LogConfig {
             group,
             segment_bytes: 64 << 20,
             flush_bytes_max: 1 << 20,
-            flushes_in_flight_max: 2,
+            flushes_in_flight_max: 4,
+            pipeline_bytes: 64 << 10,
             sync: SyncMethod::Fdatasync,
             spare_segments: 1,
             recent_cache_bytes: 4 << 20,
             frame_limits: FrameLimits::default(),
+            io_engine: IoEngine::Uring,
         }
     }
 

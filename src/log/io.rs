@@ -163,6 +163,60 @@ pub(crate) async fn write_all_at(
     Ok(())
 }
 
+/// Writes a whole aligned buffer at `pos` and, if `sync`, fdatasyncs the file, as one chain on
+/// the log's own ring (see `log::uring`). Errors are reported as by [`write_all_at`] and
+/// [`fdatasync`]; the fault injection of tests applies the same way.
+pub(crate) async fn write_then_sync(
+    ring: &super::uring::SideRing,
+    file: &DmaFile,
+    path: &Path,
+    buf: Rc<DmaBuffer>,
+    pos: u64,
+    sync: bool,
+) -> LogResult<()> {
+    use std::os::fd::AsRawFd;
+    if faults::write_should_fail() {
+        return Err(LogError::io(
+            "writing",
+            path,
+            pos,
+            std::io::Error::from_raw_os_error(libc::EIO),
+        ));
+    }
+    let fail_sync = sync && faults::sync_should_fail();
+    debug_assert_eq!(pos % BLOCK as u64, 0);
+    debug_assert_eq!(buf.len() % BLOCK, 0);
+    let len = buf.len();
+    let r = ring
+        .write_then_sync(file.as_raw_fd(), buf, pos, sync && !fail_sync)
+        .await
+        .map_err(|e| LogError::io("writing", path, pos, e))?;
+    let n = r.write.map_err(|e| LogError::io("writing", path, pos, e))?;
+    if n != len {
+        return Err(LogError::io(
+            "writing",
+            path,
+            pos,
+            std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                format!("short write: {n} of {len} bytes"),
+            ),
+        ));
+    }
+    if fail_sync {
+        return Err(LogError::io(
+            "fdatasync",
+            path,
+            0,
+            std::io::Error::from_raw_os_error(libc::EIO),
+        ));
+    }
+    if let Some(s) = r.sync {
+        s.map_err(|e| LogError::io("fdatasync", path, 0, e))?;
+    }
+    Ok(())
+}
+
 /// `fdatasync` of a file.
 pub(crate) async fn fdatasync(file: &DmaFile, path: &Path) -> LogResult<()> {
     if faults::sync_should_fail() {

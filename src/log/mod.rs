@@ -18,9 +18,11 @@
 //! A flush writes the blocks from `align_down(start)` to `align_up(end)`: the partial last
 //! block is written padded with zeros and *rewritten* by the next flush, which starts at that
 //! block. Two writes must never race on one block, so a second flush starts while one is in
-//! flight only if the one in flight ended on a block boundary, which happens when a full
-//! buffer is cut at a block boundary. The durable index advances only over the contiguous
-//! prefix of completed flushes.
+//! flight only if the one in flight ended on a block boundary. Under load (at least
+//! [`LogConfig::pipeline_bytes`] gathered) flushes are therefore cut at the last block
+//! boundary, leaving the partial tail to the next flush, which may then start while this one
+//! is in flight: up to [`LogConfig::flushes_in_flight_max`] flushes keep the device busy. The
+//! durable index advances only over the contiguous prefix of completed flushes.
 //!
 //! # Durability and failure
 //! A write or fdatasync error poisons the log: every waiting append gets the error and every
@@ -44,6 +46,7 @@ pub mod error;
 pub mod hardstate;
 mod io;
 pub mod segment;
+mod uring;
 
 use std::cell::RefCell;
 use std::collections::{BinaryHeap, VecDeque};
@@ -57,7 +60,7 @@ use std::time::Instant;
 use glommio::io::{DmaBuffer, DmaFile, ReadResult};
 use hdrhistogram::Histogram;
 
-pub use config::{BLOCK, LogConfig, SyncMethod};
+pub use config::{BLOCK, IoEngine, LogConfig, SyncMethod};
 pub use error::{LogError, LogResult};
 pub use hardstate::{HardState, HardStateFile};
 pub use io::{direct_io_effective, faults, filesystem_type};
@@ -92,6 +95,8 @@ pub struct LogStats {
     pub segments_zero_filled: u64,
     /// Segments recycled after a trim.
     pub segments_recycled: u64,
+    /// Most flushes that were in flight at once.
+    pub peak_flushes_in_flight: u64,
     /// Time of each flush (write, plus fdatasync where used), nanoseconds.
     pub flush_latency_ns: Histogram<u64>,
     /// Bytes written by each flush (whole blocks).
@@ -108,6 +113,7 @@ impl LogStats {
             bytes_written: 0,
             segments_activated: 0,
             segments_zero_filled: 0,
+            peak_flushes_in_flight: 0,
             segments_recycled: 0,
             flush_latency_ns: Histogram::new_with_bounds(1_000, 60_000_000_000, 3)
                 .expect("valid histogram bounds"),
@@ -278,6 +284,8 @@ struct State {
     unflushed: VecDeque<(u64, u64)>,
     inflight: VecDeque<Flush>,
     next_flush_id: u64,
+    /// The log's own ring for flushes, when `cfg.io_engine` is `Uring` and it could be set up.
+    side: Option<uring::SideRing>,
     flush_scheduled: bool,
     /// A segment roll, truncation or reset is under way: appends wait.
     exclusive: bool,
@@ -510,6 +518,16 @@ impl Log {
             }
         }
         segs.sort();
+        let side = match cfg.io_engine {
+            IoEngine::Runtime => None,
+            IoEngine::Uring => match uring::SideRing::new() {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, dir = %dir.display(), "the log's own io_uring could not be set up; flushing through the runtime's ring");
+                    None
+                }
+            },
+        };
         let mut st = State {
             cfg: cfg.clone(),
             dir: dir.clone(),
@@ -527,6 +545,7 @@ impl Log {
             unflushed: VecDeque::new(),
             inflight: VecDeque::new(),
             next_flush_id: 0,
+            side,
             flush_scheduled: false,
             exclusive: false,
             trimming: false,
@@ -588,6 +607,12 @@ impl Log {
     /// A copy of the counters and the flush latency histogram.
     pub fn stats(&self) -> LogStats {
         self.shared.st.borrow().stats.clone()
+    }
+
+    /// The ring that submits this log's flushes (`Runtime` when `Uring` was asked for but could
+    /// not be set up).
+    pub fn io_engine(&self) -> IoEngine {
+        if self.shared.st.borrow().side.is_some() { IoEngine::Uring } else { IoEngine::Runtime }
     }
 
     /// The log's directory.
@@ -859,12 +884,22 @@ impl Log {
             if open.len == open.flushed_len {
                 return;
             }
+            let fresh = open.len - open.flushed_len;
+            let pipeline = st.cfg.flushes_in_flight_max > 1 && fresh >= st.cfg.pipeline_bytes;
             let cut = match st.inflight.back() {
+                // Nothing in flight: take everything (the latency of light load), unless enough
+                // has gathered to pipeline: then cut at the last block boundary, so the next
+                // flush may start while this one is in flight. The tail (less than a block)
+                // waits at most until this flush completes.
+                None if pipeline && align_down(open.len as u64) as usize > open.flushed_len => {
+                    align_down(open.len as u64) as usize
+                }
                 None => open.len,
                 Some(last) => {
-                    // Only a full buffer starts a concurrent flush, cut at a block boundary, and
-                    // only when the flush in flight does not own the block we would start in.
-                    if last.end % BLOCK as u64 != 0 || open.len < flush_max {
+                    // A concurrent flush starts at the block where the one in flight ended, so
+                    // that one must have ended on a block boundary (two writes never race on
+                    // one block), and enough must have gathered to be worth an fdatasync.
+                    if last.end % BLOCK as u64 != 0 || !pipeline {
                         return;
                     }
                     align_down(open.len as u64) as usize
@@ -906,9 +941,12 @@ impl Log {
             let id = st.next_flush_id;
             st.next_flush_id += 1;
             st.inflight.push_back(Flush { id, end, last_index, done: false, submitted: None });
+            st.stats.peak_flushes_in_flight =
+                st.stats.peak_flushes_in_flight.max(st.inflight.len() as u64);
             let buf = Rc::new(old);
             st.cache(segment, base, buf.clone());
             let sync = st.cfg.sync;
+            let side = st.side.clone();
             // Room was freed: appenders waiting for space may go on.
             st.changed();
             drop(st);
@@ -916,10 +954,19 @@ impl Log {
             glommio::spawn_local(async move {
                 let started = Instant::now();
                 let bytes = buf.len() as u64;
-                let mut r = io::write_all_at(&file, &path, buf, base).await;
-                if r.is_ok() && sync == SyncMethod::Fdatasync {
-                    r = io::fdatasync(&file, &path).await;
-                }
+                let fdatasync = sync == SyncMethod::Fdatasync;
+                let r = match side {
+                    Some(ring) => {
+                        io::write_then_sync(&ring, &file, &path, buf, base, fdatasync).await
+                    }
+                    None => {
+                        let mut r = io::write_all_at(&file, &path, buf, base).await;
+                        if r.is_ok() && fdatasync {
+                            r = io::fdatasync(&file, &path).await;
+                        }
+                        r
+                    }
+                };
                 log.complete_flush(id, r, started, bytes, (segment, base));
             })
             .detach();

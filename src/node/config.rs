@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::log::{LogConfig, SyncMethod};
+
 /// A member of the cluster, as every node knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerConfig {
@@ -46,6 +48,15 @@ pub struct NodeConfig {
     pub segment_bytes: u64,
     /// Most bytes per log flush.
     pub flush_bytes_max: usize,
+    /// Log flushes in flight at once (see `LogConfig::flushes_in_flight_max`).
+    pub flushes_in_flight_max: usize,
+    /// How a log flush is made durable: "fdatasync" or "dsync".
+    pub sync: SyncMethod,
+    /// A disk profile written by `corelog disk-check --profile FILE` (a path relative to the
+    /// working directory). When set, its `flush_bytes_max`, `flushes_in_flight_max` and `sync`
+    /// replace the three settings above when the node starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_profile: Option<PathBuf>,
     /// Largest message a connection accepts (envelope body), bytes.
     pub message_bytes_max: u32,
     /// Most client connections per core.
@@ -86,6 +97,9 @@ impl Default for NodeConfig {
             heartbeat_ticks: 3,
             segment_bytes: 64 << 20,
             flush_bytes_max: 1 << 20,
+            flushes_in_flight_max: LogConfig::new(0).flushes_in_flight_max,
+            sync: SyncMethod::Fdatasync,
+            disk_profile: None,
             message_bytes_max: 4 << 20,
             client_connections_max: 1024,
             client_queue_bytes_max: 8 << 20,
@@ -121,7 +135,30 @@ impl NodeConfig {
                 "tick_ms must be positive and election_ticks at least twice heartbeat_ticks".into(),
             );
         }
+        self.log_config(0).validate()?;
         Ok(())
+    }
+
+    /// Reads `disk_profile`, if set, into `flush_bytes_max`, `flushes_in_flight_max` and
+    /// `sync`. Reading it again gives the same result.
+    pub fn apply_disk_profile(&mut self) -> Result<(), String> {
+        let Some(path) = &self.disk_profile else { return Ok(()) };
+        let p = crate::tools::disk_check::DiskProfile::load(path)?;
+        self.flush_bytes_max = p.log.flush_bytes_max;
+        self.flushes_in_flight_max = p.log.flushes_in_flight_max;
+        self.sync = p.log.sync;
+        Ok(())
+    }
+
+    /// The settings of group `group`'s log.
+    pub fn log_config(&self, group: u64) -> LogConfig {
+        LogConfig {
+            segment_bytes: self.segment_bytes,
+            flush_bytes_max: self.flush_bytes_max,
+            flushes_in_flight_max: self.flushes_in_flight_max,
+            sync: self.sync,
+            ..LogConfig::new(group)
+        }
     }
 
     /// This node's own entry.

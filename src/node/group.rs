@@ -27,7 +27,7 @@ use crate::consensus::{
     RestartState, Role, SessionRecord, Snapshot,
 };
 use crate::frame::EntryRef;
-use crate::log::{FlushTimes, HardState, HardStateFile, Log, LogConfig, LogError};
+use crate::log::{FlushTimes, HardState, HardStateFile, Log, LogError};
 
 /// Where a client response goes.
 #[derive(Clone)]
@@ -238,11 +238,7 @@ impl GroupDriver {
         peers: Rc<Peers>,
     ) -> Result<GroupDriver, String> {
         let dir = cfg.data_dir.join(format!("group-{group}"));
-        let log_cfg = LogConfig {
-            segment_bytes: cfg.segment_bytes,
-            flush_bytes_max: cfg.flush_bytes_max,
-            ..LogConfig::new(group)
-        };
+        let log_cfg = cfg.log_config(group);
         let (log, _) = Log::open(&dir, log_cfg).await.map_err(|e| format!("group {group}: {e}"))?;
         let (hs_file, hs) =
             HardStateFile::open(&dir, group).await.map_err(|e| format!("group {group}: {e}"))?;

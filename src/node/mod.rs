@@ -126,7 +126,8 @@ impl NodeHandle {
 
 /// Starts a node: one executor per core, each opening (recovering) its groups and binding its
 /// ports before this returns.
-pub fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
+pub fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
+    cfg.apply_disk_profile()?;
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| format!("creating {}: {e}", cfg.data_dir.display()))?;
@@ -147,12 +148,8 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         let placement =
             if cfg.pin { glommio::Placement::Fixed(core) } else { glommio::Placement::Unbound };
         let (cfg, stop, ready_tx) = (cfg.clone(), stop.clone(), ready_tx.clone());
-        let io_memory = crate::log::LogConfig {
-            flush_bytes_max: cfg.flush_bytes_max,
-            ..crate::log::LogConfig::new(0)
-        }
-        .dma_memory_bytes()
-            * (cfg.groups as usize).div_ceil(cfg.cores).max(1);
+        let io_memory =
+            cfg.log_config(0).dma_memory_bytes() * (cfg.groups as usize).div_ceil(cfg.cores).max(1);
         let t = glommio::LocalExecutorBuilder::new(placement)
             .name(&format!("corelog-{}-{core}", cfg.node_id))
             .io_memory(io_memory)

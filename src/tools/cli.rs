@@ -63,6 +63,10 @@ pub fn serve(args: &ServeArgs) -> ExitCode {
     if let Some(d) = &args.data_dir {
         cfg.data_dir = d.clone();
     }
+    if let Err(e) = cfg.apply_disk_profile() {
+        eprintln!("corelog serve: {e}");
+        return ExitCode::FAILURE;
+    }
     install_signal_handlers();
     let handle = match node::start(cfg.clone()) {
         Ok(h) => h,
@@ -79,6 +83,17 @@ pub fn serve(args: &ServeArgs) -> ExitCode {
         cfg.cores,
         cfg.groups,
         cfg.data_dir.display()
+    );
+    let log = cfg.log_config(0);
+    eprintln!(
+        "corelog node {} log: sync {}, flush_bytes_max {}, flushes_in_flight_max {}{}",
+        cfg.node_id,
+        log.sync,
+        log.flush_bytes_max,
+        log.flushes_in_flight_max,
+        cfg.disk_profile
+            .as_ref()
+            .map_or(String::new(), |p| format!(" (disk profile {})", p.display()))
     );
     let stop = handle.stop_flag();
     while SIGNALS.load(Ordering::SeqCst) == 0 {
