@@ -55,7 +55,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use glommio::io::{DmaBuffer, DmaFile, ReadResult};
 use hdrhistogram::Histogram;
@@ -99,6 +99,8 @@ pub struct LogStats {
     pub peak_flushes_in_flight: u64,
     /// Time of each flush (write, plus fdatasync where used), nanoseconds.
     pub flush_latency_ns: Histogram<u64>,
+    /// Bytes written by each flush (whole blocks).
+    pub flush_bytes: Histogram<u64>,
 }
 
 impl LogStats {
@@ -114,6 +116,8 @@ impl LogStats {
             peak_flushes_in_flight: 0,
             segments_recycled: 0,
             flush_latency_ns: Histogram::new_with_bounds(1_000, 60_000_000_000, 3)
+                .expect("valid histogram bounds"),
+            flush_bytes: Histogram::new_with_bounds(BLOCK as u64, 1 << 40, 2)
                 .expect("valid histogram bounds"),
         }
     }
@@ -178,7 +182,23 @@ struct Flush {
     /// Last index of the frames this flush completes (0: none).
     last_index: u64,
     done: bool,
+    /// When its write was handed to the kernel (set at completion).
+    submitted: Option<Instant>,
 }
+
+/// When the flush that made an index durable was submitted and completed (for the latency
+/// profile, see [`Log::flush_times`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushTimes {
+    /// The flush's write was handed to the kernel.
+    pub submitted: Instant,
+    /// The durable index moved past the flush's frames (its write and fdatasync completed,
+    /// and every flush before it).
+    pub durable: Instant,
+}
+
+/// Flushes whose times [`Log::flush_times`] remembers (the most recent ones).
+const FLUSH_TIMES_KEPT: usize = 64;
 
 /// A flushed (or in-flight) buffer kept to serve reads of recent frames from memory.
 #[derive(Debug)]
@@ -285,6 +305,9 @@ struct State {
     recent: VecDeque<CachedBuf>,
     recent_bytes: usize,
     stats: LogStats,
+    /// `(last_index, times)` of the latest flushes that advanced the durable index, oldest
+    /// first; at most [`FLUSH_TIMES_KEPT`].
+    flush_times: VecDeque<(u64, FlushTimes)>,
 }
 
 impl State {
@@ -537,6 +560,7 @@ impl Log {
             recent: VecDeque::new(),
             recent_bytes: 0,
             stats: LogStats::new(),
+            flush_times: VecDeque::new(),
         };
         let report = recover(&mut st, segs).await?;
         let log = Log { shared: Rc::new(Shared { st: RefCell::new(st) }) };
@@ -811,6 +835,15 @@ impl Log {
         })
     }
 
+    /// When the flush that made `index` durable was submitted and when it completed, if it is
+    /// among the latest flushes (the log remembers a few dozen). A hook for the latency
+    /// profile: the caller asks right after [`Log::wait_durable`] resolves.
+    pub fn flush_times(&self, index: u64) -> Option<FlushTimes> {
+        let st = self.shared.st.borrow();
+        let pos = st.flush_times.partition_point(|(last, _)| *last < index);
+        st.flush_times.get(pos).map(|(_, t)| *t)
+    }
+
     /// Resolves when every index up to `index` is durable; fails if the log fails first or the
     /// index was truncated away before it became durable.
     pub fn wait_durable(&self, index: u64) -> DurableWait {
@@ -907,7 +940,7 @@ impl Log {
             }
             let id = st.next_flush_id;
             st.next_flush_id += 1;
-            st.inflight.push_back(Flush { id, end, last_index, done: false });
+            st.inflight.push_back(Flush { id, end, last_index, done: false, submitted: None });
             st.stats.peak_flushes_in_flight =
                 st.stats.peak_flushes_in_flight.max(st.inflight.len() as u64);
             let buf = Rc::new(old);
@@ -934,7 +967,7 @@ impl Log {
                         r
                     }
                 };
-                log.complete_flush(id, r, started.elapsed(), bytes, (segment, base));
+                log.complete_flush(id, r, started, bytes, (segment, base));
             })
             .detach();
         }
@@ -944,7 +977,7 @@ impl Log {
         &self,
         id: u64,
         result: LogResult<()>,
-        took: Duration,
+        started: Instant,
         bytes: u64,
         at: (u64, u64),
     ) {
@@ -956,19 +989,29 @@ impl Log {
                     return;
                 }
                 Ok(()) => {
+                    let now = Instant::now();
                     st.stats.flushes += 1;
                     st.stats.bytes_written += bytes;
+                    st.stats.flush_bytes.saturating_record(bytes);
                     st.shrink_cached(at.0, at.1);
-                    let ns = (took.as_nanos() as u64).clamp(1_000, 60_000_000_000);
+                    let ns = (now.duration_since(started).as_nanos() as u64)
+                        .clamp(1_000, 60_000_000_000);
                     st.stats.flush_latency_ns.saturating_record(ns);
                     if let Some(f) = st.inflight.iter_mut().find(|f| f.id == id) {
                         f.done = true;
+                        f.submitted = Some(started);
                     }
                     while st.inflight.front().is_some_and(|f| f.done) {
                         let f = st.inflight.pop_front().expect("non-empty");
                         if f.last_index > st.durable_index {
                             debug_assert!(f.last_index <= st.last_index);
                             st.durable_index = f.last_index;
+                            let submitted = f.submitted.unwrap_or(started);
+                            if st.flush_times.len() == FLUSH_TIMES_KEPT {
+                                st.flush_times.pop_front();
+                            }
+                            st.flush_times
+                                .push_back((f.last_index, FlushTimes { submitted, durable: now }));
                         }
                     }
                     st.wake_durable();

@@ -1,6 +1,12 @@
 //! Consensus messages on the wire: a [`RaftMeta`] in the envelope's meta, and for appends the
 //! entries as batch frames (one per run of entries of one term) after it.
 //!
+//! An `AppendResponse` may carry an 8-byte payload: how long the follower took, in
+//! nanoseconds, from receiving the append it answers to sending the ack (its queue, write and
+//! fdatasync). The leader splits its round trip with it to time the follower's stages without
+//! comparing clocks across hosts (see [`super::stages`]). A response without it is still
+//! valid; the payload is ignored by a decoder that does not look for it.
+//!
 //! Copies: the entries of an append are framed here (one copy of each payload into the send
 //! buffer, checksummed once); the receiver verifies each frame's checksum and hands the core
 //! entries whose data are slices of the receive buffer (no copy), which the log then copies
@@ -53,6 +59,12 @@ pub enum CodecError {
 
 /// Encodes `m` for `group` at the end of `out`.
 pub fn encode(out: &mut Vec<u8>, group: u64, m: &Message) {
+    encode_timed(out, group, m, None)
+}
+
+/// Encodes `m` for `group` at the end of `out`; an `AppendResponse` carries `ack_local_ns`
+/// (the follower's time from receiving the append to this ack) when given.
+pub fn encode_timed(out: &mut Vec<u8>, group: u64, m: &Message, ack_local_ns: Option<u64>) {
     let mut meta = RaftMeta {
         from: U64::new(m.from),
         to: U64::new(m.to),
@@ -132,6 +144,11 @@ pub fn encode(out: &mut Vec<u8>, group: u64, m: &Message) {
             }
             out.extend_from_slice(&snapshot.blob);
         }
+        Body::AppendResponse { .. } => {
+            if let Some(ns) = ack_local_ns {
+                out.extend_from_slice(&ns.to_le_bytes());
+            }
+        }
         _ => {}
     }
     let frames_len = out.len() - payload_start;
@@ -168,6 +185,15 @@ fn encode_entries(out: &mut Vec<u8>, group: u64, entries: &[Entry]) {
             .expect("a run within the frame limits");
         start = end;
     }
+}
+
+/// The follower's local time carried by an `AppendResponse` (see the module docs), if any.
+pub fn ack_local_ns(msg: &wire::Message<'_>) -> Option<u64> {
+    let meta = RaftMeta::read_from_bytes(msg.meta).ok()?;
+    if meta.body != 4 {
+        return None;
+    }
+    Some(u64::from_le_bytes(msg.frames.try_into().ok()?))
 }
 
 /// Decodes a consensus message for `group` whose whole bytes are `buf` (a verified wire
@@ -354,6 +380,36 @@ mod tests {
         for body in bodies {
             round_trip(Message { from: 1, to: 2, term: 7, body });
         }
+    }
+
+    #[test]
+    fn an_ack_carries_the_followers_local_time() {
+        let m = Message {
+            from: 2,
+            to: 1,
+            term: 3,
+            body: Body::AppendResponse {
+                success: true,
+                match_index: 9,
+                reject_index: 0,
+                hint_index: 0,
+                hint_term: 0,
+            },
+        };
+        for timing in [Some(1_234_567u64), None] {
+            let mut out = Vec::new();
+            encode_timed(&mut out, 5, &m, timing);
+            let buf = Bytes::from(out);
+            let msg = wire::verify(&buf, 1 << 24).unwrap();
+            assert_eq!(ack_local_ns(&msg), timing);
+            assert_eq!(decode(&buf, &msg, &FrameLimits::default()).unwrap(), m);
+        }
+        // Only acks carry it.
+        let hb = Message { body: Body::Heartbeat { commit: 1, round: 2, sent_tick: 3 }, ..m };
+        let mut out = Vec::new();
+        encode_timed(&mut out, 5, &hb, Some(7));
+        let buf = Bytes::from(out);
+        assert_eq!(ack_local_ns(&wire::verify(&buf, 1 << 24).unwrap()), None);
     }
 
     #[test]

@@ -68,6 +68,17 @@ pub struct NodeConfig {
     /// or stall in the middle of a message, or leave a response unread, before it is closed.
     /// Peer links use at least twice the longest election timeout.
     pub read_timeout_secs: u64,
+    /// Address of the node's metrics endpoint: Prometheus text at `GET /metrics`, the stage
+    /// histograms at `/stages` and sampled appends at `/trace` (see `node::metrics`). Off
+    /// when absent; 9100 is the customary port.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Time every stage of each client append (see `node::stages`): a few clock reads per
+    /// batch and two per request. On by default.
+    pub stage_timing: bool,
+    /// Trace one append in this many, on every node (0: off; needs `stage_timing`).
+    pub trace_sample_every: u64,
+    /// Sampled appends kept per core for `/trace` (the oldest go first).
+    pub trace_samples_max: usize,
 }
 
 impl Default for NodeConfig {
@@ -93,6 +104,10 @@ impl Default for NodeConfig {
             client_connections_max: 1024,
             client_queue_bytes_max: 8 << 20,
             read_timeout_secs: 10,
+            metrics_addr: None,
+            stage_timing: true,
+            trace_sample_every: 1024,
+            trace_samples_max: 1024,
         }
     }
 }
@@ -157,7 +172,8 @@ impl NodeConfig {
         format!(
             "# corelog node configuration. Every setting has the default shown.\n\
              # Core i of a node listens on peer_addr.port + i and client_addr.port + i;\n\
-             # group g lives on core g % cores of every node.\n\n{text}"
+             # group g lives on core g % cores of every node.\n\
+             # metrics_addr = \"127.0.0.1:9100\" serves Prometheus metrics (off by default).\n\n{text}"
         )
     }
 }

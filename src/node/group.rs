@@ -11,20 +11,23 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::config::NodeConfig;
 use super::inbox::Inbox;
+use super::metrics::{CoreMetrics, GroupGauges};
 use super::peer::Peers;
 use super::proto::{ResponseMeta, Status};
 use super::server::ClientConn;
+use super::stages::Timeline;
 use crate::consensus::{
     self, Entry, EntryKind as CoreKind, Membership, Message, Node, Proposed, Ready, Reply,
     RestartState, Role, SessionRecord, Snapshot,
 };
 use crate::frame::EntryRef;
-use crate::log::{HardState, HardStateFile, Log, LogError};
+use crate::log::{FlushTimes, HardState, HardStateFile, Log, LogError};
 
 /// Where a client response goes.
 #[derive(Clone)]
@@ -35,21 +38,77 @@ pub(crate) struct ReplyTo {
 
 impl ReplyTo {
     pub fn send(&self, group: u64, meta: ResponseMeta, payload: &[u8]) {
+        if meta.status != Status::Ok as u8 {
+            super::metrics::count_error(error_kind(meta.status));
+        }
         self.conn.respond(group, self.id, meta, payload);
+    }
+}
+
+/// The `corelog_errors_total` kind of a response status other than OK.
+fn error_kind(status: u8) -> &'static str {
+    match Status::from_code(status) {
+        Some(Status::NotLeader) => "not_leader",
+        Some(Status::Busy) => "busy",
+        Some(Status::UnknownGroup) => "unknown_group",
+        Some(Status::WrongCore) => "wrong_core",
+        Some(Status::TooLarge) => "too_large",
+        Some(Status::Failed) => "failed",
+        Some(Status::StaleSequence) => "stale_sequence",
+        Some(Status::Retry) => "retry",
+        Some(Status::BadRequest) | Some(Status::Ok) | None => "bad_request",
+    }
+}
+
+/// When a peer message was read off its connection, and the follower's local time an ack
+/// carries (see [`super::codec`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerStamp {
+    pub received: Instant,
+    pub ack_local_ns: Option<u64>,
+}
+
+impl PeerStamp {
+    pub fn of(msg: &crate::wire::Message<'_>) -> PeerStamp {
+        PeerStamp { received: Instant::now(), ack_local_ns: super::codec::ack_local_ns(msg) }
     }
 }
 
 /// Inputs of a group driver.
 pub(crate) enum Input {
-    Peer(Message),
+    Peer(Message, PeerStamp),
     Tick,
-    Durable { index: u64, term: u64 },
+    /// Entries up to `index` are durable; `flush`: when the flush that did it was submitted
+    /// and completed, when the log still knew.
+    Durable {
+        index: u64,
+        term: u64,
+        flush: Option<FlushTimes>,
+    },
     Failed(LogError),
-    Fetched { lo: u64, entries: Vec<Entry> },
-    Append { entries: Vec<(u64, u64, Bytes)>, reply: ReplyTo },
-    Status { reply: ReplyTo },
-    Read { lo: u64, hi: u64, max_bytes: usize, reply: ReplyTo },
-    Trim { index: u64, reply: ReplyTo },
+    Fetched {
+        lo: u64,
+        entries: Vec<Entry>,
+    },
+    /// A client append, read off its connection at `received`.
+    Append {
+        entries: Vec<(u64, u64, Bytes)>,
+        reply: ReplyTo,
+        received: Instant,
+    },
+    Status {
+        reply: ReplyTo,
+    },
+    Read {
+        lo: u64,
+        hi: u64,
+        max_bytes: usize,
+        reply: ReplyTo,
+    },
+    Trim {
+        index: u64,
+        reply: ReplyTo,
+    },
 }
 
 /// A client append waiting for its entries to commit.
@@ -57,6 +116,10 @@ struct PendingAppend {
     reply: ReplyTo,
     positions: RefCell<Vec<(u64, u64)>>,
     remaining: Cell<usize>,
+    /// Read off the client's connection.
+    received: Instant,
+    /// Handed to the consensus core.
+    proposed: Instant,
 }
 
 /// The handle other tasks of the core use to reach a group.
@@ -78,6 +141,12 @@ pub(crate) struct GroupDriver {
     peers: Rc<Peers>,
     pending: HashMap<(u64, u64), (Rc<PendingAppend>, usize)>,
     commit: u64,
+    metrics: Rc<CoreMetrics>,
+    gauges: Rc<GroupGauges>,
+    /// Stage timing of appends (see [`super::stages`]).
+    timeline: Timeline,
+    /// Role and leader as last observed, to count elections and leader changes.
+    seen: (Role, Option<u64>),
 }
 
 fn encode_snapshot_meta(index: u64, term: u64, m: &Membership) -> Vec<u8> {
@@ -249,6 +318,11 @@ impl GroupDriver {
             Node::restart(cfg.node_id, core_cfg, initial, seed, restart)
         };
         let commit = node.commit_index();
+        let metrics = CoreMetrics::for_this_core(&cfg, (group % cfg.cores as u64) as usize);
+        let gauges = Rc::new(GroupGauges::new(group, log.clone()));
+        metrics.register(gauges.clone());
+        let timeline = Timeline::new(metrics.clone(), cfg.node_id, group, cfg.members.len());
+        let seen = (node.role(), node.leader());
         Ok(GroupDriver {
             group,
             cfg,
@@ -261,6 +335,10 @@ impl GroupDriver {
             peers,
             pending: HashMap::new(),
             commit,
+            metrics,
+            gauges,
+            timeline,
+            seen,
         })
     }
 
@@ -278,13 +356,43 @@ impl GroupDriver {
                 }
                 if let Err(e) = self.execute(ready).await {
                     tracing::error!(group = self.group, error = %e, "log write failed; the group stops");
+                    self.metrics.error("log_io");
                     self.fail_all(&e.to_string());
                     let _ = self.log.clone().close().await;
                     return;
                 }
             }
+            self.observe();
         }
         let _ = self.log.clone().close().await;
+    }
+
+    /// Updates the gauges; counts elections and leader changes; a change of role ends the
+    /// stage timing of what was in flight.
+    fn observe(&mut self) {
+        let (role, leader) = (self.node.role(), self.node.leader());
+        if role != self.seen.0 {
+            if role == Role::Candidate {
+                CoreMetrics::add(&self.metrics.elections, 1);
+            }
+            if role == Role::Leader || self.seen.0 == Role::Leader {
+                self.timeline.reset();
+            }
+        }
+        if leader.is_some() && leader != self.seen.1 {
+            CoreMetrics::add(&self.metrics.leader_changes, 1);
+        }
+        if leader.is_some() || role != Role::Follower {
+            self.seen = (role, leader);
+        } else {
+            self.seen.0 = role;
+        }
+        let g = &self.gauges;
+        g.term.set(self.node.term());
+        g.commit_index.set(self.commit);
+        g.last_index.set(self.node.last_index());
+        g.leader.set(leader.unwrap_or(0));
+        g.is_leader.set(role == Role::Leader);
     }
 
     fn leader_hint(&self) -> u64 {
@@ -305,20 +413,62 @@ impl GroupDriver {
 
     async fn handle_input(&mut self, input: Input) {
         match input {
-            Input::Peer(m) => {
+            Input::Peer(m, stamp) => {
                 if m.to == self.cfg.node_id {
+                    if self.timeline.enabled() {
+                        match &m.body {
+                            consensus::Body::Append { entries, .. } if !entries.is_empty() => {
+                                let (first, last) =
+                                    (entries[0].index, entries[entries.len() - 1].index);
+                                self.timeline.follower_received(first, last, stamp.received);
+                            }
+                            consensus::Body::AppendResponse {
+                                success: true, match_index, ..
+                            } if self.node.role() == Role::Leader && m.term == self.node.term() => {
+                                self.timeline.acked(
+                                    m.from,
+                                    *match_index,
+                                    stamp.ack_local_ns,
+                                    stamp.received,
+                                );
+                            }
+                            _ => {}
+                        }
+                    }
                     self.node.step(m);
                 }
             }
-            Input::Tick => self.node.tick(),
-            Input::Durable { index, term } => self.node.on_entries_durable(index, term),
+            Input::Tick => {
+                self.node.tick();
+                let mut lag = self.gauges.follower_lag.borrow_mut();
+                lag.clear();
+                if self.node.role() == Role::Leader {
+                    let last = self.node.last_index();
+                    lag.extend(
+                        self.node
+                            .progress_match()
+                            .into_iter()
+                            .filter(|(id, _)| *id != self.cfg.node_id)
+                            .map(|(id, m)| (id, last.saturating_sub(m))),
+                    );
+                }
+            }
+            Input::Durable { index, term, flush } => {
+                if let Some(f) = flush
+                    && self.timeline.enabled()
+                {
+                    self.timeline.durable(index, f.submitted, f.durable);
+                }
+                self.node.on_entries_durable(index, term)
+            }
             Input::Failed(e) => {
                 tracing::error!(group = self.group, error = %e, "a log flush failed");
+                self.metrics.error("log_io");
                 self.fail_all(&e.to_string());
                 self.handle.inbox.close();
             }
             Input::Fetched { lo, entries } => self.node.on_fetched(lo, entries),
-            Input::Append { entries, reply } => self.propose(entries, reply),
+            Input::Append { entries, reply, received } => self.propose(entries, reply, received),
             Input::Status { reply } => {
                 let text = self.status_json();
                 reply.send(
@@ -412,16 +562,21 @@ impl GroupDriver {
         }
     }
 
-    fn propose(&mut self, entries: Vec<(u64, u64, Bytes)>, reply: ReplyTo) {
+    fn propose(&mut self, entries: Vec<(u64, u64, Bytes)>, reply: ReplyTo, received: Instant) {
         if self.node.role() != Role::Leader {
             self.not_leader(&reply);
             return;
         }
         let n = entries.len();
+        CoreMetrics::add(&self.metrics.append_requests, 1);
+        CoreMetrics::add(&self.metrics.entries_proposed, n as u64);
+        let proposed = if self.timeline.enabled() { Instant::now() } else { received };
         let pa = Rc::new(PendingAppend {
             reply,
             positions: RefCell::new(vec![(0, 0); n]),
             remaining: Cell::new(n),
+            received,
+            proposed,
         });
         for (k, (session, seq, data)) in entries.into_iter().enumerate() {
             match self.node.propose(session, seq, data) {
@@ -456,7 +611,7 @@ impl GroupDriver {
         }
     }
 
-    fn resolve(&self, pa: &Rc<PendingAppend>, k: usize, index: u64, term: u64) {
+    fn resolve(&mut self, pa: &Rc<PendingAppend>, k: usize, index: u64, term: u64) {
         if pa.remaining.get() == 0 {
             return;
         }
@@ -479,6 +634,11 @@ impl GroupDriver {
                 ),
                 &payload,
             );
+            if self.timeline.enabled() {
+                let first = positions.iter().map(|p| p.0).min().unwrap_or(0);
+                let last = positions.iter().map(|p| p.0).max().unwrap_or(0);
+                self.timeline.replied(pa.received, pa.proposed, first, last);
+            }
         }
     }
 
@@ -508,6 +668,7 @@ impl GroupDriver {
                 self.node.on_entries_durable(s.index, s.term);
             }
         }
+        let mut wrote = None;
         if let Some(w) = entries {
             if w.first_index <= self.log.last_index() {
                 self.log.truncate_after(w.first_index - 1).await?;
@@ -536,11 +697,15 @@ impl GroupDriver {
             }
             let last = w.entries.last().expect("non-empty write");
             let (index, term) = (last.index, last.term);
+            wrote = Some((w.first_index, index));
             let log = self.log.clone();
             let handle = self.handle.clone();
             glommio::spawn_local(async move {
                 match log.wait_durable(index).await {
-                    Ok(()) => handle.inbox.push(Input::Durable { index, term }),
+                    Ok(()) => {
+                        let flush = log.flush_times(index);
+                        handle.inbox.push(Input::Durable { index, term, flush })
+                    }
                     Err(LogError::Truncated { .. }) => {}
                     Err(e) => handle.inbox.push(Input::Failed(e)),
                 }
@@ -551,11 +716,35 @@ impl GroupDriver {
             self.save_hard_state(hs).await?;
             self.node.on_hard_state_durable(hs);
         }
+        let timing = self.timeline.enabled();
         for m in &messages {
-            self.peers.send(self.group, m);
+            let mut ack_local_ns = None;
+            if timing {
+                match &m.body {
+                    consensus::Body::AppendResponse { success: true, match_index, .. } => {
+                        ack_local_ns = self.timeline.follower_acking(*match_index);
+                    }
+                    consensus::Body::Append { entries, .. } if !entries.is_empty() => {
+                        let last = entries[entries.len() - 1].index;
+                        self.timeline.sent(m.to, last, Instant::now());
+                    }
+                    _ => {}
+                }
+            }
+            self.peers.send(self.group, m, ack_local_ns);
+        }
+        if timing
+            && let Some((first, last)) = wrote
+            && self.node.role() == Role::Leader
+        {
+            self.timeline.leader_wrote(first, last, Instant::now());
         }
         if let Some(c) = commit_index {
+            CoreMetrics::add(&self.metrics.entries_committed, c.saturating_sub(self.commit));
             self.commit = c;
+            if timing && self.node.role() == Role::Leader {
+                self.timeline.committed(c, Instant::now());
+            }
         }
         for r in replies {
             match r {

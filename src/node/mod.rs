@@ -21,9 +21,12 @@ pub mod codec;
 pub mod config;
 mod group;
 pub mod inbox;
+pub mod metrics;
 mod peer;
 pub mod proto;
 mod server;
+pub mod stages;
+pub mod trace;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -70,6 +73,8 @@ impl CoreCtx {
 pub struct NodeHandle {
     stop: Arc<AtomicBool>,
     threads: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>,
+    scraper: Arc<metrics::Scraper>,
+    metrics_server: Option<(std::net::SocketAddr, std::thread::JoinHandle<()>)>,
 }
 
 impl NodeHandle {
@@ -89,12 +94,33 @@ impl NodeHandle {
                 Err(e) => first_err = first_err.or(Some(e.to_string())),
             }
         }
+        // The cores have stopped: so does the endpoint (it watches the same flag).
+        if let Some((_, t)) = self.metrics_server {
+            self.stop.store(true, Ordering::SeqCst);
+            let _ = t.join();
+        }
         first_err.map_or(Ok(()), Err)
     }
 
     /// The flag that stops the node when set (for signal handlers).
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
+    }
+
+    /// A copy of every core's figures (see [`metrics`]); with `trace`, the sampled appends too.
+    pub fn snapshot(&self, trace: bool) -> Result<metrics::NodeSnapshot, String> {
+        self.scraper.snapshot(trace)
+    }
+
+    /// Where the latency of this node's appends (as leader) went: `(stage, nanoseconds)` per
+    /// stage of [`stages::STAGES`], merged over the cores.
+    pub fn stages(&self) -> Result<Vec<(String, hdrhistogram::Histogram<u64>)>, String> {
+        Ok(self.snapshot(false)?.stages().named())
+    }
+
+    /// The address the metrics endpoint listens on, when `metrics_addr` is set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_server.as_ref().map(|(a, _)| *a)
     }
 }
 
@@ -108,7 +134,17 @@ pub fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::new();
+    let (scraper, mut asks) = metrics::Scraper::new(cfg.node_id, cfg.cores);
+    let scraper = Arc::new(scraper);
+    let metrics_listener = match cfg.metrics_addr {
+        Some(a) => Some(
+            std::net::TcpListener::bind(a)
+                .map_err(|e| format!("binding the metrics endpoint {a}: {e}"))?,
+        ),
+        None => None,
+    };
     for core in 0..cfg.cores {
+        let asks = asks.remove(0);
         let placement =
             if cfg.pin { glommio::Placement::Fixed(core) } else { glommio::Placement::Unbound };
         let (cfg, stop, ready_tx) = (cfg.clone(), stop.clone(), ready_tx.clone());
@@ -117,7 +153,7 @@ pub fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
         let t = glommio::LocalExecutorBuilder::new(placement)
             .name(&format!("corelog-{}-{core}", cfg.node_id))
             .io_memory(io_memory)
-            .spawn(move || async move { run_core(cfg, core, stop, ready_tx).await })
+            .spawn(move || async move { run_core(cfg, core, stop, ready_tx, asks).await })
             .map_err(|e| format!("starting core {core}: {e}"))?;
         threads.push(t);
     }
@@ -135,7 +171,19 @@ pub fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
             Err(_) => return Err("a core stopped while starting".into()),
         }
     }
-    Ok(NodeHandle { stop, threads })
+    let metrics_server = match metrics_listener {
+        Some(l) => {
+            let addr = l.local_addr().map_err(|e| format!("metrics endpoint: {e}"))?;
+            let (scraper, stop) = (scraper.clone(), stop.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("corelog-{}-metrics", cfg.node_id))
+                .spawn(move || metrics::serve(l, scraper, stop))
+                .map_err(|e| format!("starting the metrics endpoint: {e}"))?;
+            Some((addr, t))
+        }
+        None => None,
+    };
+    Ok(NodeHandle { stop, threads, scraper, metrics_server })
 }
 
 async fn run_core(
@@ -143,8 +191,10 @@ async fn run_core(
     core: usize,
     stop_all: Arc<AtomicBool>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
+    asks: std::sync::mpsc::Receiver<metrics::Ask>,
 ) -> Result<(), String> {
     let cfg = Rc::new(cfg);
+    let core_metrics = metrics::CoreMetrics::for_this_core(&cfg, core);
     let stop = Rc::new(Cell::new(false));
     let me = cfg.me().clone();
     let bind = |mut a: std::net::SocketAddr| {
@@ -187,13 +237,18 @@ async fn run_core(
     let peer_server = glommio::spawn_local(peer::serve(ctx.clone(), peer_listener));
     let client_server = glommio::spawn_local(server::serve(ctx.clone(), client_listener));
     let _ = ready.send(Ok(()));
-    // The tick: every group on this core, every `tick_ms`; also watches for shutdown.
+    // The tick: every group on this core, every `tick_ms`; also watches for shutdown and
+    // answers metrics requests.
     let tick = Duration::from_millis(cfg.tick_ms);
     while !stop_all.load(Ordering::SeqCst) {
         glommio::timer::sleep(tick).await;
         for g in ctx.groups.borrow().values() {
             g.inbox.push(Input::Tick);
         }
+        metrics::answer(&asks, &core_metrics, || metrics::CoreExtra {
+            client_connections: ctx.client_connections.get() as u64,
+            peers: peers.link_states(),
+        });
     }
     // Shutdown: stop accepting, stop the drivers (each closes its log after its in-flight
     // flushes), then the links.

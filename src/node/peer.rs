@@ -93,8 +93,9 @@ impl Peers {
         Rc::new(Peers { links })
     }
 
-    /// Queues `m` for its destination; dropped if the link is down or its queue is full.
-    pub fn send(&self, group: u64, m: &Message) {
+    /// Queues `m` for its destination; dropped if the link is down or its queue is full. An
+    /// ack carries `ack_local_ns` when given (see [`super::codec`]).
+    pub fn send(&self, group: u64, m: &Message, ack_local_ns: Option<u64>) {
         let Some(link) = self.links.get(&m.to) else {
             return;
         };
@@ -107,11 +108,16 @@ impl Peers {
             link.dropped.set(link.dropped.get() + 1);
             return;
         }
-        super::codec::encode(&mut q, group, m);
+        super::codec::encode_timed(&mut q, group, m, ack_local_ns);
         drop(q);
         if let Some(w) = link.waker.take() {
             w.wake();
         }
+    }
+
+    /// (peer, link up, messages dropped) of every link, for the metrics.
+    pub fn link_states(&self) -> Vec<(u64, bool, u64)> {
+        self.links.values().map(|l| (l.peer, l.connected.get(), l.dropped.get())).collect()
     }
 
     /// Wakes every link task (at shutdown).
@@ -363,6 +369,7 @@ async fn handle_conn(ctx: Rc<CoreCtx>, mut stream: TcpStream) {
         let m = match super::codec::decode(&buf, &msg, &limits) {
             Ok(m) => m,
             Err(e) => {
+                super::metrics::count_error("peer_protocol");
                 tracing::warn!(peer, group, error = %e, "undecodable consensus message; closing");
                 break;
             }
@@ -377,9 +384,10 @@ async fn handle_conn(ctx: Rc<CoreCtx>, mut stream: TcpStream) {
             break;
         }
         match ctx.group(group) {
-            Some(g) => g.inbox.push(Input::Peer(m)),
+            Some(g) => g.inbox.push(Input::Peer(m, super::group::PeerStamp::of(&msg))),
             None => {
                 ctx.errors_unknown_group.set(ctx.errors_unknown_group.get() + 1);
+                super::metrics::count_error("unknown_group");
                 tracing::warn!(peer, group, "message for a group not on this core; dropped");
             }
         }

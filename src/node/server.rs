@@ -86,6 +86,7 @@ impl ClientConn {
     /// A connection-level error (after which the connection closes): queued after the
     /// responses already queued, whatever the bound.
     fn fail(&self, why: &str) {
+        super::metrics::count_error("client_protocol");
         if !self.closed.get() {
             let mut out = self.out.borrow_mut();
             wire::encode(&mut out, Kind::Error, 0, 0, &[], why.len());
@@ -411,7 +412,7 @@ fn handle_request(ctx: &Rc<CoreCtx>, conn: &Rc<ClientConn>, buf: &Bytes, msg: &w
                 entries.push((e.session, e.seq, buf.slice(start..start + e.data.len())));
             }
             conn.reserve(id, reservation(op, &meta, entries.len(), 0));
-            g.inbox.push(Input::Append { entries, reply });
+            g.inbox.push(Input::Append { entries, reply, received: std::time::Instant::now() });
         }
         Op::Status => {
             conn.reserve(id, reservation(op, &meta, 0, 0));

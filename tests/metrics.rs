@@ -1,0 +1,297 @@
+//! The metrics endpoint of a running 3-node cluster (one process, real TCP, real files): the
+//! exposition parses as Prometheus text, and its counters move after appends.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use corelog::client::{Client, ClientConfig};
+use corelog::node::{self, NodeConfig, PeerConfig, metrics};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn configs(dir: &std::path::Path, n: u64) -> Vec<NodeConfig> {
+    let members: Vec<PeerConfig> = (1..=n)
+        .map(|id| PeerConfig {
+            id,
+            peer_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            client_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        })
+        .collect();
+    (1..=n)
+        .map(|id| NodeConfig {
+            node_id: id,
+            data_dir: dir.join(format!("n{id}")),
+            members: members.clone(),
+            segment_bytes: 4 << 20,
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            ..NodeConfig::default()
+        })
+        .collect()
+}
+
+type Labels = Vec<(String, String)>;
+
+/// One sample line: metric name, labels, value.
+#[derive(Debug, Clone, PartialEq)]
+struct Sample {
+    name: String,
+    labels: Labels,
+    value: f64,
+}
+
+/// A strict parser of the text exposition: every line is a comment (`# HELP name text`,
+/// `# TYPE name kind`, or any other `#` line) or `name{labels} value`; a sample's family is
+/// declared by a `# TYPE` before it; names and label names are valid identifiers.
+fn parse(text: &str) -> Result<(Vec<Sample>, HashMap<String, String>), String> {
+    let ident = |s: &str, colon: bool| {
+        !s.is_empty()
+            && s.chars().enumerate().all(|(i, c)| {
+                c == '_'
+                    || c.is_ascii_alphabetic()
+                    || (colon && c == ':')
+                    || (i > 0 && c.is_ascii_digit())
+            })
+    };
+    let mut types = HashMap::new();
+    let mut samples = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let err = |why: &str| format!("line {}: {why}: {line:?}", n + 1);
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(c) = line.strip_prefix('#') {
+            let words: Vec<&str> = c.split_whitespace().collect();
+            match words.first() {
+                Some(&"TYPE") => {
+                    let (Some(name), Some(kind)) = (words.get(1), words.get(2)) else {
+                        return Err(err("TYPE needs a name and a kind"));
+                    };
+                    if !ident(name, true)
+                        || !["counter", "gauge", "histogram", "summary", "untyped"].contains(kind)
+                    {
+                        return Err(err("bad TYPE"));
+                    }
+                    if types.insert(name.to_string(), kind.to_string()).is_some() {
+                        return Err(err("family declared twice"));
+                    }
+                }
+                Some(&"HELP") if words.len() < 2 => return Err(err("HELP needs a name")),
+                _ => {}
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').ok_or_else(|| err("no value"))?;
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().map_err(|_| err("value is not a number"))?,
+        };
+        let (name, labels) = match series.split_once('{') {
+            None => (series, Vec::new()),
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').ok_or_else(|| err("unclosed labels"))?;
+                let mut labels = Vec::new();
+                for pair in body.split(',').filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once('=').ok_or_else(|| err("label without ="))?;
+                    let v = v
+                        .strip_prefix('"')
+                        .and_then(|v| v.strip_suffix('"'))
+                        .ok_or_else(|| err("unquoted label value"))?;
+                    if !ident(k, false) || v.contains('"') {
+                        return Err(err("bad label"));
+                    }
+                    labels.push((k.to_string(), v.to_string()));
+                }
+                (name, labels)
+            }
+        };
+        if !ident(name, true) {
+            return Err(err("bad metric name"));
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s).filter(|f| types.get(*f).is_some_and(|k| k == "histogram"))
+            })
+            .unwrap_or(name);
+        if !types.contains_key(family) {
+            return Err(err("sample before its TYPE"));
+        }
+        samples.push(Sample { name: name.to_string(), labels, value });
+    }
+    Ok((samples, types))
+}
+
+struct Scrape {
+    samples: Vec<Sample>,
+}
+
+impl Scrape {
+    fn of(addr: SocketAddr) -> Scrape {
+        let text = metrics::http_get(addr, "/metrics").expect("GET /metrics");
+        let (samples, types) = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        // Naming: counters end in _total; histograms of time in _seconds, of size in _bytes.
+        for (name, kind) in &types {
+            match kind.as_str() {
+                "counter" => assert!(name.ends_with("_total"), "counter {name}"),
+                "histogram" => assert!(
+                    name.ends_with("_seconds") || name.ends_with("_bytes"),
+                    "histogram {name} lacks a base unit"
+                ),
+                _ => {}
+            }
+        }
+        let s = Scrape { samples };
+        s.check_histograms(&types);
+        s
+    }
+
+    /// Buckets are cumulative and the +Inf bucket equals the count.
+    fn check_histograms(&self, types: &HashMap<String, String>) {
+        for (family, _) in types.iter().filter(|(_, k)| *k == "histogram") {
+            let bucket = format!("{family}_bucket");
+            let mut series: HashMap<Labels, Vec<(f64, f64)>> = HashMap::new();
+            for s in self.samples.iter().filter(|s| s.name == bucket) {
+                let le = s.labels.iter().find(|(k, _)| k == "le").expect("le label");
+                let le: f64 = if le.1 == "+Inf" { f64::INFINITY } else { le.1.parse().unwrap() };
+                let rest: Vec<_> = s.labels.iter().filter(|(k, _)| k != "le").cloned().collect();
+                series.entry(rest).or_default().push((le, s.value));
+            }
+            for (labels, buckets) in series {
+                for w in buckets.windows(2) {
+                    assert!(
+                        w[0].0 < w[1].0 && w[0].1 <= w[1].1,
+                        "{family}{labels:?} not cumulative"
+                    );
+                }
+                let count = self
+                    .samples
+                    .iter()
+                    .find(|s| s.name == format!("{family}_count") && s.labels == labels)
+                    .expect("a _count per series");
+                assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, count.value), "{family}");
+            }
+        }
+    }
+
+    /// The sum of the samples named `name` whose labels include `labels`.
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|s| {
+                s.name == name
+                    && labels.iter().all(|(k, v)| s.labels.iter().any(|(a, b)| a == k && b == v))
+            })
+            .map(|s| s.value)
+            .sum()
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.samples.iter().any(|s| s.name == name)
+    }
+}
+
+#[test]
+fn the_parser_rejects_what_is_not_exposition() {
+    assert!(parse("# TYPE a counter\na 1\n").is_ok());
+    assert!(parse("# TYPE a_total counter\na_total{x=\"1\",y=\"b\"} 2.5\n").is_ok());
+    assert!(parse("a 1\n").is_err(), "no TYPE");
+    assert!(parse("# TYPE a counter\na\n").is_err(), "no value");
+    assert!(parse("# TYPE a counter\na x\n").is_err(), "not a number");
+    assert!(parse("# TYPE a counter\na{x=1} 1\n").is_err(), "unquoted");
+    assert!(parse("# TYPE a counter\na{x=\"1\" 1\n").is_err(), "unclosed");
+    assert!(parse("# TYPE 1a counter\n").is_err(), "bad name");
+}
+
+#[test]
+fn a_running_cluster_exposes_metrics_that_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfgs = configs(dir.path(), 3);
+    let addrs: Vec<SocketAddr> = cfgs[0].members.iter().map(|m| m.client_addr).collect();
+    let nodes: Vec<_> = cfgs.iter().cloned().map(|c| node::start(c).expect("start")).collect();
+    let endpoints: Vec<SocketAddr> =
+        nodes.iter().map(|n| n.metrics_addr().expect("metrics endpoint")).collect();
+    let mut client = Client::new(ClientConfig::new(addrs.clone())).unwrap();
+    client.append(0, b"first").expect("append");
+    // The one leader, as the metrics say.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let leader = loop {
+        let scrapes: Vec<Scrape> = endpoints.iter().map(|a| Scrape::of(*a)).collect();
+        let leaders: Vec<usize> = (0..3)
+            .filter(|i| scrapes[*i].get("corelog_is_leader", &[("group", "0")]) == 1.0)
+            .collect();
+        if leaders.len() == 1 {
+            break leaders[0];
+        }
+        assert!(Instant::now() < deadline, "no single leader in the metrics");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let before: Vec<Scrape> = endpoints.iter().map(|a| Scrape::of(*a)).collect();
+    let n = 60;
+    for i in 0..n {
+        client.append(0, format!("entry {i}").as_bytes()).expect("append");
+    }
+    // A follower asked for an append answers NotLeader (and the client then follows it).
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    let mut redirected = Client::new(ClientConfig::new(vec![addrs[follower]])).unwrap();
+    redirected.append(0, b"via a follower").expect("append after a redirect");
+    let n = n as f64 + 1.0;
+    // Followers learn the commit with the next message: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let after: Vec<Scrape> = endpoints.iter().map(|a| Scrape::of(*a)).collect();
+        let committed = (0..3).all(|i| {
+            after[i].get("corelog_commits_total", &[]) - before[i].get("corelog_commits_total", &[])
+                >= n
+        });
+        if committed {
+            break after;
+        }
+        assert!(Instant::now() < deadline, "commits did not show on every node");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (b, a) = (&before[leader], &after[leader]);
+    let moved = |name: &str, labels: &[(&str, &str)]| a.get(name, labels) - b.get(name, labels);
+    assert!(moved("corelog_appends_total", &[]) >= n);
+    assert!(moved("corelog_append_requests_total", &[]) >= n);
+    for (stage, _) in node::stages::STAGES {
+        let c = moved("corelog_append_stage_duration_seconds_count", &[("stage", stage)]);
+        assert!(c >= n, "stage {stage}: {c} appends timed");
+    }
+    assert!(moved("corelog_append_duration_seconds_count", &[]) >= n);
+    assert!(moved("corelog_append_stage_duration_seconds_sum", &[("stage", "leader_flush")]) > 0.0);
+    assert!(a.get("corelog_term", &[("group", "0")]) >= 1.0);
+    assert_eq!(a.get("corelog_leader_id", &[("group", "0")]), (leader + 1) as f64);
+    assert!(a.get("corelog_commit_index", &[("group", "0")]) >= n);
+    assert!(a.get("corelog_client_connections", &[]) >= 1.0);
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        let moved = |name: &str| a.get(name, &[("group", "0")]) - b.get(name, &[("group", "0")]);
+        assert!(moved("corelog_log_written_bytes_total") > 0.0, "node {i} wrote nothing");
+        assert!(moved("corelog_log_flushes_total") > 0.0, "node {i} flushed nothing");
+        assert!(moved("corelog_log_flush_size_bytes_count") > 0.0, "node {i}");
+        assert!(moved("corelog_log_flush_duration_seconds_count") > 0.0, "node {i}");
+        assert!(moved("corelog_log_entries_appended_total") >= n, "node {i}");
+        assert!(a.get("corelog_leader_changes_total", &[]) >= 1.0, "node {i} saw no leader");
+        for peer in (1..=3u64).filter(|p| *p != i as u64 + 1) {
+            let p = peer.to_string();
+            assert_eq!(a.get("corelog_peer_links_up", &[("peer", &p)]), 1.0, "node {i} to {p}");
+        }
+    }
+    let elections: f64 = after.iter().map(|s| s.get("corelog_elections_total", &[])).sum();
+    assert!(elections >= 1.0, "someone campaigned");
+    assert!(a.has("corelog_follower_lag_entries"), "the leader reports its followers' lag");
+    let not_leader = |s: &Scrape| s.get("corelog_errors_total", &[("kind", "not_leader")]);
+    assert!(not_leader(&after[follower]) > not_leader(&before[follower]), "NotLeader counted");
+    // Other paths and methods are refused.
+    let e = metrics::http_get(endpoints[0], "/nothing").unwrap_err();
+    assert!(e.contains("404"), "{e}");
+    let stages = metrics::fetch_stages(endpoints[leader]).expect("GET /stages");
+    assert_eq!(stages.len(), node::stages::STAGE_COUNT);
+    assert!(stages.iter().all(|(_, h)| h.len() as f64 >= n));
+    for n in nodes {
+        n.shutdown().unwrap();
+    }
+}
