@@ -196,6 +196,9 @@ impl LocalCluster {
                 n.shutdown().expect("shutdown");
             }
         }
+    }
+}
+
 /// Clusters of real `corelog serve` processes for the fault tests, with every peer link
 /// optionally through the fault proxy, or each node in its own network namespace.
 pub mod procs {
