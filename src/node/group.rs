@@ -177,8 +177,9 @@ impl GroupDriver {
         let (log, _) = Log::open(&dir, log_cfg).await.map_err(|e| format!("group {group}: {e}"))?;
         let (hs_file, hs) =
             HardStateFile::open(&dir, group).await.map_err(|e| format!("group {group}: {e}"))?;
-        let initial =
-            Membership::with_voters(&cfg.members.iter().map(|m| (m.id, 1u8)).collect::<Vec<_>>());
+        let initial = Membership::with_voters(
+            &cfg.initial_voters().iter().map(|&id| (id, 1u8)).collect::<Vec<_>>(),
+        );
         let core_cfg = consensus::Config {
             election_tick: cfg.election_ticks,
             heartbeat_tick: cfg.heartbeat_ticks,

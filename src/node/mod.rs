@@ -43,6 +43,8 @@ pub(crate) struct CoreCtx {
     groups: RefCell<HashMap<u64, Rc<GroupHandle>>>,
     stop: Rc<Cell<bool>>,
     client_connections: Cell<usize>,
+    /// Peer connections accepted whose handshake is not finished.
+    peer_handshakes: Cell<usize>,
     errors_unknown_group: Cell<u64>,
 }
 
@@ -169,6 +171,7 @@ async fn run_core(
         groups: RefCell::new(HashMap::new()),
         stop: stop.clone(),
         client_connections: Cell::new(0),
+        peer_handshakes: Cell::new(0),
         errors_unknown_group: Cell::new(0),
     });
     let mut drivers = Vec::new();
