@@ -9,11 +9,14 @@
 //! - [`sim`]: the deterministic simulator that drives the consensus core with a fake network
 //!   and a fake disk and checks the safety invariants after every step.
 //! - [`wire`]: the envelope of every message on a TCP connection (peers and clients).
+//! - [`client`]: the blocking client library; [`embed`]: a node inside the application's
+//!   process, reached without sockets.
 //! - [`bench`]: the benchmarks behind `corelog bench`.
 
 pub mod bench;
 pub mod client;
 pub mod consensus;
+pub mod embed;
 pub mod frame;
 pub mod log;
 pub mod node;

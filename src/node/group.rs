@@ -50,6 +50,7 @@ pub(crate) enum Input {
     Status { reply: ReplyTo },
     Read { lo: u64, hi: u64, max_bytes: usize, reply: ReplyTo },
     Trim { index: u64, reply: ReplyTo },
+    Member { change: consensus::ConfChange, reply: ReplyTo },
 }
 
 /// A client append waiting for its entries to commit.
@@ -62,6 +63,10 @@ struct PendingAppend {
 /// The handle other tasks of the core use to reach a group.
 pub(crate) struct GroupHandle {
     pub inbox: Inbox<Input>,
+    /// The commit index, for tails to wait on.
+    pub commit: super::server::CommitWatch,
+    /// The group's log, for tails to read (set once open).
+    pub log: RefCell<Option<Log>>,
 }
 
 pub(crate) struct GroupDriver {
@@ -78,6 +83,8 @@ pub(crate) struct GroupDriver {
     peers: Rc<Peers>,
     pending: HashMap<(u64, u64), (Rc<PendingAppend>, usize)>,
     commit: u64,
+    /// Snapshots received from a leader and installed (status: `snapshots_installed`).
+    snapshots_installed: u64,
 }
 
 fn encode_snapshot_meta(index: u64, term: u64, m: &Membership) -> Vec<u8> {
@@ -254,6 +261,8 @@ impl GroupDriver {
             Node::restart(cfg.node_id, core_cfg, initial, seed, restart)
         };
         let commit = node.commit_index();
+        *handle.log.borrow_mut() = Some(log.clone());
+        handle.commit.set(commit);
         Ok(GroupDriver {
             group,
             cfg,
@@ -266,6 +275,7 @@ impl GroupDriver {
             peers,
             pending: HashMap::new(),
             commit,
+            snapshots_installed: 0,
         })
     }
 
@@ -323,6 +333,24 @@ impl GroupDriver {
                 self.handle.inbox.close();
             }
             Input::Fetched { lo, entries } => self.node.on_fetched(lo, entries),
+            Input::Member { change, reply } => {
+                let status = match self.node.change_membership(change) {
+                    Ok(index) => {
+                        let term = self.node.term();
+                        let meta = ResponseMeta::new(Status::Ok, self.cfg.node_id, index, term);
+                        reply.send(self.group, meta, &[]);
+                        return;
+                    }
+                    Err(consensus::Error::NotLeader { .. }) => {
+                        self.not_leader(&reply);
+                        return;
+                    }
+                    Err(e @ consensus::Error::Busy { .. }) => (Status::Busy, e.to_string()),
+                    Err(e) => (Status::BadRequest, e.to_string()),
+                };
+                let meta = ResponseMeta::new(status.0, self.leader_hint(), 0, 0);
+                reply.send(self.group, meta, status.1.as_bytes());
+            }
             Input::Append { entries, reply } => self.propose(entries, reply),
             Input::Status { reply } => {
                 let text = self.status_json();
@@ -506,6 +534,7 @@ impl GroupDriver {
         if let Some(s) = &snapshot {
             save_sessions(&self.dir, self.group, s)?;
             self.log.reset(s.index + 1).await?;
+            self.snapshots_installed += 1;
             self.snapshot_meta = Some((s.index, s.term, s.membership.clone()));
             let hs = self.node.hard_state();
             self.save_hard_state(hs).await?;
@@ -561,6 +590,7 @@ impl GroupDriver {
         }
         if let Some(c) = commit_index {
             self.commit = c;
+            self.handle.commit.set(c);
         }
         for r in replies {
             match r {
@@ -650,6 +680,9 @@ impl GroupDriver {
             "durable_index": self.log.durable_index(),
             "first_index": self.log.first_index(),
             "members": members,
+            "voters": self.node.membership().voters.iter().map(|v| v.id).collect::<Vec<_>>(),
+            "learners": self.node.membership().learners,
+            "snapshots_installed": self.snapshots_installed,
             "progress": progress,
             "cores": self.cfg.cores,
         })

@@ -72,6 +72,8 @@ impl CoreCtx {
 pub struct NodeHandle {
     stop: Arc<AtomicBool>,
     threads: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>,
+    /// Per core: where in-process connections arrive (see [`crate::embed`]).
+    local: Vec<Arc<crate::embed::LocalAcceptor>>,
 }
 
 impl NodeHandle {
@@ -94,6 +96,11 @@ impl NodeHandle {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Per core, the acceptor of in-process connections.
+    pub(crate) fn local_acceptors(&self) -> Vec<Arc<crate::embed::LocalAcceptor>> {
+        self.local.clone()
+    }
+
     /// The flag that stops the node when set (for signal handlers).
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
@@ -109,7 +116,9 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::new();
-    for core in 0..cfg.cores {
+    let local: Vec<Arc<crate::embed::LocalAcceptor>> =
+        (0..cfg.cores).map(|_| Arc::default()).collect();
+    for (core, acceptor) in local.iter().cloned().enumerate() {
         let placement =
             if cfg.pin { glommio::Placement::Fixed(core) } else { glommio::Placement::Unbound };
         let (cfg, stop, ready_tx) = (cfg.clone(), stop.clone(), ready_tx.clone());
@@ -122,7 +131,7 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         let t = glommio::LocalExecutorBuilder::new(placement)
             .name(&format!("corelog-{}-{core}", cfg.node_id))
             .io_memory(io_memory)
-            .spawn(move || async move { run_core(cfg, core, stop, ready_tx).await })
+            .spawn(move || async move { run_core(cfg, core, stop, ready_tx, acceptor).await })
             .map_err(|e| format!("starting core {core}: {e}"))?;
         threads.push(t);
     }
@@ -140,7 +149,7 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
             Err(_) => return Err("a core stopped while starting".into()),
         }
     }
-    Ok(NodeHandle { stop, threads })
+    Ok(NodeHandle { stop, threads, local })
 }
 
 async fn run_core(
@@ -148,6 +157,7 @@ async fn run_core(
     core: usize,
     stop_all: Arc<AtomicBool>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
+    acceptor: Arc<crate::embed::LocalAcceptor>,
 ) -> Result<(), String> {
     let cfg = Rc::new(cfg);
     let stop = Rc::new(Cell::new(false));
@@ -176,7 +186,11 @@ async fn run_core(
     });
     let mut drivers = Vec::new();
     for g in (core as u64..cfg.groups).step_by(cfg.cores) {
-        let handle = Rc::new(GroupHandle { inbox: Default::default() });
+        let handle = Rc::new(GroupHandle {
+            inbox: Default::default(),
+            commit: Default::default(),
+            log: RefCell::new(None),
+        });
         match GroupDriver::open(g, cfg.clone(), handle.clone(), peers.clone()).await {
             Ok(d) => {
                 ctx.groups.borrow_mut().insert(g, handle);
@@ -192,6 +206,7 @@ async fn run_core(
     }
     let peer_server = glommio::spawn_local(peer::serve(ctx.clone(), peer_listener));
     let client_server = glommio::spawn_local(server::serve(ctx.clone(), client_listener));
+    let local_server = glommio::spawn_local(server::serve_local(ctx.clone(), acceptor.clone()));
     let _ = ready.send(Ok(()));
     // The tick: every group on this core, every `tick_ms`; also watches for shutdown.
     let tick = Duration::from_millis(cfg.tick_ms);
@@ -211,7 +226,9 @@ async fn run_core(
         d.await;
     }
     peers.wake_all();
+    acceptor.close();
     peer_server.await;
     client_server.await;
+    local_server.await;
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The cluster commands of the `corelog` binary: `serve`, `config default`, `cluster`, and the
-//! client commands `append`, `read`, `status`, `trim`.
+//! client commands `append`, `read`, `tail`, `status`, `trim`, `member`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -288,6 +288,25 @@ pub enum ClientCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Follow the committed log from an index until interrupted (any replica serves it; the
+    /// tail moves to another node if the one it reads from stops).
+    Tail {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// First index.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Also print the protocol's own entries (a leader's no-op, membership changes).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Change the membership of the group (one change at a time; each returns once committed).
+    Member {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        change: MemberCommand,
+    },
     /// Trim the prefix up to an index (the application checkpointed it).
     Trim {
         #[command(flatten)]
@@ -297,12 +316,38 @@ pub enum ClientCommand {
     },
 }
 
+/// Membership changes. The node must be listed (with its addresses) in the `members` of every
+/// node's configuration.
+#[derive(Debug, clap::Subcommand)]
+pub enum MemberCommand {
+    /// Add a node as a learner: it receives the log, does not vote.
+    AddLearner {
+        /// Node id.
+        id: u64,
+    },
+    /// Turn a learner into a voter.
+    Promote {
+        /// Node id.
+        id: u64,
+        /// Election priority (0: a logger that campaigns only as a last resort).
+        #[arg(long, default_value_t = 1)]
+        priority: u8,
+    },
+    /// Remove a voter or a learner.
+    Remove {
+        /// Node id.
+        id: u64,
+    },
+}
+
 /// Runs a client command.
 pub fn client(cmd: &ClientCommand) -> ExitCode {
     let args = match cmd {
         ClientCommand::Append { client, .. }
         | ClientCommand::Read { client, .. }
         | ClientCommand::Status { client }
+        | ClientCommand::Tail { client, .. }
+        | ClientCommand::Member { client, .. }
         | ClientCommand::Trim { client, .. } => client,
     };
     let mut c = match Client::new(ClientConfig::new(args.nodes.clone())) {
@@ -347,6 +392,43 @@ pub fn client(cmd: &ClientCommand) -> ExitCode {
                         break;
                     }
                 }
+            }
+            ClientCommand::Tail { from, all, .. } => {
+                install_signal_handlers();
+                let mut tail = c.tail(args.group, *from);
+                let mut out = std::io::stdout().lock();
+                while SIGNALS.load(Ordering::SeqCst) == 0 {
+                    let Some(e) =
+                        tail.next_within(Duration::from_millis(200)).map_err(|e| e.to_string())?
+                    else {
+                        continue;
+                    };
+                    if e.kind != crate::frame::EntryKind::Normal && !*all {
+                        continue;
+                    }
+                    use std::io::Write;
+                    writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}",
+                        e.index,
+                        e.session,
+                        e.seq,
+                        String::from_utf8_lossy(&e.data)
+                    )
+                    .and_then(|()| out.flush())
+                    .map_err(|e| e.to_string())?;
+                }
+            }
+            ClientCommand::Member { change, .. } => {
+                let p = match change {
+                    MemberCommand::AddLearner { id } => c.add_learner(args.group, *id),
+                    MemberCommand::Promote { id, priority } => {
+                        c.promote(args.group, *id, *priority)
+                    }
+                    MemberCommand::Remove { id } => c.remove_member(args.group, *id),
+                }
+                .map_err(|e| e.to_string())?;
+                println!("committed at index {} (term {})", p.index, p.term);
             }
             ClientCommand::Status { .. } => {
                 println!("{}", c.status(args.group).map_err(|e| e.to_string())?)
