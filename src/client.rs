@@ -5,17 +5,28 @@
 //! group, and retries an append with the *same* session and sequence after a timeout, a lost
 //! connection or a leader change, so a retried append is committed once (the replicated
 //! session table answers a retry with the original position).
+//!
+//! [`Client::tail`] follows the committed log from a position ([`Tail`], a blocking iterator on
+//! its own connection). Any replica serves a tail with what it knows committed, so the
+//! iterator starts at any node and, when that node stops answering (no entries and no
+//! keepalive within the attempt timeout), moves on to the next one and resumes at the first
+//! index it has not yielded: entries come in log order, each exactly once, across leader
+//! changes and node failures.
+//!
+//! Membership: [`Client::add_learner`], [`Client::promote`], [`Client::remove_member`] propose
+//! the change at the leader and return once it is committed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::frame::{EntryKind, EntryRef, Frame, FrameLimits, encode_frame};
-use crate::node::proto::{Op, RequestMeta, ResponseMeta, Status};
+use crate::node::proto::{MemberChange, Op, RequestMeta, ResponseMeta, Status};
 use crate::wire::{self, ENVELOPE_LEN, Kind};
 
 /// Where an entry landed in the log.
@@ -79,13 +90,77 @@ impl ClientConfig {
     }
 }
 
+/// A connection to a node: TCP, or an in-process pipe to an embedded node.
+pub(crate) enum Conn {
+    Tcp(TcpStream),
+    Local(crate::embed::LocalStream),
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.read(buf),
+            Conn::Local(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.write(buf),
+            Conn::Local(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.flush(),
+            Conn::Local(s) => s.flush(),
+        }
+    }
+}
+
+/// Opens in-process connections to the addresses it knows (an embedded node's ports); `None`
+/// for any other address, which is then reached over TCP.
+pub(crate) type Connector = Arc<dyn Fn(SocketAddr, Duration) -> Option<Conn> + Send + Sync>;
+
+/// Opens a connection to `addr`: in-process if `connector` knows it, else TCP.
+fn open_conn(
+    connector: &Option<Connector>,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<Conn, String> {
+    if let Some(c) = connector.as_ref().and_then(|f| f(addr, timeout)) {
+        return Ok(c);
+    }
+    let s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    Ok(Conn::Tcp(s))
+}
+
+/// Reads one whole message (any kind) from `stream`.
+fn read_one(stream: &mut Conn) -> Result<Vec<u8>, String> {
+    let mut env = [0u8; ENVELOPE_LEN];
+    stream.read_exact(&mut env).map_err(|e| e.to_string())?;
+    let e = wire::check_envelope(&env, 1 << 30).map_err(|e| e.to_string())?;
+    let total = wire::message_len(e);
+    let mut buf = vec![0u8; total];
+    buf[..ENVELOPE_LEN].copy_from_slice(&env);
+    stream.read_exact(&mut buf[ENVELOPE_LEN..]).map_err(|e| e.to_string())?;
+    Ok(buf)
+}
+
 /// A blocking client. One session: appends through it are numbered and deduplicated.
 pub struct Client {
     cfg: ClientConfig,
+    connector: Option<Connector>,
     session: u64,
     next_seq: u64,
     next_id: u64,
-    conns: HashMap<SocketAddr, TcpStream>,
+    conns: HashMap<SocketAddr, Conn>,
     /// Node (base address) believed to lead each group.
     leader: HashMap<u64, SocketAddr>,
     /// Port that serves a group, per node.
@@ -113,6 +188,7 @@ impl Client {
         }
         Ok(Client {
             cfg,
+            connector: None,
             session: random_session(),
             next_seq: 1,
             next_id: 1,
@@ -121,6 +197,104 @@ impl Client {
             core_port: HashMap::new(),
             rr: 0,
         })
+    }
+
+    /// A client that reaches the addresses `connector` knows in-process.
+    pub(crate) fn with_connector(
+        cfg: ClientConfig,
+        connector: Connector,
+    ) -> Result<Client, ClientError> {
+        let mut c = Client::new(cfg)?;
+        c.connector = Some(connector);
+        Ok(c)
+    }
+
+    /// Follows the committed entries of `group` from index `from` (see [`Tail`]). The tail has
+    /// its own connection; this client stays usable.
+    pub fn tail(&self, group: u64, from: u64) -> Tail {
+        Tail {
+            cfg: self.cfg.clone(),
+            connector: self.connector.clone(),
+            group,
+            next: from.max(1),
+            conn: None,
+            ready: VecDeque::new(),
+            rr: self.rr,
+            core_port: HashMap::new(),
+            budget: 1 << 20,
+        }
+    }
+
+    /// Adds node `node` (listed in every node's `members`) to `group` as a learner: it
+    /// receives the log but does not vote. Returns the position of the change once committed.
+    pub fn add_learner(&mut self, group: u64, node: u64) -> Result<Position, ClientError> {
+        self.change_membership(group, MemberChange::AddLearner, node, 0)
+    }
+
+    /// Turns learner `node` into a voter with election `priority` (1 is the default of the
+    /// initial voters; 0 a logger that campaigns only as a last resort).
+    pub fn promote(
+        &mut self,
+        group: u64,
+        node: u64,
+        priority: u8,
+    ) -> Result<Position, ClientError> {
+        self.change_membership(group, MemberChange::Promote, node, priority)
+    }
+
+    /// Removes voter or learner `node` from `group`.
+    pub fn remove_member(&mut self, group: u64, node: u64) -> Result<Position, ClientError> {
+        self.change_membership(group, MemberChange::Remove, node, 0)
+    }
+
+    /// Proposes a membership change at the leader and waits until it is committed and in
+    /// effect (the leader's status shows it). One change at a time: while an earlier change is
+    /// uncommitted the leader answers busy and this retries until the deadline.
+    pub fn change_membership(
+        &mut self,
+        group: u64,
+        change: MemberChange,
+        node: u64,
+        priority: u8,
+    ) -> Result<Position, ClientError> {
+        let meta = RequestMeta::new(Op::Member, change as u64, node, u64::from(priority));
+        let (m, _) = self.call(group, meta, &[], true)?;
+        let pos = Position { index: m.a.get(), term: m.b.get() };
+        let deadline = Instant::now() + self.cfg.deadline;
+        loop {
+            let text = self.status(group)?;
+            let s: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let has = |k: &str| {
+                s[k].as_array().is_some_and(|a| a.iter().any(|x| x.as_u64() == Some(node)))
+            };
+            if s["commit_index"].as_u64().unwrap_or(0) >= pos.index {
+                let in_effect = match change {
+                    MemberChange::AddLearner => has("learners"),
+                    MemberChange::Promote | MemberChange::AddVoter => has("voters"),
+                    MemberChange::Remove => !has("voters") && !has("learners"),
+                };
+                if in_effect {
+                    return Ok(pos);
+                }
+                if s["role"] == "Leader" {
+                    return Err(ClientError::Refused {
+                        status: Status::Retry,
+                        message: format!(
+                            "the change at index {} was lost in a leader change; retry",
+                            pos.index
+                        ),
+                    });
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::Timeout(
+                    self.cfg.deadline,
+                    format!("the change at index {} did not commit", pos.index),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The session id of this client.
@@ -344,11 +518,7 @@ impl Client {
     ) -> Result<(ResponseMeta, Vec<u8>), String> {
         let timeout = self.cfg.attempt_timeout;
         if let std::collections::hash_map::Entry::Vacant(e) = self.conns.entry(addr) {
-            let s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
-            s.set_nodelay(true).map_err(|e| e.to_string())?;
-            s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-            s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-            e.insert(s);
+            e.insert(open_conn(&self.connector, addr, timeout)?);
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -358,13 +528,7 @@ impl Client {
         let stream = self.conns.get_mut(&addr).expect("inserted");
         stream.write_all(&out).map_err(|e| e.to_string())?;
         loop {
-            let mut env = [0u8; ENVELOPE_LEN];
-            stream.read_exact(&mut env).map_err(|e| e.to_string())?;
-            let e = wire::check_envelope(&env, 1 << 30).map_err(|e| e.to_string())?;
-            let total = wire::message_len(e);
-            let mut buf = vec![0u8; total];
-            buf[..ENVELOPE_LEN].copy_from_slice(&env);
-            stream.read_exact(&mut buf[ENVELOPE_LEN..]).map_err(|e| e.to_string())?;
+            let buf = read_one(stream)?;
             let m = wire::verify(&buf, 1 << 30).map_err(|e| e.to_string())?;
             if m.kind == Kind::Error {
                 return Err(String::from_utf8_lossy(m.frames).into_owned());
@@ -376,6 +540,158 @@ impl Client {
                 .map_err(|_| "bad response meta".to_string())?;
             return Ok((rm, m.frames.to_vec()));
         }
+    }
+}
+
+/// A tail: the committed entries of a group, in log order, each once, from a position on
+/// (see the module docs). Blocking; an iterator of `Result<ReadEntry, ClientError>`. It ends
+/// only with an error: every node unreachable for the client's deadline, or the position
+/// trimmed ([`Status::Trimmed`]: the application must restart from its checkpoint).
+pub struct Tail {
+    cfg: ClientConfig,
+    connector: Option<Connector>,
+    group: u64,
+    next: u64,
+    conn: Option<Conn>,
+    ready: VecDeque<ReadEntry>,
+    rr: usize,
+    core_port: HashMap<SocketAddr, u16>,
+    budget: u64,
+}
+
+impl Tail {
+    /// The index of the next entry the tail yields.
+    pub fn position(&self) -> u64 {
+        self.ready.front().map_or(self.next, |e| e.index)
+    }
+
+    /// The next committed entry; waits for it as long as it takes (and fails over between
+    /// nodes).
+    pub fn next_entry(&mut self) -> Result<ReadEntry, ClientError> {
+        loop {
+            if let Some(e) = self.ready.pop_front() {
+                return Ok(e);
+            }
+            self.receive(None)?;
+        }
+    }
+
+    /// The next committed entry, or `None` if there is none within `wait`.
+    pub fn next_within(&mut self, wait: Duration) -> Result<Option<ReadEntry>, ClientError> {
+        let until = Instant::now() + wait;
+        loop {
+            if let Some(e) = self.ready.pop_front() {
+                return Ok(Some(e));
+            }
+            if Instant::now() >= until {
+                return Ok(None);
+            }
+            self.receive(Some(until))?;
+        }
+    }
+
+    /// Receives one response (entries or a keepalive), connecting first if needed.
+    fn receive(&mut self, until: Option<Instant>) -> Result<(), ClientError> {
+        let mut down_since: Option<Instant> = None;
+        let mut last;
+        // Keepalives come about every half second: a node silent for longer has stopped.
+        let timeout = self.cfg.attempt_timeout.max(Duration::from_secs(2));
+        loop {
+            if until.is_some_and(|u| Instant::now() >= u) {
+                return Ok(());
+            }
+            if self.conn.is_none() {
+                let node = self.cfg.nodes[self.rr % self.cfg.nodes.len()];
+                self.rr = self.rr.wrapping_add(1);
+                let mut addr = node;
+                addr.set_port(self.core_port.get(&node).copied().unwrap_or(node.port()));
+                let opened = open_conn(&self.connector, addr, timeout).and_then(|mut c| {
+                    let meta = RequestMeta::new(Op::Tail, self.next, 0, self.budget);
+                    let mut out = Vec::with_capacity(ENVELOPE_LEN + 32);
+                    wire::encode(&mut out, Kind::Request, self.group, 1, meta.as_bytes(), 0);
+                    c.write_all(&out).map_err(|e| e.to_string())?;
+                    Ok(c)
+                });
+                match opened {
+                    Ok(c) => self.conn = Some(c),
+                    Err(e) => {
+                        last = format!("{addr}: {e}");
+                        let since = *down_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= self.cfg.deadline {
+                            return Err(ClientError::Timeout(self.cfg.deadline, last));
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                }
+            }
+            let conn = self.conn.as_mut().expect("connected");
+            let msg = read_one(conn).and_then(|buf| {
+                let m = wire::verify(&buf, 1 << 30).map_err(|e| e.to_string())?;
+                if m.kind == Kind::Error {
+                    return Err(String::from_utf8_lossy(m.frames).into_owned());
+                }
+                let rm = ResponseMeta::read_from_bytes(m.meta)
+                    .map_err(|_| "bad response meta".to_string())?;
+                Ok((rm, m.frames.to_vec()))
+            });
+            let (m, payload) = match msg {
+                Ok(x) => x,
+                Err(e) => {
+                    // A stopped or unreachable node: resume at the next one.
+                    tracing::debug!(error = %e, "tail connection lost; moving on");
+                    last = e;
+                    self.conn = None;
+                    let since = *down_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.cfg.deadline {
+                        return Err(ClientError::Timeout(self.cfg.deadline, last));
+                    }
+                    continue;
+                }
+            };
+            match Status::from_code(m.status) {
+                Some(Status::Ok) => {
+                    let hi = m.b.get();
+                    if !payload.is_empty() && hi >= self.next {
+                        for e in decode_entries(&payload, self.next, hi)? {
+                            if e.index != self.next {
+                                return Err(ClientError::Protocol(format!(
+                                    "tail expected index {}, got {}",
+                                    self.next, e.index
+                                )));
+                            }
+                            self.next += 1;
+                            self.ready.push_back(e);
+                        }
+                    }
+                    return Ok(());
+                }
+                Some(Status::WrongCore) => {
+                    let node = self.cfg.nodes[self.rr.wrapping_sub(1) % self.cfg.nodes.len()];
+                    self.core_port.insert(node, m.a.get() as u16);
+                    self.rr = self.rr.wrapping_sub(1);
+                    self.conn = None;
+                }
+                Some(s) => {
+                    self.conn = None;
+                    return Err(ClientError::Refused {
+                        status: s,
+                        message: String::from_utf8_lossy(&payload).into_owned(),
+                    });
+                }
+                None => {
+                    return Err(ClientError::Protocol(format!("unknown status {}", m.status)));
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for Tail {
+    type Item = Result<ReadEntry, ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        Some(self.next_entry())
     }
 }
 

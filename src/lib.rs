@@ -9,6 +9,8 @@
 //! - [`sim`]: the deterministic simulator that drives the consensus core with a fake network
 //!   and a fake disk and checks the safety invariants after every step.
 //! - [`wire`]: the envelope of every message on a TCP connection (peers and clients).
+//! - [`client`]: the blocking client library; [`embed`]: a node inside the application's
+//!   process, reached without sockets.
 //! - [`bench`]: the benchmarks behind `corelog bench`.
 //! - [`faultproxy`]: the fault-injecting TCP proxy that the tests of real processes put
 //!   between the nodes (`corelog proxy`).
@@ -17,6 +19,7 @@ pub mod bench;
 pub mod client;
 pub mod client_pipelined;
 pub mod consensus;
+pub mod embed;
 pub mod faultproxy;
 pub mod frame;
 pub mod log;

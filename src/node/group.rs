@@ -56,6 +56,7 @@ fn error_kind(status: u8) -> &'static str {
         Some(Status::Failed) => "failed",
         Some(Status::StaleSequence) => "stale_sequence",
         Some(Status::Retry) => "retry",
+        Some(Status::Trimmed) => "trimmed",
         Some(Status::BadRequest) | Some(Status::Ok) | None => "bad_request",
     }
 }
@@ -109,6 +110,10 @@ pub(crate) enum Input {
         index: u64,
         reply: ReplyTo,
     },
+    Member {
+        change: consensus::ConfChange,
+        reply: ReplyTo,
+    },
 }
 
 /// A client append waiting for its entries to commit.
@@ -125,6 +130,10 @@ struct PendingAppend {
 /// The handle other tasks of the core use to reach a group.
 pub(crate) struct GroupHandle {
     pub inbox: Inbox<Input>,
+    /// The commit index, for tails to wait on.
+    pub commit: super::server::CommitWatch,
+    /// The group's log, for tails to read (set once open).
+    pub log: RefCell<Option<Log>>,
 }
 
 pub(crate) struct GroupDriver {
@@ -147,6 +156,8 @@ pub(crate) struct GroupDriver {
     timeline: Timeline,
     /// Role and leader as last observed, to count elections and leader changes.
     seen: (Role, Option<u64>),
+    /// Snapshots received from a leader and installed (status: `snapshots_installed`).
+    snapshots_installed: u64,
 }
 
 fn encode_snapshot_meta(index: u64, term: u64, m: &Membership) -> Vec<u8> {
@@ -242,8 +253,9 @@ impl GroupDriver {
         let (log, _) = Log::open(&dir, log_cfg).await.map_err(|e| format!("group {group}: {e}"))?;
         let (hs_file, hs) =
             HardStateFile::open(&dir, group).await.map_err(|e| format!("group {group}: {e}"))?;
-        let initial =
-            Membership::with_voters(&cfg.members.iter().map(|m| (m.id, 1u8)).collect::<Vec<_>>());
+        let initial = Membership::with_voters(
+            &cfg.initial_voters().iter().map(|&id| (id, 1u8)).collect::<Vec<_>>(),
+        );
         let core_cfg = consensus::Config {
             election_tick: cfg.election_ticks,
             heartbeat_tick: cfg.heartbeat_ticks,
@@ -323,6 +335,8 @@ impl GroupDriver {
         metrics.register(gauges.clone());
         let timeline = Timeline::new(metrics.clone(), cfg.node_id, group, cfg.members.len());
         let seen = (node.role(), node.leader());
+        *handle.log.borrow_mut() = Some(log.clone());
+        handle.commit.set(commit);
         Ok(GroupDriver {
             group,
             cfg,
@@ -339,6 +353,7 @@ impl GroupDriver {
             gauges,
             timeline,
             seen,
+            snapshots_installed: 0,
         })
     }
 
@@ -468,6 +483,24 @@ impl GroupDriver {
                 self.handle.inbox.close();
             }
             Input::Fetched { lo, entries } => self.node.on_fetched(lo, entries),
+            Input::Member { change, reply } => {
+                let status = match self.node.change_membership(change) {
+                    Ok(index) => {
+                        let term = self.node.term();
+                        let meta = ResponseMeta::new(Status::Ok, self.cfg.node_id, index, term);
+                        reply.send(self.group, meta, &[]);
+                        return;
+                    }
+                    Err(consensus::Error::NotLeader { .. }) => {
+                        self.not_leader(&reply);
+                        return;
+                    }
+                    Err(e @ consensus::Error::Busy { .. }) => (Status::Busy, e.to_string()),
+                    Err(e) => (Status::BadRequest, e.to_string()),
+                };
+                let meta = ResponseMeta::new(status.0, self.leader_hint(), 0, 0);
+                reply.send(self.group, meta, status.1.as_bytes());
+            }
             Input::Append { entries, reply, received } => self.propose(entries, reply, received),
             Input::Status { reply } => {
                 let text = self.status_json();
@@ -661,6 +694,7 @@ impl GroupDriver {
         if let Some(s) = &snapshot {
             save_sessions(&self.dir, self.group, s)?;
             self.log.reset(s.index + 1).await?;
+            self.snapshots_installed += 1;
             self.snapshot_meta = Some((s.index, s.term, s.membership.clone()));
             let hs = self.node.hard_state();
             self.save_hard_state(hs).await?;
@@ -745,6 +779,7 @@ impl GroupDriver {
             if timing && self.node.role() == Role::Leader {
                 self.timeline.committed(c, Instant::now());
             }
+            self.handle.commit.set(c);
         }
         for r in replies {
             match r {
@@ -834,6 +869,9 @@ impl GroupDriver {
             "durable_index": self.log.durable_index(),
             "first_index": self.log.first_index(),
             "members": members,
+            "voters": self.node.membership().voters.iter().map(|v| v.id).collect::<Vec<_>>(),
+            "learners": self.node.membership().learners,
+            "snapshots_installed": self.snapshots_installed,
             "progress": progress,
             "cores": self.cfg.cores,
         })

@@ -46,6 +46,8 @@ pub(crate) struct CoreCtx {
     groups: RefCell<HashMap<u64, Rc<GroupHandle>>>,
     stop: Rc<Cell<bool>>,
     client_connections: Cell<usize>,
+    /// Peer connections accepted whose handshake is not finished.
+    peer_handshakes: Cell<usize>,
     errors_unknown_group: Cell<u64>,
 }
 
@@ -75,6 +77,8 @@ pub struct NodeHandle {
     threads: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>,
     scraper: Arc<metrics::Scraper>,
     metrics_server: Option<(std::net::SocketAddr, std::thread::JoinHandle<()>)>,
+    /// Per core: where in-process connections arrive (see [`crate::embed`]).
+    local: Vec<Arc<crate::embed::LocalAcceptor>>,
 }
 
 impl NodeHandle {
@@ -100,6 +104,11 @@ impl NodeHandle {
             let _ = t.join();
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// Per core, the acceptor of in-process connections.
+    pub(crate) fn local_acceptors(&self) -> Vec<Arc<crate::embed::LocalAcceptor>> {
+        self.local.clone()
     }
 
     /// The flag that stops the node when set (for signal handlers).
@@ -143,7 +152,9 @@ pub fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
         ),
         None => None,
     };
-    for core in 0..cfg.cores {
+    let local: Vec<Arc<crate::embed::LocalAcceptor>> =
+        (0..cfg.cores).map(|_| Arc::default()).collect();
+    for (core, acceptor) in local.iter().cloned().enumerate() {
         let asks = asks.remove(0);
         let placement =
             if cfg.pin { glommio::Placement::Fixed(core) } else { glommio::Placement::Unbound };
@@ -153,7 +164,7 @@ pub fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
         let t = glommio::LocalExecutorBuilder::new(placement)
             .name(&format!("corelog-{}-{core}", cfg.node_id))
             .io_memory(io_memory)
-            .spawn(move || async move { run_core(cfg, core, stop, ready_tx, asks).await })
+            .spawn(move || async move { run_core(cfg, core, stop, ready_tx, asks, acceptor).await })
             .map_err(|e| format!("starting core {core}: {e}"))?;
         threads.push(t);
     }
@@ -183,7 +194,7 @@ pub fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
         }
         None => None,
     };
-    Ok(NodeHandle { stop, threads, scraper, metrics_server })
+    Ok(NodeHandle { stop, threads, scraper, metrics_server, local })
 }
 
 async fn run_core(
@@ -192,6 +203,7 @@ async fn run_core(
     stop_all: Arc<AtomicBool>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
     asks: std::sync::mpsc::Receiver<metrics::Ask>,
+    acceptor: Arc<crate::embed::LocalAcceptor>,
 ) -> Result<(), String> {
     let cfg = Rc::new(cfg);
     let core_metrics = metrics::CoreMetrics::for_this_core(&cfg, core);
@@ -216,11 +228,16 @@ async fn run_core(
         groups: RefCell::new(HashMap::new()),
         stop: stop.clone(),
         client_connections: Cell::new(0),
+        peer_handshakes: Cell::new(0),
         errors_unknown_group: Cell::new(0),
     });
     let mut drivers = Vec::new();
     for g in (core as u64..cfg.groups).step_by(cfg.cores) {
-        let handle = Rc::new(GroupHandle { inbox: Default::default() });
+        let handle = Rc::new(GroupHandle {
+            inbox: Default::default(),
+            commit: Default::default(),
+            log: RefCell::new(None),
+        });
         match GroupDriver::open(g, cfg.clone(), handle.clone(), peers.clone()).await {
             Ok(d) => {
                 ctx.groups.borrow_mut().insert(g, handle);
@@ -236,6 +253,7 @@ async fn run_core(
     }
     let peer_server = glommio::spawn_local(peer::serve(ctx.clone(), peer_listener));
     let client_server = glommio::spawn_local(server::serve(ctx.clone(), client_listener));
+    let local_server = glommio::spawn_local(server::serve_local(ctx.clone(), acceptor.clone()));
     let _ = ready.send(Ok(()));
     // The tick: every group on this core, every `tick_ms`; also watches for shutdown and
     // answers metrics requests.
@@ -260,7 +278,9 @@ async fn run_core(
         d.await;
     }
     peers.wake_all();
+    acceptor.close();
     peer_server.await;
     client_server.await;
+    local_server.await;
     Ok(())
 }

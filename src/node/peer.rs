@@ -261,7 +261,18 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, listener: TcpListener) {
     loop {
         let Some(accepted) = ctx.accept_until_stopped(&listener).await else { break };
         match accepted {
-            Ok(stream) => {
+            Ok(mut stream) => {
+                // A bound on connections that have not said who they are: each holds a task
+                // and a socket until its hello or the read timeout.
+                if ctx.peer_handshakes.get() >= ctx.cfg.peer_handshakes_max {
+                    tracing::warn!("too many peer connections in their handshake; closing one");
+                    glommio::spawn_local(async move {
+                        refuse(&mut stream, "too many peer connections in their handshake").await
+                    })
+                    .detach();
+                    continue;
+                }
+                ctx.peer_handshakes.set(ctx.peer_handshakes.get() + 1);
                 glommio::spawn_local(handle_conn(ctx.clone(), stream)).detach();
             }
             Err(e) => {
@@ -280,7 +291,25 @@ async fn refuse(stream: &mut TcpStream, why: &str) {
     let _ = stream.close().await;
 }
 
+/// Counts a connection in its handshake until dropped.
+struct Handshaking(Option<Rc<CoreCtx>>);
+
+impl Handshaking {
+    fn done(&mut self) {
+        if let Some(ctx) = self.0.take() {
+            ctx.peer_handshakes.set(ctx.peer_handshakes.get() - 1);
+        }
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
 async fn handle_conn(ctx: Rc<CoreCtx>, mut stream: TcpStream) {
+    let mut handshaking = Handshaking(Some(ctx.clone()));
     let _ = stream.set_nodelay(true);
     let cfg = ctx.cfg.clone();
     let max = cfg.message_bytes_max;
@@ -340,6 +369,7 @@ async fn handle_conn(ctx: Rc<CoreCtx>, mut stream: TcpStream) {
     if stream.write_all(&out).await.is_err() {
         return;
     }
+    handshaking.done();
     let limits = FrameLimits::default();
     // Peers are chatty (heartbeats every few ticks): a long silence means a dead peer. But
     // without a leader, a peer speaks only once per election timeout (randomised up to twice

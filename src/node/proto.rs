@@ -10,7 +10,19 @@
 //! | `Read` | `a` = first index, `b` = last index, `c` = byte budget | committed frames; `a` = commit index |
 //! | `Status` | - | JSON text |
 //! | `Trim` | `a` = index | - |
+//! | `Tail` | `a` = first index, `c` = byte budget per response | a stream of responses (see below) |
+//! | `Member` | `a` = [`MemberChange`] code, `b` = node id, `c` = priority | `a` = index, `b` = term of the config entry |
 //!
+//! `Tail` is answered by many responses with the request's id, until the connection closes:
+//! each carries committed frames (`a` = the node's commit index, `b` = the last index the
+//! response covers; entries outside `first..=b` in its frames are to be skipped), or none when
+//! the tail is idle (a keepalive, every half second). It ends with [`Status::Trimmed`] (`a` =
+//! the first index the node holds) if the position is before the node's log. Any replica
+//! serves a tail with what it knows committed.
+//!
+//! `Member` proposes a membership change at the leader and is answered once the change is in
+//! the leader's log, with its index; it takes effect when that index commits (see the client's
+//! `change_membership`, which waits for that).
 //! A request at a node that is not the leader gets [`Status::NotLeader`] with the leader's id
 //! and its client address (text payload) when known.
 
@@ -29,6 +41,10 @@ pub enum Op {
     Status = 3,
     /// Trim the prefix.
     Trim = 4,
+    /// Stream committed entries from a position.
+    Tail = 5,
+    /// Change the membership.
+    Member = 6,
 }
 
 impl Op {
@@ -39,6 +55,8 @@ impl Op {
             2 => Op::Read,
             3 => Op::Status,
             4 => Op::Trim,
+            5 => Op::Tail,
+            6 => Op::Member,
             _ => return None,
         })
     }
@@ -69,6 +87,8 @@ pub enum Status {
     /// The outcome is unknown (leadership changed before commit): retry with the same
     /// session and sequence.
     Retry = 9,
+    /// The position asked for is before the node's log (trimmed): `a` is its first index.
+    Trimmed = 10,
 }
 
 impl Status {
@@ -85,6 +105,7 @@ impl Status {
             7 => Status::Failed,
             8 => Status::StaleSequence,
             9 => Status::Retry,
+            10 => Status::Trimmed,
             _ => return None,
         })
     }
@@ -145,5 +166,32 @@ impl ResponseMeta {
             a: U64::new(a),
             b: U64::new(b),
         }
+    }
+}
+
+/// The membership changes of [`Op::Member`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MemberChange {
+    /// Add a learner (receives the log, does not vote).
+    AddLearner = 1,
+    /// Turn a learner into a voter.
+    Promote = 2,
+    /// Remove a voter or a learner.
+    Remove = 3,
+    /// Add a voter directly.
+    AddVoter = 4,
+}
+
+impl MemberChange {
+    /// The change for a code.
+    pub fn from_code(c: u64) -> Option<MemberChange> {
+        Some(match c {
+            1 => MemberChange::AddLearner,
+            2 => MemberChange::Promote,
+            3 => MemberChange::Remove,
+            4 => MemberChange::AddVoter,
+            _ => return None,
+        })
     }
 }

@@ -7,6 +7,14 @@
 //! not exist or lives on another core is answered with an error. A connection that sends
 //! nothing within `read_timeout_secs`, or stops in the middle of a message, is closed; so is
 //! one whose unread responses exceed `client_queue_bytes_max` (a client that never reads).
+//!
+//! A tail (`Op::Tail`) is a task of the connection: it waits on the group's commit index,
+//! reads the newly committed frames from the log (the cache or the disk, as a read does) and
+//! queues them as responses with the tail's id, one batch at a time, never more than the
+//! connection's queue bound allows (a tail that is not read waits, then the connection is
+//! closed like any that does not read). An idle tail sends a keepalive every half second, so
+//! the client notices a node that has stopped and moves to another replica. Any replica serves
+//! a tail: it only ever sends what it knows committed, which every replica agrees on.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -20,9 +28,9 @@ use glommio::net::{TcpListener, TcpStream};
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::CoreCtx;
-use super::group::{Input, ReplyTo};
+use super::group::{GroupHandle, Input, ReplyTo};
 use super::peer::{ReadError, read_message_after};
-use super::proto::{Op, RequestMeta, ResponseMeta, Status};
+use super::proto::{MemberChange, Op, RequestMeta, ResponseMeta, Status};
 use crate::frame::{Frame, FrameLimits};
 use crate::wire::{self, ENVELOPE_LEN, Kind};
 
@@ -46,6 +54,50 @@ pub(crate) struct ClientConn {
     reserved: Cell<usize>,
     reservations: RefCell<HashMap<u64, usize>>,
     queue_max: usize,
+    /// Tails running on this connection (a connection with one is never idle).
+    tails: Cell<usize>,
+    /// Tails waiting for room in the queue or for the close.
+    tail_wakers: RefCell<Vec<Waker>>,
+}
+
+/// The commit index of a group, for tasks to wait on.
+#[derive(Default)]
+pub(crate) struct CommitWatch {
+    index: Cell<u64>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl CommitWatch {
+    /// Records a new commit index and wakes the waiters.
+    pub fn set(&self, index: u64) {
+        if index > self.index.get() {
+            self.index.set(index);
+            for w in self.waiters.borrow_mut().drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    /// The commit index.
+    pub fn get(&self) -> u64 {
+        self.index.get()
+    }
+
+    /// Resolves once the commit index is at least `index`.
+    async fn reached(&self, index: u64) {
+        std::future::poll_fn(|cx| {
+            if self.index.get() >= index {
+                Poll::Ready(())
+            } else {
+                let mut w = self.waiters.borrow_mut();
+                if !w.iter().any(|x| x.will_wake(cx.waker())) {
+                    w.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        })
+        .await
+    }
 }
 
 impl ClientConn {
@@ -60,6 +112,8 @@ impl ClientConn {
             reserved: Cell::new(0),
             reservations: RefCell::new(HashMap::new()),
             queue_max,
+            tails: Cell::new(0),
+            tail_wakers: RefCell::new(Vec::new()),
         }
     }
 
@@ -68,6 +122,9 @@ impl ClientConn {
             if let Some(w) = w.take() {
                 w.wake();
             }
+        }
+        for w in self.tail_wakers.borrow_mut().drain(..) {
+            w.wake();
         }
     }
 
@@ -148,7 +205,8 @@ fn reservation(op: Op, meta: &RequestMeta, entries: usize, read_max: usize) -> u
             Op::Append => 16 * entries,
             Op::Read => (meta.c.get() as usize).clamp(1, read_max),
             Op::Status => 8 << 10,
-            Op::Trim => 0,
+            Op::Trim | Op::Member => 0,
+            Op::Tail => 0,
         }
 }
 
@@ -186,8 +244,47 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, listener: TcpListener) {
     }
 }
 
+/// Serves the in-process connections of an embedded node (see [`crate::embed`]) until the
+/// core stops.
+pub(crate) async fn serve_local(
+    ctx: Rc<CoreCtx>,
+    acceptor: std::sync::Arc<crate::embed::LocalAcceptor>,
+) {
+    loop {
+        let stop = async {
+            while !ctx.stop.get() {
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+            None
+        };
+        let Some(pipes) =
+            futures_lite::future::or(async { Some(acceptor.accept().await) }, stop).await
+        else {
+            break;
+        };
+        for pipe in pipes {
+            ctx.client_connections.set(ctx.client_connections.get() + 1);
+            let c = ctx.clone();
+            glommio::spawn_local(async move {
+                serve_stream(c.clone(), pipe).await;
+                c.client_connections.set(c.client_connections.get() - 1);
+            })
+            .detach();
+        }
+    }
+}
+
 async fn handle_conn(ctx: Rc<CoreCtx>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    serve_stream(ctx, stream).await
+}
+
+/// Serves one client connection over any byte stream (a TCP connection, or an in-process pipe
+/// of an embedded node).
+pub(crate) async fn serve_stream<S>(ctx: Rc<CoreCtx>, stream: S)
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
     let (rd, mut wr) = futures_lite::io::split(stream);
     // Buffered: a pipelining client sends many requests back to back, and one read takes all
     // that arrived instead of two reads (envelope, body) per request.
@@ -290,7 +387,7 @@ async fn handle_conn(ctx: Rc<CoreCtx>, stream: TcpStream) {
                     }
                     Some(Ok(_)) => break,
                     Some(Err(e)) => return Some(Err(ReadError::Io(e))),
-                    None if conn.reserved.get() > 0 => continue,
+                    None if conn.reserved.get() > 0 || conn.tails.get() > 0 => continue,
                     None => return Some(Err(ReadError::Timeout(timeout))),
                 }
             }
@@ -433,5 +530,128 @@ fn handle_request(ctx: &Rc<CoreCtx>, conn: &Rc<ClientConn>, buf: &Bytes, msg: &w
             conn.reserve(id, reservation(op, &meta, 0, 0));
             g.inbox.push(Input::Trim { index: meta.a.get(), reply })
         }
+        Op::Member => {
+            use crate::consensus::ConfChange;
+            let (node, priority) = (meta.b.get(), meta.c.get().min(255) as u8);
+            let change = match MemberChange::from_code(meta.a.get()) {
+                Some(MemberChange::AddLearner) => ConfChange::AddLearner { id: node },
+                Some(MemberChange::Promote) => ConfChange::Promote { id: node, priority },
+                Some(MemberChange::Remove) => ConfChange::Remove { id: node },
+                Some(MemberChange::AddVoter) => ConfChange::AddVoter { id: node, priority },
+                None => {
+                    bad(format!("unknown membership change {}", meta.a.get()));
+                    return;
+                }
+            };
+            if !matches!(change, ConfChange::Remove { .. })
+                && !ctx.cfg.members.iter().any(|m| m.id == node)
+            {
+                bad(format!(
+                    "node {node} is not in this node's members (the address book): list it in \
+                     every node's configuration first"
+                ));
+                return;
+            }
+            conn.reserve(id, reservation(op, &meta, 0, 0));
+            g.inbox.push(Input::Member { change, reply })
+        }
+        Op::Tail => {
+            let budget = (meta.c.get() as usize)
+                .clamp(1, (ctx.cfg.message_bytes_max as usize) / 2)
+                .min(conn.queue_max / 2)
+                .max(1);
+            glommio::spawn_local(tail(
+                ctx.clone(),
+                conn.clone(),
+                g,
+                group,
+                id,
+                meta.a.get(),
+                budget,
+            ))
+            .detach();
+        }
     }
+}
+
+/// Streams the committed entries of `group` from `from` on to `conn` (see the module docs).
+async fn tail(
+    ctx: Rc<CoreCtx>,
+    conn: Rc<ClientConn>,
+    g: Rc<GroupHandle>,
+    group: u64,
+    id: u64,
+    from: u64,
+    budget: usize,
+) {
+    let Some(log) = g.log.borrow().clone() else { return };
+    conn.tails.set(conn.tails.get() + 1);
+    let keepalive = Duration::from_millis(500);
+    let mut next = from.max(1);
+    while !conn.closed.get() && !ctx.stop.get() {
+        // Room in the queue for a batch (always when nothing is queued).
+        std::future::poll_fn(|cx| {
+            let queued = conn.out.borrow().len() + conn.writing.get();
+            if conn.closed.get() || queued == 0 || conn.buffered() + budget <= conn.queue_max {
+                Poll::Ready(())
+            } else {
+                conn.tail_wakers.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        if conn.closed.get() {
+            break;
+        }
+        // Something committed at `next`, or a keepalive.
+        let committed = futures_lite::future::or(
+            async {
+                g.commit.reached(next).await;
+                true
+            },
+            async {
+                glommio::timer::sleep(keepalive).await;
+                false
+            },
+        )
+        .await;
+        let commit = g.commit.get();
+        if !committed {
+            conn.respond(group, id, ResponseMeta::new(Status::Ok, 0, commit, next - 1), &[]);
+            continue;
+        }
+        match log.read(next, commit, budget).await {
+            Ok(frames) => {
+                let mut payload = Vec::new();
+                let mut last = next - 1;
+                for f in &frames {
+                    payload.extend_from_slice(f.bytes());
+                    last = f.frame().last_index();
+                }
+                let last = last.min(commit);
+                if last < next {
+                    continue;
+                }
+                conn.respond(group, id, ResponseMeta::new(Status::Ok, 0, commit, last), &payload);
+                next = last + 1;
+            }
+            Err(crate::log::LogError::OutOfRange { first, .. }) if next < first => {
+                let why = format!("entries from {next} are trimmed: the log starts at {first}");
+                conn.respond(
+                    group,
+                    id,
+                    ResponseMeta::new(Status::Trimmed, 0, first, 0),
+                    why.as_bytes(),
+                );
+                break;
+            }
+            Err(e) => {
+                // Not in the log yet (a follower may know a commit index before it holds the
+                // entries), or the log is being reset by a snapshot: try again shortly.
+                tracing::debug!(group, next, error = %e, "tail read");
+                glommio::timer::sleep(Duration::from_millis(ctx.cfg.tick_ms.max(1))).await;
+            }
+        }
+    }
+    conn.tails.set(conn.tails.get() - 1);
 }

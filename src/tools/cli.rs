@@ -1,5 +1,5 @@
 //! The cluster commands of the `corelog` binary: `serve`, `config default`, `cluster`, and the
-//! client commands `append`, `read`, `status`, `trim`.
+//! client commands `append`, `read`, `tail`, `status`, `trim`, `member`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,18 +27,85 @@ fn install_signal_handlers() {
     }
 }
 
-/// Arguments of `corelog serve`.
-#[derive(Debug, clap::Args)]
+/// Arguments of `corelog serve`: the configuration file, and one flag per setting (see
+/// [`node::config::SETTINGS`]). Precedence: flag > environment (`CORELOG_<SETTING>`) > file >
+/// default.
+#[derive(Debug, Default)]
 pub struct ServeArgs {
-    /// The node's TOML configuration (see `corelog config default`).
-    #[arg(long)]
-    pub config: PathBuf,
-    /// Overrides `node_id` from the file.
-    #[arg(long)]
-    pub node_id: Option<u64>,
-    /// Overrides `data_dir` from the file.
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
+    /// The node's TOML configuration (`--config`, or `CORELOG_CONFIG`); none: flags,
+    /// environment and defaults only.
+    pub config: Option<PathBuf>,
+    /// Settings given as flags: (setting key, value as typed).
+    pub settings: Vec<(&'static str, String)>,
+}
+
+impl clap::FromArgMatches for ServeArgs {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut a = ServeArgs::default();
+        a.update_from_arg_matches(m)?;
+        Ok(a)
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        if let Some(c) = m.get_one::<PathBuf>("config") {
+            self.config = Some(c.clone());
+        }
+        for s in node::config::SETTINGS {
+            if let Some(v) = m.get_one::<String>(s.key) {
+                self.settings.retain(|(k, _)| *k != s.key);
+                self.settings.push((s.key, v.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl clap::Args for ServeArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let mut cmd = cmd.arg(
+            clap::Arg::new("config")
+                .long("config")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("The node's TOML configuration (see `corelog config default`); also CORELOG_CONFIG"),
+        );
+        for s in node::config::SETTINGS {
+            let doc = s.doc.replace('\n', " ");
+            cmd = cmd.arg(
+                clap::Arg::new(s.key)
+                    .long(s.flag)
+                    .value_name("VALUE")
+                    .help(format!("{doc} [env: {}]", s.env_var())),
+            );
+        }
+        cmd
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+/// The configuration of `corelog serve`: flags over the environment over the file (named by
+/// `--config` or `CORELOG_CONFIG`) over the defaults.
+pub fn resolve_config(
+    args: &ServeArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<NodeConfig, String> {
+    let path = args.config.clone().or_else(|| env("CORELOG_CONFIG").map(PathBuf::from));
+    let text = match &path {
+        Some(p) => {
+            Some(std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?)
+        }
+        None => None,
+    };
+    let flags: Vec<(&str, String)> = args.settings.iter().map(|(k, v)| (*k, v.clone())).collect();
+    let cfg = NodeConfig::resolve(text.as_deref(), env, &flags).map_err(|e| match &path {
+        Some(p) => format!("{}: {e}", p.display()),
+        None => e,
+    })?;
+    cfg.validate()?;
+    Ok(cfg)
 }
 
 /// Loads a node configuration file.
@@ -50,19 +117,14 @@ pub fn load_config(path: &std::path::Path) -> Result<NodeConfig, String> {
 
 /// Runs a node until SIGTERM or SIGINT (a second signal exits at once).
 pub fn serve(args: &ServeArgs) -> ExitCode {
-    let mut cfg = match load_config(&args.config) {
+    let cfg = match resolve_config(args, &|k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("corelog serve: {e}");
             return ExitCode::FAILURE;
         }
     };
-    if let Some(id) = args.node_id {
-        cfg.node_id = id;
-    }
-    if let Some(d) = &args.data_dir {
-        cfg.data_dir = d.clone();
-    }
+    let mut cfg = cfg;
     if let Err(e) = cfg.apply_disk_profile() {
         eprintln!("corelog serve: {e}");
         return ExitCode::FAILURE;
@@ -242,6 +304,25 @@ pub enum ClientCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Follow the committed log from an index until interrupted (any replica serves it; the
+    /// tail moves to another node if the one it reads from stops).
+    Tail {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// First index.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Also print the protocol's own entries (a leader's no-op, membership changes).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Change the membership of the group (one change at a time; each returns once committed).
+    Member {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        change: MemberCommand,
+    },
     /// Trim the prefix up to an index (the application checkpointed it).
     Trim {
         #[command(flatten)]
@@ -251,12 +332,38 @@ pub enum ClientCommand {
     },
 }
 
+/// Membership changes. The node must be listed (with its addresses) in the `members` of every
+/// node's configuration.
+#[derive(Debug, clap::Subcommand)]
+pub enum MemberCommand {
+    /// Add a node as a learner: it receives the log, does not vote.
+    AddLearner {
+        /// Node id.
+        id: u64,
+    },
+    /// Turn a learner into a voter.
+    Promote {
+        /// Node id.
+        id: u64,
+        /// Election priority (0: a logger that campaigns only as a last resort).
+        #[arg(long, default_value_t = 1)]
+        priority: u8,
+    },
+    /// Remove a voter or a learner.
+    Remove {
+        /// Node id.
+        id: u64,
+    },
+}
+
 /// Runs a client command.
 pub fn client(cmd: &ClientCommand) -> ExitCode {
     let args = match cmd {
         ClientCommand::Append { client, .. }
         | ClientCommand::Read { client, .. }
         | ClientCommand::Status { client }
+        | ClientCommand::Tail { client, .. }
+        | ClientCommand::Member { client, .. }
         | ClientCommand::Trim { client, .. } => client,
     };
     let mut c = match Client::new(ClientConfig::new(args.nodes.clone())) {
@@ -302,6 +409,43 @@ pub fn client(cmd: &ClientCommand) -> ExitCode {
                     }
                 }
             }
+            ClientCommand::Tail { from, all, .. } => {
+                install_signal_handlers();
+                let mut tail = c.tail(args.group, *from);
+                let mut out = std::io::stdout().lock();
+                while SIGNALS.load(Ordering::SeqCst) == 0 {
+                    let Some(e) =
+                        tail.next_within(Duration::from_millis(200)).map_err(|e| e.to_string())?
+                    else {
+                        continue;
+                    };
+                    if e.kind != crate::frame::EntryKind::Normal && !*all {
+                        continue;
+                    }
+                    use std::io::Write;
+                    writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}",
+                        e.index,
+                        e.session,
+                        e.seq,
+                        String::from_utf8_lossy(&e.data)
+                    )
+                    .and_then(|()| out.flush())
+                    .map_err(|e| e.to_string())?;
+                }
+            }
+            ClientCommand::Member { change, .. } => {
+                let p = match change {
+                    MemberCommand::AddLearner { id } => c.add_learner(args.group, *id),
+                    MemberCommand::Promote { id, priority } => {
+                        c.promote(args.group, *id, *priority)
+                    }
+                    MemberCommand::Remove { id } => c.remove_member(args.group, *id),
+                }
+                .map_err(|e| e.to_string())?;
+                println!("committed at index {} (term {})", p.index, p.term);
+            }
             ClientCommand::Status { .. } => {
                 println!("{}", c.status(args.group).map_err(|e| e.to_string())?)
             }
@@ -317,5 +461,40 @@ pub fn client(cmd: &ClientCommand) -> ExitCode {
             eprintln!("corelog: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Args, FromArgMatches};
+
+    fn parse(argv: &[&str]) -> ServeArgs {
+        let cmd = ServeArgs::augment_args(clap::Command::new("serve"));
+        ServeArgs::from_arg_matches(&cmd.try_get_matches_from(argv).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn serve_flags_beat_environment_beat_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("n.toml");
+        std::fs::write(&file, "tick_ms = 7\nsegment_bytes = 8388608\ncores = 2\n").unwrap();
+        let args = parse(&["serve", "--config", file.to_str().unwrap(), "--tick-ms", "3"]);
+        let env = |k: &str| match k {
+            "CORELOG_TICK_MS" => Some("5".to_string()),
+            "CORELOG_SEGMENT_BYTES" => Some("16777216".to_string()),
+            _ => None,
+        };
+        let c = resolve_config(&args, &env).unwrap();
+        assert_eq!(c.tick_ms, 3, "flag");
+        assert_eq!(c.segment_bytes, 16 << 20, "environment");
+        assert_eq!(c.cores, 2, "file");
+        assert_eq!(c.groups, 1, "default");
+        // The file may come from the environment too.
+        let env2 = |k: &str| (k == "CORELOG_CONFIG").then(|| file.to_str().unwrap().to_string());
+        assert_eq!(resolve_config(&parse(&["serve"]), &env2).unwrap().tick_ms, 7);
+        // An invalid result is refused.
+        let e = resolve_config(&parse(&["serve", "--node-id", "9"]), &|_| None).unwrap_err();
+        assert!(e.contains("node_id 9"), "{e}");
     }
 }
