@@ -367,7 +367,7 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
         }
         args.addresses.clone()
     };
-    let result = run_phases(args, &addresses);
+    let result = run_phases(args, &addresses, &|| node_stages(&nodes));
     for n in nodes {
         n.shutdown()?;
     }
@@ -451,6 +451,7 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
 fn run_phases(
     args: &ClusterArgs,
     addresses: &[SocketAddr],
+    node_stages: &dyn Fn() -> Option<Vec<(String, Histogram<u64>)>>,
 ) -> Result<(Vec<PhaseResult>, Vec<(String, Histogram<u64>)>), String> {
     // The closed loop keeps `concurrency` in flight by itself; the bound of the clients is
     // the open loop's, with room for a backlog (four times the closed loop's) so that the
@@ -504,14 +505,52 @@ fn run_phases(
         Some(_) => "open loop".to_string(),
         None => format!("open loop {:.0}%", args.load_fraction * 100.0),
     };
+    let before = node_stages();
     let open = gen_.open_loop(&name, rate, args.duration, &mut progress);
+    let after = node_stages();
     gen_.close();
-    let stages = vec![
-        ("generator: due → sent".to_string(), open.send_lag.clone()),
-        ("cluster: sent → acknowledged".to_string(), open.service.clone()),
-    ];
+    let mut stages = vec![("generator: due → sent".to_string(), open.send_lag.clone())];
+    match (before, after) {
+        // A local cluster: the leaders' own stages of the open loop's appends (the counts
+        // since start, less those before the open loop). The network and the client's side
+        // are what the cluster's total below adds to them.
+        (Some(before), Some(after)) => {
+            for ((name, b), (_, mut a)) in before.into_iter().zip(after) {
+                let _ = a.subtract(&b);
+                stages.push((format!("leader: {name}"), ns_to_us(&a)));
+            }
+        }
+        _ => stages.push(("cluster: sent → acknowledged".to_string(), open.service.clone())),
+    }
     phases.push(open);
     Ok((phases, stages))
+}
+
+/// The stage histograms of the local nodes (nanoseconds), summed over the nodes (only a
+/// group's leader records its appends). `None` without local nodes or when one cannot answer.
+fn node_stages(nodes: &[node::NodeHandle]) -> Option<Vec<(String, Histogram<u64>)>> {
+    let mut sum: Option<Vec<(String, Histogram<u64>)>> = None;
+    for n in nodes {
+        let st = n.stages().ok()?;
+        match &mut sum {
+            None => sum = Some(st),
+            Some(acc) => {
+                for ((_, a), (_, h)) in acc.iter_mut().zip(&st) {
+                    a.add(h).ok()?;
+                }
+            }
+        }
+    }
+    sum
+}
+
+/// A histogram of nanoseconds as one of microseconds (the bench's unit).
+fn ns_to_us(h: &Histogram<u64>) -> Histogram<u64> {
+    let mut out = super::latency_histogram();
+    for v in h.iter_recorded() {
+        out.saturating_record_n((v.value_iterated_to() / 1000).max(1), v.count_at_value());
+    }
+    out
 }
 
 fn compare_lines(l: &compare::Limits, r: &ClusterReport, local: bool) -> Vec<String> {
