@@ -44,7 +44,21 @@ fn chromium() -> Option<&'static str> {
 fn default_phases_write_every_report_and_the_page_renders() {
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
     let (out, data) = (tmp.path().join("out"), tmp.path().join("data"));
-    let stdout = bench(&out, &data, &["--warmup", "500ms", "--concurrency", "64"]);
+    let trace = tmp.path().join("trace.json");
+    let stdout = bench(
+        &out,
+        &data,
+        &["--warmup", "500ms", "--concurrency", "64", "--trace", trace.to_str().unwrap()],
+    );
+    // The trace: Chrome trace-event JSON with spans of the sampled appends on the leader and
+    // on the followers (one process per node).
+    let t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&trace).expect("trace written")).unwrap();
+    let events = t["traceEvents"].as_array().expect("traceEvents");
+    assert!(events.iter().any(|e| e["ph"] == "X"), "no spans in the trace");
+    let pids: std::collections::HashSet<String> =
+        events.iter().filter(|e| e["ph"] == "X").map(|e| e["pid"].to_string()).collect();
+    assert!(pids.len() >= 2, "spans from {} node(s) only", pids.len());
     // stdout: both phases, every percentile, errors, the generator's share, the stages.
     for needle in [
         "saturation (closed loop",
@@ -128,7 +142,11 @@ fn default_phases_write_every_report_and_the_page_renders() {
     }
     // Two latency lines (saturation, open loop), a line per phase in each time series.
     assert!(dom.matches("class=\"series\"").count() >= 6, "{dom}");
-    assert_eq!(dom.matches("<rect class=\"stage\"").count(), 2);
+    // The generator's stage, then the leaders' own stages.
+    assert_eq!(
+        dom.matches("<rect class=\"stage\"").count(),
+        1 + corelog::node::stages::STAGES.len()
+    );
     let shot = tmp.path().join("report.png");
     let s = headless(&[&format!("--screenshot={}", shot.display()), "--window-size=900,2400"]);
     assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));

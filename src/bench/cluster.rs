@@ -81,6 +81,11 @@ pub struct ClusterArgs {
     /// figures as fractions of them.
     #[arg(long)]
     pub compare: bool,
+    /// Write sampled appends (every stage, on every node; one append in the nodes'
+    /// `trace_sample_every`) as Chrome trace-event JSON to this file: open it in Perfetto
+    /// (ui.perfetto.dev) or chrome://tracing. Local cluster only.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -276,6 +281,11 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
     let mut header = Vec::new();
     let mut limits = None;
     let local = args.addresses.is_empty();
+    if args.trace.is_some() && !local {
+        return Err("--trace needs the local cluster: the samples of a running cluster are at \
+                    each node's metrics endpoint, GET /trace (setting metrics_addr)"
+            .into());
+    }
     let addresses = if local {
         let dir = match &args.dir {
             Some(d) => d.clone(),
@@ -368,6 +378,17 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
         args.addresses.clone()
     };
     let result = run_phases(args, &addresses, &|| node_stages(&nodes));
+    if let (Some(path), Ok(_)) = (&args.trace, &result) {
+        let mut samples = Vec::new();
+        for n in &nodes {
+            samples.extend(n.snapshot(true)?.trace_samples());
+        }
+        let f =
+            std::fs::File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        crate::node::trace::write_chrome_trace(&mut std::io::BufWriter::new(f), &samples)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        eprintln!("trace     {} sampled appends in {}", samples.len(), path.display());
+    }
     for n in nodes {
         n.shutdown()?;
     }
