@@ -127,6 +127,27 @@ pub mod faults {
     }
 }
 
+/// The error a test's fault injection produces: EIO.
+fn injected_eio(what: &'static str, path: &Path, pos: u64) -> LogError {
+    LogError::io(what, path, pos, std::io::Error::from_raw_os_error(libc::EIO))
+}
+
+/// A write of `n` bytes where `len` were asked for: anything short is an error.
+fn check_whole(path: &Path, pos: u64, n: usize, len: usize) -> LogResult<()> {
+    if n == len {
+        return Ok(());
+    }
+    Err(LogError::io(
+        "writing",
+        path,
+        pos,
+        std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            format!("short write: {n} of {len} bytes"),
+        ),
+    ))
+}
+
 /// Writes a whole aligned buffer at `pos`; a short write is an error.
 pub(crate) async fn write_all_at(
     file: &DmaFile,
@@ -135,12 +156,7 @@ pub(crate) async fn write_all_at(
     pos: u64,
 ) -> LogResult<()> {
     if faults::write_should_fail() {
-        return Err(LogError::io(
-            "writing",
-            path,
-            pos,
-            std::io::Error::from_raw_os_error(libc::EIO),
-        ));
+        return Err(injected_eio("writing", path, pos));
     }
     debug_assert_eq!(pos % BLOCK as u64, 0);
     debug_assert_eq!(buf.len() % BLOCK, 0);
@@ -149,17 +165,7 @@ pub(crate) async fn write_all_at(
         .write_rc_at(buf, pos)
         .await
         .map_err(|e| LogError::io("writing", path, pos, to_io(e)))?;
-    if n != len {
-        return Err(LogError::io(
-            "writing",
-            path,
-            pos,
-            std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                format!("short write: {n} of {len} bytes"),
-            ),
-        ));
-    }
+    check_whole(path, pos, n, len)?;
     Ok(())
 }
 
@@ -176,12 +182,7 @@ pub(crate) async fn write_then_sync(
 ) -> LogResult<()> {
     use std::os::fd::AsRawFd;
     if faults::write_should_fail() {
-        return Err(LogError::io(
-            "writing",
-            path,
-            pos,
-            std::io::Error::from_raw_os_error(libc::EIO),
-        ));
+        return Err(injected_eio("writing", path, pos));
     }
     let fail_sync = sync && faults::sync_should_fail();
     debug_assert_eq!(pos % BLOCK as u64, 0);
@@ -192,24 +193,9 @@ pub(crate) async fn write_then_sync(
         .await
         .map_err(|e| LogError::io("writing", path, pos, e))?;
     let n = r.write.map_err(|e| LogError::io("writing", path, pos, e))?;
-    if n != len {
-        return Err(LogError::io(
-            "writing",
-            path,
-            pos,
-            std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                format!("short write: {n} of {len} bytes"),
-            ),
-        ));
-    }
+    check_whole(path, pos, n, len)?;
     if fail_sync {
-        return Err(LogError::io(
-            "fdatasync",
-            path,
-            0,
-            std::io::Error::from_raw_os_error(libc::EIO),
-        ));
+        return Err(injected_eio("fdatasync", path, 0));
     }
     if let Some(s) = r.sync {
         s.map_err(|e| LogError::io("fdatasync", path, 0, e))?;
@@ -220,12 +206,7 @@ pub(crate) async fn write_then_sync(
 /// `fdatasync` of a file.
 pub(crate) async fn fdatasync(file: &DmaFile, path: &Path) -> LogResult<()> {
     if faults::sync_should_fail() {
-        return Err(LogError::io(
-            "fdatasync",
-            path,
-            0,
-            std::io::Error::from_raw_os_error(libc::EIO),
-        ));
+        return Err(injected_eio("fdatasync", path, 0));
     }
     file.fdatasync().await.map_err(|e| LogError::io("fdatasync", path, 0, to_io(e)))
 }
