@@ -1,39 +1,18 @@
 //! A 3-node cluster in one process (each node its own executor thread, real TCP on loopback,
 //! real files): appends are acknowledged and readable from every node in the same order.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use corelog::client::{Client, ClientConfig};
-use corelog::node::{self, NodeConfig, PeerConfig};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn configs(dir: &std::path::Path, n: u64) -> Vec<NodeConfig> {
-    let members: Vec<PeerConfig> = (1..=n)
-        .map(|id| PeerConfig {
-            id,
-            peer_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            client_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        })
-        .collect();
-    (1..=n)
-        .map(|id| NodeConfig {
-            node_id: id,
-            data_dir: dir.join(format!("n{id}")),
-            members: members.clone(),
-            segment_bytes: 4 << 20,
-            ..NodeConfig::default()
-        })
-        .collect()
-}
+use corelog::node;
 
 #[test]
 fn three_nodes_replicate_in_the_same_order() {
     let dir = tempfile::tempdir().unwrap();
-    let cfgs = configs(dir.path(), 3);
+    let cfgs = common::local_configs(dir.path(), 3, 4 << 20, |_| {});
     let addrs: Vec<SocketAddr> = cfgs[0].members.iter().map(|m| m.client_addr).collect();
     let nodes: Vec<_> = cfgs.iter().cloned().map(|c| node::start(c).expect("start node")).collect();
     let mut client = Client::new(ClientConfig::new(addrs.clone())).unwrap();

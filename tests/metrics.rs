@@ -1,36 +1,14 @@
 //! The metrics endpoint of a running 3-node cluster (one process, real TCP, real files): the
 //! exposition parses as Prometheus text, and its counters move after appends.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use corelog::client::{Client, ClientConfig};
-use corelog::node::{self, NodeConfig, PeerConfig, metrics};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn configs(dir: &std::path::Path, n: u64) -> Vec<NodeConfig> {
-    let members: Vec<PeerConfig> = (1..=n)
-        .map(|id| PeerConfig {
-            id,
-            peer_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            client_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        })
-        .collect();
-    (1..=n)
-        .map(|id| NodeConfig {
-            node_id: id,
-            data_dir: dir.join(format!("n{id}")),
-            members: members.clone(),
-            segment_bytes: 4 << 20,
-            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            ..NodeConfig::default()
-        })
-        .collect()
-}
+use corelog::node::{self, metrics};
 
 type Labels = Vec<(String, String)>;
 
@@ -209,7 +187,9 @@ fn the_parser_rejects_what_is_not_exposition() {
 #[test]
 fn a_running_cluster_exposes_metrics_that_move() {
     let dir = tempfile::tempdir().unwrap();
-    let cfgs = configs(dir.path(), 3);
+    let cfgs = common::local_configs(dir.path(), 3, 4 << 20, |c| {
+        c.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    });
     let addrs: Vec<SocketAddr> = cfgs[0].members.iter().map(|m| m.client_addr).collect();
     let nodes: Vec<_> = cfgs.iter().cloned().map(|c| node::start(c).expect("start")).collect();
     let endpoints: Vec<SocketAddr> =

@@ -8,6 +8,8 @@
 //! `CORELOG_OVERHEAD_CLIENTS` (default 16):
 //! `cargo test --release --test stages -- --ignored --nocapture`.
 
+mod common;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,34 +19,7 @@ use std::time::{Duration, Instant};
 use corelog::client::{Client, ClientConfig};
 use corelog::node::stages::{self, STAGE_COUNT, STAGES};
 use corelog::node::trace::{self, Role};
-use corelog::node::{self, NodeConfig, NodeHandle, PeerConfig, metrics};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn configs(dir: &std::path::Path, n: u64, f: impl Fn(&mut NodeConfig)) -> Vec<NodeConfig> {
-    let members: Vec<PeerConfig> = (1..=n)
-        .map(|id| PeerConfig {
-            id,
-            peer_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            client_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        })
-        .collect();
-    (1..=n)
-        .map(|id| {
-            let mut c = NodeConfig {
-                node_id: id,
-                data_dir: dir.join(format!("n{id}")),
-                members: members.clone(),
-                segment_bytes: 8 << 20,
-                ..NodeConfig::default()
-            };
-            f(&mut c);
-            c
-        })
-        .collect()
-}
+use corelog::node::{self, NodeHandle, metrics};
 
 /// Closed loop: `clients` threads appending `size`-byte entries for `run` (or `count` appends
 /// each when given). Returns the client-side latencies (µs) of all appends.
@@ -104,7 +79,7 @@ fn leader_of(nodes: &[NodeHandle]) -> usize {
 #[test]
 fn every_stage_is_timed_and_traced_on_every_node() {
     let dir = tempfile::tempdir().unwrap();
-    let cfgs = configs(dir.path(), 3, |c| {
+    let cfgs = common::local_configs(dir.path(), 3, 8 << 20, |c| {
         c.trace_sample_every = 8;
         c.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     });
@@ -209,7 +184,7 @@ fn every_stage_is_timed_and_traced_on_every_node() {
 /// append: three nodes and the clients).
 fn overhead_round(timing: bool, secs: u64, clients: usize) -> (f64, u64, u64, f64) {
     let dir = tempfile::Builder::new().prefix("corelog-overhead-").tempdir_in("/var/tmp").unwrap();
-    let cfgs = configs(dir.path(), 3, |c| {
+    let cfgs = common::local_configs(dir.path(), 3, 8 << 20, |c| {
         c.stage_timing = timing;
         c.segment_bytes = 64 << 20;
     });

@@ -4,45 +4,24 @@
 //! replica, and a new leader is elected if that node led). A position before the log's start
 //! is refused with `Trimmed`.
 
+mod common;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use corelog::client::{Client, ClientConfig, ClientError};
 use corelog::frame::EntryKind;
+use corelog::node;
 use corelog::node::proto::Status;
-use corelog::node::{self, NodeConfig, PeerConfig};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn configs(dir: &std::path::Path, n: u64) -> Vec<NodeConfig> {
-    let members: Vec<PeerConfig> = (1..=n)
-        .map(|id| PeerConfig {
-            id,
-            peer_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            client_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        })
-        .collect();
-    (1..=n)
-        .map(|id| NodeConfig {
-            node_id: id,
-            data_dir: dir.join(format!("n{id}")),
-            members: members.clone(),
-            // Small segments, so that a trim drops whole segments of this test's log.
-            segment_bytes: 1 << 20,
-            ..NodeConfig::default()
-        })
-        .collect()
-}
 
 #[test]
 fn tail_sees_later_appends_in_order_exactly_once_across_a_node_stop() {
     let n: u64 =
         std::env::var("CORELOG_TAIL_ENTRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
     let dir = tempfile::tempdir().unwrap();
-    let cfgs = configs(dir.path(), 3);
+    // Small segments, so that a trim drops whole segments of this test's log.
+    let cfgs = common::local_configs(dir.path(), 3, 1 << 20, |_| {});
     let addrs: Vec<SocketAddr> = cfgs[0].members.iter().map(|m| m.client_addr).collect();
     let mut nodes: Vec<_> =
         cfgs.iter().cloned().map(|c| Some(node::start(c).expect("start node"))).collect();

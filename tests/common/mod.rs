@@ -906,3 +906,35 @@ pub fn check_acked(log: &[corelog::client::ReadEntry], acked: &[(u64, Vec<u8>)])
         assert_eq!(&e.data, data, "index {index} holds another payload");
     }
 }
+
+/// Configurations of an `n`-node cluster on loopback (free ports, data under `dir/n{id}`),
+/// each with `segment_bytes`, then adjusted by `f`.
+pub fn local_configs(
+    dir: &Path,
+    n: u64,
+    segment_bytes: u64,
+    f: impl Fn(&mut corelog::node::NodeConfig),
+) -> Vec<corelog::node::NodeConfig> {
+    use corelog::node::{NodeConfig, PeerConfig};
+    use std::net::SocketAddr;
+    let members: Vec<PeerConfig> = (1..=n)
+        .map(|id| PeerConfig {
+            id,
+            peer_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            client_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        })
+        .collect();
+    (1..=n)
+        .map(|id| {
+            let mut c = NodeConfig {
+                node_id: id,
+                data_dir: dir.join(format!("n{id}")),
+                members: members.clone(),
+                segment_bytes,
+                ..NodeConfig::default()
+            };
+            f(&mut c);
+            c
+        })
+        .collect()
+}
