@@ -931,6 +931,9 @@ fn reader(conn: Arc<Conn>, dir: usize, mut src: TcpStream, mut dst: TcpStream, s
             q.busy = true;
             drop(q);
             let r = dst.write_all(&buf[..n]);
+            if r.is_ok() {
+                link.forwarded.fetch_add(n as u64, Ordering::Relaxed);
+            }
             let mut q = lock(&pipe.q);
             q.busy = false;
             q.last_release = Some(now);
@@ -940,7 +943,6 @@ fn reader(conn: Arc<Conn>, dir: usize, mut src: TcpStream, mut dst: TcpStream, s
                 conn.abort();
                 break;
             }
-            link.forwarded.fetch_add(n as u64, Ordering::Relaxed);
             continue;
         }
         let mut release = now + faults.delay;

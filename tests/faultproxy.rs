@@ -81,6 +81,17 @@ fn pattern(n: usize, seed: u8) -> Vec<u8> {
     (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
 
+/// The proxy counts a chunk just after it passes it on, so a peer can see the bytes a moment
+/// before the counter does: wait up to 5 s for `read()` to reach `want`, then compare exactly
+/// (an over-count fails as well as a loss).
+fn settles(want: u64, read: impl Fn() -> u64) {
+    let t0 = Instant::now();
+    while read() != want && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(read(), want);
+}
+
 /// Nothing arrives on `s` within `within` (the connection stays open).
 fn assert_silent(s: &mut TcpStream, within: Duration) {
     s.set_read_timeout(Some(within)).unwrap();
@@ -122,8 +133,8 @@ fn with_no_fault_bytes_pass_both_ways_unchanged() {
     c.read_exact(&mut back).unwrap();
     t.join().unwrap();
     assert!(back == data, "the echo differs from what was sent");
-    assert_eq!(p.stats("1", "2").bytes_forwarded, data.len() as u64);
-    assert_eq!(p.stats("2", "1").bytes_forwarded, data.len() as u64);
+    settles(data.len() as u64, || p.stats("1", "2").bytes_forwarded);
+    settles(data.len() as u64, || p.stats("2", "1").bytes_forwarded);
     assert_eq!(p.connections(), 1);
     drop(c);
     let t0 = Instant::now();
@@ -221,7 +232,7 @@ fn blackhole_discards_keeps_the_connection_and_resets_it_when_lifted() {
     let mut b4 = [0u8; 4];
     c.read_exact(&mut b4).unwrap();
     assert_eq!(&b4, b"back");
-    assert_eq!(p.stats("1", "2").bytes_discarded, 16);
+    settles(16, || p.stats("1", "2").bytes_discarded);
     // Still connected: more writes are accepted (and discarded).
     c.write_all(b"more").unwrap();
     std::thread::sleep(Duration::from_millis(50));
@@ -231,7 +242,7 @@ fn blackhole_discards_keeps_the_connection_and_resets_it_when_lifted() {
     p.heal("1->2").unwrap();
     assert_ends(&mut s);
     assert_ends(&mut c);
-    assert_eq!(p.stats("1", "2").resets, 1);
+    settles(1, || p.stats("1", "2").resets);
     // New connections work.
     let mut c2 = connect(listen);
     let mut s2 = accepted.recv_timeout(Duration::from_secs(5)).unwrap();
