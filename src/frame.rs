@@ -466,6 +466,36 @@ impl<'a> Frame<'a> {
     }
 }
 
+/// A frame that passed [`Frame::decode`], owning its bytes (typically a slice of a receive
+/// buffer). A follower keeps the frames of an append in this form so that it can write the very
+/// bytes it verified to its log, without encoding or checksumming them again.
+#[derive(Debug, Clone)]
+pub struct VerifiedFrame {
+    bytes: bytes::Bytes,
+}
+
+impl VerifiedFrame {
+    /// Decodes and verifies the frame at the start of `bytes` (see [`Frame::decode`]); the
+    /// result holds exactly the frame's bytes.
+    pub fn decode(bytes: &bytes::Bytes, limits: &FrameLimits) -> Result<Self, FrameError> {
+        let len = Frame::decode(bytes, limits)?.len();
+        Ok(VerifiedFrame { bytes: bytes.slice(..len) })
+    }
+
+    /// The frame, without verifying it again: its checksum and entries were checked when it
+    /// was decoded, and `Bytes` are immutable.
+    pub fn frame(&self) -> Frame<'_> {
+        let (header, _) =
+            FrameHeader::ref_from_prefix(&self.bytes).expect("a verified frame has a header");
+        Frame { header, payload: &self.bytes[FRAME_HEADER_LEN..], bytes: &self.bytes }
+    }
+
+    /// The frame's bytes.
+    pub fn bytes(&self) -> &bytes::Bytes {
+        &self.bytes
+    }
+}
+
 fn validate_entries(payload: &[u8], count: u32, limits: &FrameLimits) -> Result<(), FrameError> {
     let mut rest = payload;
     for entry in 0..count {

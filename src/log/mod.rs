@@ -235,6 +235,14 @@ impl CachedBuf {
     }
 }
 
+/// A frame's bytes in memory (see [`State::in_memory`]).
+enum InMemory<'a> {
+    /// In the open buffer (the slice is the frame).
+    Open(&'a [u8]),
+    /// In a buffer in flight or recently flushed, from this offset.
+    Cached(&'a CachedBuf, usize),
+}
+
 struct Waiter {
     index: u64,
     waker: Waker,
@@ -358,6 +366,23 @@ impl State {
         }
         let pos = self.frames.partition_point(|f| f.last_index() < index);
         (pos < self.frames.len()).then_some(pos)
+    }
+
+    /// Where the bytes of the frame at `loc` are in memory, if they are.
+    fn in_memory(&self, loc: &FrameLoc) -> Option<InMemory<'_>> {
+        let end = loc.offset + u64::from(loc.len);
+        if let Some(open) =
+            self.open.as_ref().filter(|o| o.segment == loc.segment && loc.offset >= o.base)
+        {
+            let start = (loc.offset - open.base) as usize;
+            return Some(InMemory::Open(&open.buf.as_bytes()[start..start + loc.len as usize]));
+        }
+        let c = self.recent.iter().rev().find(|c| {
+            c.segment == loc.segment
+                && loc.offset >= c.base
+                && end <= c.base + c.data.bytes().len() as u64
+        })?;
+        Some(InMemory::Cached(c, (loc.offset - c.base) as usize))
     }
 
     fn term_of(&self, index: u64) -> Option<u64> {
@@ -1162,24 +1187,15 @@ impl Log {
                 };
                 let loc = st.frames[pos];
                 let want_hi = hi.min(loc.last_index());
-                // 1. The open buffer.
-                if let Some(open) =
-                    st.open.as_ref().filter(|o| o.segment == loc.segment && loc.offset >= o.base)
-                {
-                    let start = (loc.offset - open.base) as usize;
-                    let v = open.buf.as_bytes()[start..start + loc.len as usize].to_vec();
-                    Err(ReadFrame { bytes: FrameBytes::Owned(v), lo: next, hi: want_hi })
-                } else if let Some(c) = st.recent.iter().rev().find(|c| {
-                    c.segment == loc.segment
-                        && loc.offset >= c.base
-                        && loc.offset + u64::from(loc.len) <= c.base + c.data.bytes().len() as u64
-                }) {
-                    let start = (loc.offset - c.base) as usize;
-                    Err(ReadFrame {
-                        bytes: FrameBytes::Cached(c.data.clone(), start, loc.len as usize),
-                        lo: next,
-                        hi: want_hi,
-                    })
+                // 1. Memory: the open buffer, or a buffer in flight or recently flushed.
+                if let Some(mem) = st.in_memory(&loc) {
+                    let bytes = match mem {
+                        InMemory::Open(b) => FrameBytes::Owned(b.to_vec()),
+                        InMemory::Cached(c, start) => {
+                            FrameBytes::Cached(c.data.clone(), start, loc.len as usize)
+                        }
+                    };
+                    Err(ReadFrame { bytes, lo: next, hi: want_hi })
                 } else {
                     // 2. Disk: read this frame and the contiguous frames after it in one go.
                     let seg = st.segment(loc.segment).expect("frame's segment");
@@ -1250,6 +1266,43 @@ impl Log {
             }
         }
         Ok(out)
+    }
+
+    /// Calls `f` with the bytes of the frames that hold exactly the entries `lo..=hi`, when
+    /// these are whole frames still in memory (the open buffer, a flush in flight or a recent
+    /// one), and returns its result: a leader sends its own frames to followers as they are,
+    /// with no re-encoding. `None` (and `f` is not called) when the range starts or ends inside
+    /// a frame, a truncation cut one of its frames, or a frame is only on disk.
+    pub fn with_frames<R>(&self, lo: u64, hi: u64, f: impl FnOnce(&[&[u8]]) -> R) -> Option<R> {
+        let st = self.shared.st.borrow();
+        st.check_usable().ok()?;
+        let pos = st.frame_pos(lo)?;
+        if st.frames[pos].first_index != lo {
+            return None;
+        }
+        let mut out: Vec<&[u8]> = Vec::new();
+        let mut end = lo - 1;
+        for loc in st.frames.range(pos..) {
+            if loc.first_index > hi {
+                break;
+            }
+            if loc.last_index() > hi {
+                return None;
+            }
+            let bytes = match st.in_memory(loc)? {
+                InMemory::Open(b) => b,
+                InMemory::Cached(c, start) => &c.data.bytes()[start..start + loc.len as usize],
+            };
+            // A frame that a truncation cut holds more entries than the log still has.
+            use zerocopy::FromBytes as _;
+            let (header, _) = crate::frame::FrameHeader::ref_from_prefix(bytes).ok()?;
+            if header.entry_count.get() != loc.count {
+                return None;
+            }
+            end = loc.last_index();
+            out.push(bytes);
+        }
+        (end == hi).then(|| f(&out))
     }
 
     /// Removes the entries after `index` (a new leader overwrote them). Durable when it returns:

@@ -7,12 +7,12 @@
 //! comparing clocks across hosts (see [`super::stages`]). A response without it is still
 //! valid; the payload is ignored by a decoder that does not look for it.
 //!
-//! Copies: the entries of an append are framed here (one copy of each payload into the send
-//! buffer, checksummed once); the receiver verifies each frame's checksum and hands the core
-//! entries whose data are slices of the receive buffer (no copy), which the log then copies
-//! once into its aligned write buffer. Sending the leader's own log frames as they are, with
-//! no framing copy at all, needs the core's batches to map one to one onto log frames; it is
-//! the next step on this path.
+//! Copies: an append whose entries are whole frames of the leader's log goes out as those
+//! frames ([`encode_append_frames`]: one plain copy into the send queue, no framing, no
+//! checksum); any other append is framed here ([`encode`]: one copy, checksummed). The
+//! receiver verifies each frame's checksum once ([`decode_with_frames`]) and gets the core's
+//! entries as slices of the receive buffer plus the frames themselves, which its log then
+//! takes as they are.
 
 use bytes::Bytes;
 use zerocopy::byteorder::little_endian::{U32, U64};
@@ -21,7 +21,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 use crate::consensus::{
     Body, Entry, EntryKind as CoreKind, Membership, Message, SessionRecord, Snapshot,
 };
-use crate::frame::{self, EntryKind, EntryRef, Frame, FrameLimits};
+use crate::frame::{self, EntryKind, EntryRef, FrameLimits, VerifiedFrame};
 use crate::wire::{self, Kind};
 
 /// The fixed part of every consensus message.
@@ -65,6 +65,54 @@ pub fn encode(out: &mut Vec<u8>, group: u64, m: &Message) {
 /// Encodes `m` for `group` at the end of `out`; an `AppendResponse` carries `ack_local_ns`
 /// (the follower's time from receiving the append to this ack) when given.
 pub fn encode_timed(out: &mut Vec<u8>, group: u64, m: &Message, ack_local_ns: Option<u64>) {
+    // The envelope first, then the payload straight into `out` (no intermediate buffer: each
+    // entry's bytes are copied once, into the frame), then the envelope learns its length.
+    let start = out.len();
+    wire::encode(out, Kind::Raft, group, m.from, meta_of(m).as_bytes(), 0);
+    let payload_start = out.len();
+    match &m.body {
+        Body::Append { entries, .. } => encode_entries(out, group, entries),
+        Body::InstallSnapshot { snapshot } => {
+            let members = snapshot.membership.encode();
+            out.extend_from_slice(&(members.len() as u32).to_le_bytes());
+            out.extend_from_slice(&members);
+            out.extend_from_slice(&(snapshot.sessions.len() as u32).to_le_bytes());
+            for s in &snapshot.sessions {
+                for v in [s.session, s.sequence, s.index, s.term] {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            out.extend_from_slice(&snapshot.blob);
+        }
+        Body::AppendResponse { .. } => {
+            if let Some(ns) = ack_local_ns {
+                out.extend_from_slice(&ns.to_le_bytes());
+            }
+        }
+        _ => {}
+    }
+    let frames_len = out.len() - payload_start;
+    wire::set_frames_len(&mut out[start..], frames_len);
+}
+
+/// Encodes the `Append` `m` whose entries are exactly the log frames `frames`, laid end to end:
+/// the leader's own frames, sent as they are (no framing, no checksum; one copy each, into
+/// `out`). The caller guarantees that the frames hold `m`'s entries (see
+/// [`crate::log::Log::with_frames`]).
+pub fn encode_append_frames(out: &mut Vec<u8>, group: u64, m: &Message, frames: &[&[u8]]) {
+    debug_assert!(matches!(m.body, Body::Append { .. }), "frames only travel in appends");
+    let start = out.len();
+    wire::encode(out, Kind::Raft, group, m.from, meta_of(m).as_bytes(), 0);
+    let payload_start = out.len();
+    for f in frames {
+        out.extend_from_slice(f);
+    }
+    let frames_len = out.len() - payload_start;
+    wire::set_frames_len(&mut out[start..], frames_len);
+}
+
+/// The fixed part of `m`.
+fn meta_of(m: &Message) -> RaftMeta {
     let mut meta = RaftMeta {
         from: U64::new(m.from),
         to: U64::new(m.to),
@@ -125,34 +173,7 @@ pub fn encode_timed(out: &mut Vec<u8>, group: u64, m: &Message, ack_local_ns: Op
         }
         Body::TimeoutNow => meta.body = 8,
     }
-    // The envelope first, then the payload straight into `out` (no intermediate buffer: each
-    // entry's bytes are copied once, into the frame), then the envelope learns its length.
-    let start = out.len();
-    wire::encode(out, Kind::Raft, group, m.from, meta.as_bytes(), 0);
-    let payload_start = out.len();
-    match &m.body {
-        Body::Append { entries, .. } => encode_entries(out, group, entries),
-        Body::InstallSnapshot { snapshot } => {
-            let members = snapshot.membership.encode();
-            out.extend_from_slice(&(members.len() as u32).to_le_bytes());
-            out.extend_from_slice(&members);
-            out.extend_from_slice(&(snapshot.sessions.len() as u32).to_le_bytes());
-            for s in &snapshot.sessions {
-                for v in [s.session, s.sequence, s.index, s.term] {
-                    out.extend_from_slice(&v.to_le_bytes());
-                }
-            }
-            out.extend_from_slice(&snapshot.blob);
-        }
-        Body::AppendResponse { .. } => {
-            if let Some(ns) = ack_local_ns {
-                out.extend_from_slice(&ns.to_le_bytes());
-            }
-        }
-        _ => {}
-    }
-    let frames_len = out.len() - payload_start;
-    wire::set_frames_len(&mut out[start..], frames_len);
+    meta
 }
 
 /// The frame-encoder view of a core entry (same kind codes, data borrowed).
@@ -203,6 +224,17 @@ pub fn decode(
     msg: &wire::Message<'_>,
     limits: &FrameLimits,
 ) -> Result<Message, CodecError> {
+    decode_with_frames(buf, msg, limits).map(|(m, _)| m)
+}
+
+/// [`decode`], and for an append also its frames, verified and sharing `buf` (a follower
+/// writes these very bytes to its log).
+pub fn decode_with_frames(
+    buf: &Bytes,
+    msg: &wire::Message<'_>,
+    limits: &FrameLimits,
+) -> Result<(Message, Vec<VerifiedFrame>), CodecError> {
+    let mut frames = Vec::new();
     let group = msg.envelope.group.get();
     let Ok(meta) = RaftMeta::read_from_bytes(msg.meta) else {
         return Err(CodecError::Bad(format!("meta of {} bytes, expected 64", msg.meta.len())));
@@ -223,7 +255,9 @@ pub fn decode(
             let mut entries = Vec::new();
             let mut off = 0;
             while off < payload.len() {
-                let f = Frame::decode(&payload[off..], limits)?;
+                let vf =
+                    VerifiedFrame::decode(&buf.slice(base + off..base + payload.len()), limits)?;
+                let f = vf.frame();
                 if f.group() != group {
                     return Err(CodecError::Bad(format!(
                         "frame of group {} in a message of group {group}",
@@ -250,6 +284,7 @@ pub fn decode(
                     });
                 }
                 off += f.len();
+                frames.push(vf);
             }
             Body::Append {
                 prev_index: meta.a.get(),
@@ -313,7 +348,7 @@ pub fn decode(
         8 => Body::TimeoutNow,
         other => return Err(CodecError::Bad(format!("unknown consensus message body {other}"))),
     };
-    Ok(Message { from: meta.from.get(), to: meta.to.get(), term: meta.term.get(), body })
+    Ok((Message { from: meta.from.get(), to: meta.to.get(), term: meta.term.get(), body }, frames))
 }
 
 #[cfg(test)]

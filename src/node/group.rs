@@ -7,7 +7,7 @@
 //! per follower. The log's group commit and the transport's batching do the rest.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use crate::consensus::{
     self, Entry, EntryKind as CoreKind, Membership, Message, Node, Proposed, Ready, Reply,
     RestartState, Role, SessionRecord, Snapshot,
 };
-use crate::frame::EntryRef;
+use crate::frame::{EntryRef, VerifiedFrame};
 use crate::log::{FlushTimes, HardState, HardStateFile, Log, LogError};
 
 /// Where a client response goes.
@@ -77,7 +77,8 @@ impl PeerStamp {
 
 /// Inputs of a group driver.
 pub(crate) enum Input {
-    Peer(Message, PeerStamp),
+    /// A consensus message; for an append, also its frames as received (verified).
+    Peer(Message, PeerStamp, Vec<VerifiedFrame>),
     Tick,
     /// Entries up to `index` are durable; `flush`: when the flush that did it was submitted
     /// and completed, when the log still knew.
@@ -158,7 +159,21 @@ pub(crate) struct GroupDriver {
     seen: (Role, Option<u64>),
     /// Snapshots received from a leader and installed (status: `snapshots_installed`).
     snapshots_installed: u64,
+    /// Frames of appends received and not yet written, in arrival order: a follower writes
+    /// them to its log as they are (see [`GroupDriver::write_entries`]).
+    received: VecDeque<VerifiedFrame>,
 }
+
+/// Whether `data` lies within `frame` (an entry decoded from that frame's bytes).
+fn same_bytes(frame: &[u8], data: &[u8]) -> bool {
+    let f = frame.as_ptr() as usize;
+    let d = data.as_ptr() as usize;
+    d >= f && d + data.len() <= f + frame.len()
+}
+
+/// Received frames kept for writing at most; older ones are dropped (their entries are then
+/// framed anew, which costs a copy and a checksum, never correctness).
+const RECEIVED_FRAMES_MAX: usize = 4096;
 
 fn encode_snapshot_meta(index: u64, term: u64, m: &Membership) -> Vec<u8> {
     let mut v = Vec::new();
@@ -354,6 +369,7 @@ impl GroupDriver {
             timeline,
             seen,
             snapshots_installed: 0,
+            received: VecDeque::new(),
         })
     }
 
@@ -428,8 +444,12 @@ impl GroupDriver {
 
     async fn handle_input(&mut self, input: Input) {
         match input {
-            Input::Peer(m, stamp) => {
+            Input::Peer(m, stamp, frames) => {
                 if m.to == self.cfg.node_id {
+                    self.received.extend(frames);
+                    while self.received.len() > RECEIVED_FRAMES_MAX {
+                        self.received.pop_front();
+                    }
                     if self.timeline.enabled() {
                         match &m.body {
                             consensus::Body::Append { entries, .. } if !entries.is_empty() => {
@@ -707,28 +727,7 @@ impl GroupDriver {
             if w.first_index <= self.log.last_index() {
                 self.log.truncate_after(w.first_index - 1).await?;
             }
-            let mut start = 0;
-            let max_frame = self.log_frame_budget();
-            while start < w.entries.len() {
-                let term = w.entries[start].term;
-                let mut end = start + 1;
-                let mut bytes = w.entries[start].data.len() + 24;
-                while end < w.entries.len()
-                    && w.entries[end].term == term
-                    && bytes + w.entries[end].data.len() + 24 + 48 <= max_frame
-                {
-                    bytes += w.entries[end].data.len() + 24;
-                    end += 1;
-                }
-                let refs: Vec<EntryRef<'_>> =
-                    w.entries[start..end].iter().map(super::codec::frame_entry).collect();
-                let r = self.log.append_entries(term, &refs).await?;
-                assert_eq!(
-                    r.first, w.entries[start].index,
-                    "the log and the core disagree on the next index"
-                );
-                start = end;
-            }
+            self.write_entries(&w.entries).await?;
             let last = w.entries.last().expect("non-empty write");
             let (index, term) = (last.index, last.term);
             wrote = Some((w.first_index, index));
@@ -765,7 +764,12 @@ impl GroupDriver {
                     _ => {}
                 }
             }
-            self.peers.send(self.group, m, ack_local_ns);
+            self.send(m, ack_local_ns);
+        }
+        // Frames at or below the last index were written or superseded.
+        let last = self.log.last_index();
+        while self.received.front().is_some_and(|f| f.frame().first_index() <= last) {
+            self.received.pop_front();
         }
         if timing
             && let Some((first, last)) = wrote
@@ -829,6 +833,82 @@ impl GroupDriver {
             .detach();
         }
         Ok(())
+    }
+
+    /// Writes `entries` (consecutive, from the log's next index) to the log. A run of entries
+    /// that is exactly a frame received from the leader is written as those very bytes (no
+    /// framing, no checksum: they were verified on receipt); anything else (the leader's own
+    /// proposals, a range that starts inside a received frame) is framed here, in the log's
+    /// buffer, in runs of one term.
+    async fn write_entries(&mut self, entries: &[Entry]) -> Result<(), LogError> {
+        let mut start = 0;
+        let max_frame = self.log_frame_budget();
+        while start < entries.len() {
+            let first = &entries[start];
+            while self.received.front().is_some_and(|f| f.frame().first_index() < first.index) {
+                self.received.pop_front();
+            }
+            let whole = self.received.front().map(VerifiedFrame::frame).filter(|f| {
+                let n = f.entry_count() as usize;
+                f.first_index() == first.index
+                    && f.term() == first.term
+                    && start + n <= entries.len()
+                    && same_bytes(f.as_bytes(), &first.data)
+                    && same_bytes(f.as_bytes(), &entries[start + n - 1].data)
+            });
+            if let Some(f) = whole {
+                // The core's entries are slices of this very frame: write it as received.
+                let n = f.entry_count() as usize;
+                let r = self.log.append(f).await?;
+                assert_eq!(r.first, first.index, "the log and the core disagree on the next index");
+                CoreMetrics::add(&self.metrics.frames_written_as_received, 1);
+                self.received.pop_front();
+                start += n;
+                continue;
+            }
+            // Frame a run here, ending where the next received frame begins.
+            let stop =
+                self.received.iter().map(|f| f.frame().first_index()).find(|&i| i > first.index);
+            let term = first.term;
+            let mut end = start + 1;
+            let mut bytes = first.data.len() + 24;
+            while end < entries.len()
+                && entries[end].term == term
+                && stop.is_none_or(|s| entries[end].index < s)
+                && bytes + entries[end].data.len() + 24 + 48 <= max_frame
+            {
+                bytes += entries[end].data.len() + 24;
+                end += 1;
+            }
+            let refs: Vec<EntryRef<'_>> =
+                entries[start..end].iter().map(super::codec::frame_entry).collect();
+            let r = self.log.append_entries(term, &refs).await?;
+            assert_eq!(r.first, first.index, "the log and the core disagree on the next index");
+            if self.node.role() != Role::Leader {
+                CoreMetrics::add(&self.metrics.frames_written_encoded, 1);
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Sends `m`. An append whose entries are exactly whole frames of the log, still in
+    /// memory, goes out as those frames (the usual case: a leader replicates what it just
+    /// appended); any other append is framed anew.
+    fn send(&self, m: &Message, ack_local_ns: Option<u64>) {
+        if let consensus::Body::Append { entries, .. } = &m.body
+            && let (Some(first), Some(last)) = (entries.first(), entries.last())
+        {
+            let sent = self.log.with_frames(first.index, last.index, |frames| {
+                self.peers.send_frames(self.group, m, frames)
+            });
+            if sent.is_some() {
+                CoreMetrics::add(&self.metrics.appends_sent_as_is, 1);
+                return;
+            }
+            CoreMetrics::add(&self.metrics.appends_sent_encoded, 1);
+        }
+        self.peers.send(self.group, m, ack_local_ns);
     }
 
     fn log_frame_budget(&self) -> usize {

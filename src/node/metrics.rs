@@ -74,6 +74,12 @@ pub(crate) struct CoreMetrics {
     pub entries_committed: Cell<u64>,
     pub elections: Cell<u64>,
     pub leader_changes: Cell<u64>,
+    /// Append messages a leader sent with its log frames as they are / framed anew.
+    pub appends_sent_as_is: Cell<u64>,
+    pub appends_sent_encoded: Cell<u64>,
+    /// Frames a follower wrote to its log as it received them / framed anew.
+    pub frames_written_as_received: Cell<u64>,
+    pub frames_written_encoded: Cell<u64>,
     errors: [Cell<u64>; ERROR_KINDS.len()],
     groups: RefCell<Vec<Rc<GroupGauges>>>,
 }
@@ -95,6 +101,10 @@ impl CoreMetrics {
             entries_committed: Cell::new(0),
             elections: Cell::new(0),
             leader_changes: Cell::new(0),
+            appends_sent_as_is: Cell::new(0),
+            appends_sent_encoded: Cell::new(0),
+            frames_written_as_received: Cell::new(0),
+            frames_written_encoded: Cell::new(0),
             errors: std::array::from_fn(|_| Cell::new(0)),
             groups: RefCell::new(Vec::new()),
         }
@@ -142,6 +152,10 @@ impl CoreMetrics {
             entries_committed: self.entries_committed.get(),
             elections: self.elections.get(),
             leader_changes: self.leader_changes.get(),
+            appends_sent_as_is: self.appends_sent_as_is.get(),
+            appends_sent_encoded: self.appends_sent_encoded.get(),
+            frames_written_as_received: self.frames_written_as_received.get(),
+            frames_written_encoded: self.frames_written_encoded.get(),
             errors: ERROR_KINDS.iter().zip(&self.errors).map(|(k, c)| (*k, c.get())).collect(),
             stages: self.stages.borrow().clone(),
             groups: self.groups.borrow().iter().map(|g| g.snapshot()).collect(),
@@ -236,6 +250,16 @@ pub struct CoreSnapshot {
     pub entries_committed: u64,
     pub elections: u64,
     pub leader_changes: u64,
+    /// Append messages sent with the leader's log frames as they are.
+    pub appends_sent_as_is: u64,
+    /// Append messages whose entries were framed anew (a range starting or ending inside a
+    /// frame, or frames no longer in memory).
+    pub appends_sent_encoded: u64,
+    /// Frames a follower wrote to its log exactly as received.
+    pub frames_written_as_received: u64,
+    /// Frames a follower built anew from received entries (a range that starts inside a
+    /// received frame).
+    pub frames_written_encoded: u64,
     pub errors: Vec<(&'static str, u64)>,
     pub stages: StageRecorder,
     pub groups: Vec<GroupSnapshot>,
@@ -379,6 +403,26 @@ impl NodeSnapshot {
             "corelog_elections_total",
             "Elections this node started (campaigns, after a successful pre-vote).",
             &[("", sum(|c| c.elections))],
+        );
+        counter(
+            &mut out,
+            "corelog_peer_appends_sent_total",
+            "Append messages a leader sent: with its log frames as they are (as_is), or with its \
+             entries framed anew (encoded).",
+            &[
+                ("frames=\"as_is\"", sum(|c| c.appends_sent_as_is)),
+                ("frames=\"encoded\"", sum(|c| c.appends_sent_encoded)),
+            ],
+        );
+        counter(
+            &mut out,
+            "corelog_follower_frames_written_total",
+            "Frames a follower wrote to its log: exactly as received (as_received), or built \
+             anew from received entries (encoded).",
+            &[
+                ("frames=\"as_received\"", sum(|c| c.frames_written_as_received)),
+                ("frames=\"encoded\"", sum(|c| c.frames_written_encoded)),
+            ],
         );
         counter(
             &mut out,

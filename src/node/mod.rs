@@ -11,11 +11,26 @@
 //! the log ([`group`]); peer readers, client connections, the tick timer and log completions
 //! reach it through its inbox.
 //!
-//! Copies of an appended payload, from the client's socket to a follower's disk: the kernel
-//! copies it into the leader's receive buffer; the leader copies it into its log's aligned
-//! write buffer (1) and into the frame it sends to each follower (2, see [`codec`]); the kernel
-//! copies it to and from the socket; the follower copies it from its receive buffer into its
-//! log's write buffer (3). Three copies in user space, none per entry in the protocol core.
+//! Copies of an appended payload, from the client's socket to a follower's disk, and where the
+//! checksum is computed:
+//! 1. the kernel copies it into the leader's receive buffer; the client's frame is verified
+//!    there, and the core's entries are slices of that buffer (no copy);
+//! 2. the leader builds the log frame once, in its log's aligned write buffer: copy 1 and the
+//!    one checksum of the frame;
+//! 3. that frame, as it is, goes into each follower's send queue: copy 2 (one per follower; a
+//!    plain copy, no framing, no checksum; see [`codec::encode_append_frames`] and
+//!    `Log::with_frames`); the kernel copies the queue to the socket;
+//! 4. the follower receives the message into one buffer, verifies each frame's checksum, and
+//!    writes those very bytes into its log's write buffer: copy 3 (see
+//!    `GroupDriver::write_entries`).
+//!
+//! So three copies in user space, none per entry in the protocol core, and the payload is
+//! checksummed once where it is built and once where it is received. Copy 2 is there because
+//! glommio 0.9 has no vectored send: with `writev`/`sendmsg` over the log's buffers it would
+//! go. Copy 3 would go if the follower received straight into its log's buffer. Appends that
+//! are not a run of whole frames in memory (a retransmission starting inside a frame, frames
+//! evicted to disk) are framed anew; `corelog_peer_appends_sent_total` and
+//! `corelog_follower_frames_written_total` count both paths.
 
 pub mod codec;
 pub mod config;
