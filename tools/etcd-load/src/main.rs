@@ -166,7 +166,8 @@ fn real_main(args: &Args) -> Result<(), String> {
             "SUMMARY etcd-load value_size={} peak_puts_per_sec={:.0} peak_connections={} \
              peak_p50_us={} peak_p99_us={} fraction={} offered_per_sec={:.0} \
              achieved_per_sec={:.0} open_connections={} p50_us={} p90_us={} p99_us={} \
-             p999_us={} max_us={} unsent={} gen_cpu_us_per_put={:.1} load1={:.2}",
+             p999_us={} max_us={} unsent={} gen_cpu_us_per_put={:.1} etcd_cpu_pct={:.0} \
+             other_cpu_pct={:.0} load1={:.2}",
             args.value_size,
             best.puts_per_sec,
             best.connections,
@@ -183,6 +184,8 @@ fn real_main(args: &Args) -> Result<(), String> {
             open.max_us,
             open.unsent,
             open.gen_cpu_us_per_put,
+            open.etcd_cpu_pct,
+            open.other_cpu_pct,
             open.loadavg[0],
         );
         summary.insert("peak".into(), best.to_json());

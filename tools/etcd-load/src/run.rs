@@ -70,6 +70,11 @@ pub struct RunResult {
     pub gen_cpu_pct: f64,
     /// CPU of the whole machine in the window (busy, all cores), % of all cores.
     pub machine_busy_pct: f64,
+    /// CPU of the processes named `etcd` in the window, % of all cores.
+    pub etcd_cpu_pct: f64,
+    /// CPU of everything else (machine minus etcd minus this generator), % of all cores: the
+    /// other users of a shared machine.
+    pub other_cpu_pct: f64,
     pub ncpu: usize,
     /// /proc/loadavg at the end of the window.
     pub loadavg: [f64; 3],
@@ -125,19 +130,34 @@ fn put_body(out: &mut Vec<u8>, key: u64, value_b64: &str) {
 struct Sample {
     at: Instant,
     self_ticks: u64,
+    /// CPU ticks of every process named `etcd` (the cluster under test, on this machine).
+    etcd_ticks: u64,
     busy: u64,
     total: u64,
 }
 
+/// utime + stime of a /proc/PID/stat, and the command name.
+fn proc_ticks(path: &std::path::Path) -> Option<(String, u64)> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let comm = s[s.find('(')? + 1..s.rfind(')')?].to_string();
+    let f: Vec<&str> = s[s.rfind(')')? + 1..].split_whitespace().collect();
+    // After the command: field 3 (state) is f[0]; utime and stime are fields 14 and 15.
+    Some((comm, f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?))
+}
+
 fn sample() -> Sample {
     let at = Instant::now();
-    let self_ticks = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = &s[s.rfind(')')? + 1..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // After the command: field 3 (state) is f[0]; utime and stime are fields 14, 15.
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    let self_ticks = proc_ticks("/proc/self/stat".as_ref()).map_or(0, |(_, t)| t);
+    let etcd_ticks = std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter(|e| {
+                    e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .filter_map(|e| proc_ticks(&e.path().join("stat")))
+                .filter(|(comm, _)| comm == "etcd")
+                .map(|(_, t)| t)
+                .sum()
         })
         .unwrap_or(0);
     let (busy, total) = std::fs::read_to_string("/proc/stat")
@@ -151,7 +171,7 @@ fn sample() -> Sample {
             Some((busy, busy + v.get(3)? + v.get(4)?))
         })
         .unwrap_or((0, 0));
-    Sample { at, self_ticks, busy, total }
+    Sample { at, self_ticks, etcd_ticks, busy, total }
 }
 
 fn clk_tck() -> f64 {
@@ -298,9 +318,13 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, String> {
     }
     let dur = cfg.duration.as_secs_f64();
     let window = (s1.at - s0.at).as_secs_f64().max(1e-9);
-    let cpu_s = (s1.self_ticks - s0.self_ticks) as f64 / clk_tck();
     let ncpu = thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let total = (s1.total - s0.total).max(1) as f64;
+    let tck = clk_tck();
+    let cpu_s = (s1.self_ticks - s0.self_ticks) as f64 / tck;
+    let etcd_s = s1.etcd_ticks.saturating_sub(s0.etcd_ticks) as f64 / tck;
+    let machine_pct = (s1.busy - s0.busy) as f64 / total * 100.0;
+    let all_cores_pct = |secs: f64| secs / (window * ncpu as f64) * 100.0;
     let q = |p: f64| if lat.is_empty() { 0 } else { lat.value_at_quantile(p) };
     Ok(RunResult {
         mode: cfg.mode,
@@ -322,7 +346,9 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, String> {
         wake_lag_p99_us: if wake_lag.is_empty() { 0 } else { wake_lag.value_at_quantile(0.99) },
         gen_cpu_us_per_put: if in_window == 0 { 0.0 } else { cpu_s * 1e6 / in_window as f64 },
         gen_cpu_pct: cpu_s / window * 100.0,
-        machine_busy_pct: (s1.busy - s0.busy) as f64 / total * 100.0,
+        machine_busy_pct: machine_pct,
+        etcd_cpu_pct: all_cores_pct(etcd_s),
+        other_cpu_pct: (machine_pct - all_cores_pct(etcd_s) - all_cores_pct(cpu_s)).max(0.0),
         ncpu,
         loadavg: load,
     })
@@ -471,12 +497,14 @@ impl RunResult {
             );
         }
         s += &format!(
-            "  generator CPU {:.1} µs/put ({:.0}% of one core); machine busy {:.0}% of {} cores; \
-             load average {:.2} {:.2} {:.2}",
+            "  generator CPU {:.1} µs/put ({:.0}% of one core); machine busy {:.0}% of {} cores \
+             (etcd {:.0}%, others {:.0}%); load average {:.2} {:.2} {:.2}",
             self.gen_cpu_us_per_put,
             self.gen_cpu_pct,
             self.machine_busy_pct,
             self.ncpu,
+            self.etcd_cpu_pct,
+            self.other_cpu_pct,
             self.loadavg[0],
             self.loadavg[1],
             self.loadavg[2]
@@ -489,7 +517,7 @@ impl RunResult {
         format!(
             "SUMMARY etcd-load mode={} connections={} value_size={} offered_per_sec={:.0} \
              puts_per_sec={:.0} p50_us={} p90_us={} p99_us={} p999_us={} max_us={} unsent={} \
-             gen_cpu_us_per_put={:.1} load1={:.2}",
+             gen_cpu_us_per_put={:.1} etcd_cpu_pct={:.0} other_cpu_pct={:.0} load1={:.2}",
             self.mode_name(),
             self.connections,
             self.value_size,
@@ -502,6 +530,8 @@ impl RunResult {
             self.max_us,
             self.unsent,
             self.gen_cpu_us_per_put,
+            self.etcd_cpu_pct,
+            self.other_cpu_pct,
             self.loadavg[0]
         )
     }
@@ -529,6 +559,8 @@ impl RunResult {
             "gen_cpu_us_per_put": self.gen_cpu_us_per_put,
             "gen_cpu_pct_of_one_core": self.gen_cpu_pct,
             "machine_busy_pct": self.machine_busy_pct,
+            "etcd_cpu_pct": self.etcd_cpu_pct,
+            "other_cpu_pct": self.other_cpu_pct,
             "ncpu": self.ncpu,
             "loadavg": self.loadavg,
         })
