@@ -66,6 +66,12 @@ start() {
   elif [ "$running" != 0 ]; then
     die "only $running of 3 members of $dir are running; run 'stop $dir' first"
   else
+    local port
+    for port in 23791 23792 23793 23801 23802 23803; do
+      if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        die "127.0.0.1:$port is already in use (another etcd? see 'ss -ltnp'); not starting"
+      fi
+    done
     # Many benchmark connections: make sure each member may hold them.
     ulimit -n 65536 2>/dev/null || true
     local extra=()
@@ -83,6 +89,9 @@ start() {
   fi
   for _ in $(seq 1 60); do
     if healthy; then
+      for i in 1 2 3; do
+        [ -n "$(member_pid "$dir" "$i")" ] || die "member e$i is not running; its log is $dir/e$i.log"
+      done
       echo "etcd-cluster.sh: 3 members healthy at $ENDPOINTS (data in $dir)" >&2
       return 0
     fi
