@@ -72,6 +72,8 @@ pub struct RunResult {
     pub machine_busy_pct: f64,
     /// CPU of the processes named `etcd` in the window, % of all cores.
     pub etcd_cpu_pct: f64,
+    /// CPU of the processes named `etcd` in the window per completed put, µs.
+    pub etcd_cpu_us_per_put: f64,
     /// CPU of everything else (machine minus etcd minus this generator), % of all cores: the
     /// other users of a shared machine.
     pub other_cpu_pct: f64,
@@ -348,6 +350,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, String> {
         gen_cpu_pct: cpu_s / window * 100.0,
         machine_busy_pct: machine_pct,
         etcd_cpu_pct: all_cores_pct(etcd_s),
+        etcd_cpu_us_per_put: if in_window == 0 { 0.0 } else { etcd_s * 1e6 / in_window as f64 },
         other_cpu_pct: (machine_pct - all_cores_pct(etcd_s) - all_cores_pct(cpu_s)).max(0.0),
         ncpu,
         loadavg: load,
@@ -498,12 +501,13 @@ impl RunResult {
         }
         s += &format!(
             "  generator CPU {:.1} µs/put ({:.0}% of one core); machine busy {:.0}% of {} cores \
-             (etcd {:.0}%, others {:.0}%); load average {:.2} {:.2} {:.2}",
+             (etcd {:.0}% = {:.0} µs/put, others {:.0}%); load average {:.2} {:.2} {:.2}",
             self.gen_cpu_us_per_put,
             self.gen_cpu_pct,
             self.machine_busy_pct,
             self.ncpu,
             self.etcd_cpu_pct,
+            self.etcd_cpu_us_per_put,
             self.other_cpu_pct,
             self.loadavg[0],
             self.loadavg[1],
@@ -517,7 +521,8 @@ impl RunResult {
         format!(
             "SUMMARY etcd-load mode={} connections={} value_size={} offered_per_sec={:.0} \
              puts_per_sec={:.0} p50_us={} p90_us={} p99_us={} p999_us={} max_us={} unsent={} \
-             gen_cpu_us_per_put={:.1} etcd_cpu_pct={:.0} other_cpu_pct={:.0} load1={:.2}",
+             gen_cpu_us_per_put={:.1} etcd_cpu_pct={:.0} etcd_cpu_us_per_put={:.0} \
+             other_cpu_pct={:.0} load1={:.2}",
             self.mode_name(),
             self.connections,
             self.value_size,
@@ -531,6 +536,7 @@ impl RunResult {
             self.unsent,
             self.gen_cpu_us_per_put,
             self.etcd_cpu_pct,
+            self.etcd_cpu_us_per_put,
             self.other_cpu_pct,
             self.loadavg[0]
         )
@@ -560,6 +566,7 @@ impl RunResult {
             "gen_cpu_pct_of_one_core": self.gen_cpu_pct,
             "machine_busy_pct": self.machine_busy_pct,
             "etcd_cpu_pct": self.etcd_cpu_pct,
+            "etcd_cpu_us_per_put": self.etcd_cpu_us_per_put,
             "other_cpu_pct": self.other_cpu_pct,
             "ncpu": self.ncpu,
             "loadavg": self.loadavg,
