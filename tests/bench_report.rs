@@ -3,6 +3,9 @@
 //! directory, with report.html rendered by headless Chromium (Debian's `chromium`; the test
 //! skips the browser part when it is not installed, unless CORELOG_REQUIRE_CHROMIUM=1).
 
+mod common;
+
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 
@@ -179,4 +182,61 @@ fn a_fixed_rate_skips_saturation_and_sizes_follow_the_distribution() {
     assert!(n > 0.0);
     let mean = mib * (1 << 20) as f64 / j["phases"][0]["appends_per_sec"].as_f64().unwrap();
     assert!((1200.0..1900.0).contains(&mean), "mean entry {mean} bytes");
+}
+
+/// Against a cluster that is already running (`--addresses`), the bench takes the stage
+/// breakdown and the trace from the nodes' metrics endpoints (`--metrics`): the same leader
+/// stages as for its own local cluster, and sampled appends with their stages.
+#[test]
+fn an_existing_cluster_gives_its_stages_through_its_metrics_endpoints() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let cfgs = common::local_configs(&tmp.path().join("cluster"), 3, 4 << 20, |c| {
+        c.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.trace_sample_every = 16;
+    });
+    let clients: Vec<String> =
+        cfgs[0].members.iter().map(|m| m.client_addr.to_string()).collect();
+    let nodes: Vec<_> =
+        cfgs.iter().cloned().map(|c| corelog::node::start(c).expect("start")).collect();
+    let metrics: Vec<String> =
+        nodes.iter().map(|n| n.metrics_addr().expect("metrics endpoint").to_string()).collect();
+    let (out, trace) = (tmp.path().join("out"), tmp.path().join("trace.json"));
+    let o = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .args(["bench", "--quiet", "--duration", "1s", "--warmup", "0s", "--rate", "1000"])
+        .args(["--connections", "2", "--addresses", &clients.join(",")])
+        .args(["--metrics", &metrics.join(",")])
+        .arg("--out")
+        .arg(&out)
+        .arg("--trace")
+        .arg(&trace)
+        .output()
+        .expect("run corelog bench");
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(summary_field(&stdout, "errors"), 0.0);
+    for (stage, _) in corelog::node::stages::STAGES {
+        let row = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("leader: {stage} ")))
+            .unwrap_or_else(|| panic!("no row for stage {stage}:\n{stdout}"));
+        assert!(!row.contains(" 0 µs "), "{row}");
+    }
+    assert!(!stdout.contains("cluster: sent → acknowledged"), "{stdout}");
+    let t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&trace).expect("trace written")).unwrap();
+    let events = t["traceEvents"].as_array().or_else(|| t.as_array()).expect("trace events");
+    assert!(events.len() > 10, "{} trace events", events.len());
+    // Without --metrics, the breakdown is the cluster's total and --trace is refused.
+    let o = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .args(["bench", "--quiet", "--addresses", &clients.join(",")])
+        .arg("--trace")
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--metrics"));
+    for n in nodes {
+        n.shutdown().unwrap();
+    }
 }

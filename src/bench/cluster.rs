@@ -71,6 +71,11 @@ pub struct ClusterArgs {
     /// Run against an existing cluster (client addresses, comma separated) instead.
     #[arg(long, value_delimiter = ',')]
     pub addresses: Vec<SocketAddr>,
+    /// With `--addresses`: the nodes' metrics endpoints (their `metrics_addr` settings, comma
+    /// separated), from which the bench takes the stage breakdown (GET /stages) and, with
+    /// `--trace`, the sampled appends (GET /trace).
+    #[arg(long, value_delimiter = ',', requires = "addresses")]
+    pub metrics: Vec<SocketAddr>,
     /// Directory for the local cluster's data (default: a new directory under /var/tmp).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -83,7 +88,8 @@ pub struct ClusterArgs {
     pub compare: bool,
     /// Write sampled appends (every stage, on every node; one append in the nodes'
     /// `trace_sample_every`) as Chrome trace-event JSON to this file: open it in Perfetto
-    /// (ui.perfetto.dev) or chrome://tracing. Local cluster only.
+    /// (ui.perfetto.dev) or chrome://tracing. The local cluster, or an existing one with
+    /// `--metrics`.
     #[arg(long)]
     pub trace: Option<PathBuf>,
     /// No progress lines on stderr.
@@ -281,9 +287,9 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
     let mut header = Vec::new();
     let mut limits = None;
     let local = args.addresses.is_empty();
-    if args.trace.is_some() && !local {
-        return Err("--trace needs the local cluster: the samples of a running cluster are at \
-                    each node's metrics endpoint, GET /trace (setting metrics_addr)"
+    if args.trace.is_some() && !local && args.metrics.is_empty() {
+        return Err("--trace with --addresses needs --metrics: the samples of a running cluster \
+                    are at each node's metrics endpoint, GET /trace (setting metrics_addr)"
             .into());
     }
     let addresses = if local {
@@ -377,11 +383,17 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
         }
         args.addresses.clone()
     };
-    let result = run_phases(args, &addresses, &|| node_stages(&nodes));
+    let stages_now = || {
+        if local { node_stages(&nodes) } else { remote_stages(&args.metrics) }
+    };
+    let result = run_phases(args, &addresses, &stages_now);
     if let (Some(path), Ok(_)) = (&args.trace, &result) {
         let mut samples = Vec::new();
         for n in &nodes {
             samples.extend(n.snapshot(true)?.trace_samples());
+        }
+        for a in &args.metrics {
+            samples.extend(node::metrics::fetch_trace(*a)?);
         }
         let f =
             std::fs::File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
@@ -550,19 +562,40 @@ fn run_phases(
 /// The stage histograms of the local nodes (nanoseconds), summed over the nodes (only a
 /// group's leader records its appends). `None` without local nodes or when one cannot answer.
 fn node_stages(nodes: &[node::NodeHandle]) -> Option<Vec<(String, Histogram<u64>)>> {
-    let mut sum: Option<Vec<(String, Histogram<u64>)>> = None;
-    for n in nodes {
-        let st = n.stages().ok()?;
-        match &mut sum {
-            None => sum = Some(st),
-            Some(acc) => {
-                for ((_, a), (_, h)) in acc.iter_mut().zip(&st) {
-                    a.add(h).ok()?;
-                }
-            }
+    let all: Option<Vec<_>> = nodes.iter().map(|n| n.stages().ok()).collect();
+    sum_stages(all?)
+}
+
+/// The stage histograms of a running cluster's nodes, from their metrics endpoints, summed as
+/// [`node_stages`] sums the local ones. `None` without endpoints; a node that cannot answer is
+/// reported on stderr and makes the breakdown fall back to the cluster's total.
+fn remote_stages(endpoints: &[SocketAddr]) -> Option<Vec<(String, Histogram<u64>)>> {
+    let all: Result<Vec<_>, String> =
+        endpoints.iter().map(|a| node::metrics::fetch_stages(*a)).collect();
+    match all {
+        Ok(all) => sum_stages(all),
+        Err(e) => {
+            eprintln!("warning: no stage breakdown: {e}");
+            None
         }
     }
-    sum
+}
+
+/// The sum, stage by stage, of the nodes' stage histograms; `None` for no nodes or nodes that
+/// disagree on the stages.
+fn sum_stages(all: Vec<Vec<(String, Histogram<u64>)>>) -> Option<Vec<(String, Histogram<u64>)>> {
+    let mut all = all.into_iter();
+    let mut sum = all.next()?;
+    for st in all {
+        if st.len() != sum.len() || st.iter().zip(&sum).any(|((a, _), (b, _))| a != b) {
+            eprintln!("warning: no stage breakdown: the nodes report different stages");
+            return None;
+        }
+        for ((_, a), (_, h)) in sum.iter_mut().zip(&st) {
+            a.add(h).ok()?;
+        }
+    }
+    Some(sum)
 }
 
 /// A histogram of nanoseconds as one of microseconds (the bench's unit).
