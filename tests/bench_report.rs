@@ -194,8 +194,7 @@ fn an_existing_cluster_gives_its_stages_through_its_metrics_endpoints() {
         c.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         c.trace_sample_every = 16;
     });
-    let clients: Vec<String> =
-        cfgs[0].members.iter().map(|m| m.client_addr.to_string()).collect();
+    let clients: Vec<String> = cfgs[0].members.iter().map(|m| m.client_addr.to_string()).collect();
     let nodes: Vec<_> =
         cfgs.iter().cloned().map(|c| corelog::node::start(c).expect("start")).collect();
     let metrics: Vec<String> =

@@ -719,3 +719,40 @@ fn a_client_waiting_for_a_commit_is_not_cut_off_as_idle() {
     }
     c.stop();
 }
+
+#[test]
+fn peer_connections_in_their_handshake_are_bounded() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::start(|cfg| {
+        cfg.peer_handshakes_max = 3;
+        cfg.read_timeout_secs = 5;
+    });
+    let leader = c.leader(0);
+    let addr = c.peer_addr(leader);
+    // Three connections that never say hello hold every handshake slot...
+    let silent: Vec<TcpStream> = (0..3).map(|_| connect(addr)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // ...so one more is refused at once, with the reason.
+    let mut s = connect(addr);
+    let r = read_reply(&mut s).expect("a refusal");
+    assert!(r.error().contains("too many peer connections in their handshake"), "{r:?}");
+    expect_closed(&mut s, Duration::from_millis(500));
+    // The peers' own links, past their handshakes, are not affected.
+    c.append(0, b"while the handshake slots are full");
+    // Slots free when the silent connections go: a hello is read and judged again.
+    drop(silent);
+    let me = c.cfgs[leader].node_id;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let mut p = connect(addr);
+        let text = call(&mut p, &hello(42, if me == 1 { 2 } else { 1 }, 0)).error();
+        if text.contains("cluster id 42 does not match") {
+            break;
+        }
+        assert!(text.contains("too many peer connections"), "{text}");
+        assert!(Instant::now() < deadline, "the freed handshake slots were not reused");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.check_healthy();
+    c.stop();
+}
