@@ -5,279 +5,27 @@
 //! (SIGTERM) of any minority and the restart of the whole cluster; every node ends up with the
 //! same entries at the same indexes; and a client's retries never commit an entry twice.
 //!
-//! Every test owns its ports and its temporary directory, and its [`Cluster`] kills and reaps
-//! its processes when dropped (also when the test panics). The tests of this file run one at a
+//! Every test owns its ports and its temporary directory, and its `ProcCluster` (from
+//! `tests/common`) kills and reaps its processes when dropped (also when the test panics). The tests of this file run one at a
 //! time (a lock): their timing bounds should not depend on how many clusters share the cores.
 
-use std::collections::{HashMap, HashSet};
+mod common;
+
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use corelog::client::{Client, ClientConfig, Position, ReadEntry};
+use common::procs::{Acked, Options, ProcCluster, check_exactly_once};
+use corelog::client::Client;
 use corelog::frame::{EntryKind, EntryRef, FrameLimits, encode_frame};
 use corelog::node::proto::{Op, RequestMeta, ResponseMeta, Status};
-use corelog::node::{NodeConfig, PeerConfig};
 use corelog::wire::{self, Kind};
-
-const BIN: &str = env!("CARGO_BIN_EXE_corelog");
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Proc {
-    id: u64,
-    config: PathBuf,
-    stderr: PathBuf,
-    child: Option<Child>,
-}
-
-/// A cluster of `corelog serve` processes; dropping it kills and reaps them all.
-struct Cluster {
-    _dir: tempfile::TempDir,
-    procs: Vec<Proc>,
-    /// Client addresses, in node order (node `id` at `id - 1`).
-    addrs: Vec<SocketAddr>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for p in &mut self.procs {
-            if let Some(mut c) = p.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        if std::thread::panicking() {
-            // Keep what the nodes said: it is the first thing to read when a test fails.
-            for p in &self.procs {
-                if let Ok(text) = std::fs::read_to_string(&p.stderr) {
-                    let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                    eprintln!("--- node {} stderr (last lines) ---", p.id);
-                    for l in tail.into_iter().rev() {
-                        eprintln!("{l}");
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl Cluster {
-    /// Writes the configurations of `n` nodes and starts them.
-    fn start(n: u64) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let members: Vec<PeerConfig> = (1..=n)
-            .map(|id| PeerConfig {
-                id,
-                peer_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-                client_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            })
-            .collect();
-        let mut procs = Vec::new();
-        for id in 1..=n {
-            let cfg = NodeConfig {
-                cluster_id: 7,
-                node_id: id,
-                data_dir: dir.path().join(format!("n{id}")),
-                members: members.clone(),
-                segment_bytes: 4 << 20,
-                ..NodeConfig::default()
-            };
-            let config = dir.path().join(format!("n{id}.toml"));
-            std::fs::write(&config, toml::to_string(&cfg).unwrap()).unwrap();
-            let stderr = dir.path().join(format!("n{id}.stderr"));
-            procs.push(Proc { id, config, stderr, child: None });
-        }
-        let addrs = members.iter().map(|m| m.client_addr).collect();
-        let mut c = Cluster { _dir: dir, procs, addrs };
-        for id in 1..=n {
-            c.spawn(id);
-        }
-        c
-    }
-
-    /// Starts node `id` (again), with its configuration and data directory, and waits until
-    /// it accepts clients.
-    fn spawn(&mut self, id: u64) {
-        let p = &mut self.procs[id as usize - 1];
-        assert!(p.child.is_none(), "node {id} is running");
-        let err = std::fs::OpenOptions::new().create(true).append(true).open(&p.stderr).unwrap();
-        let child = Command::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(&p.config)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn corelog serve");
-        p.child = Some(child);
-        let addr = self.addrs[id as usize - 1];
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
-            }
-            let p = &mut self.procs[id as usize - 1];
-            if let Some(s) = p.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("node {id} exited at start: {s}");
-            }
-            assert!(Instant::now() < deadline, "node {id} does not accept clients after 10 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL: the node dies at once, in the middle of whatever it was doing.
-    fn kill9(&mut self, id: u64) {
-        let mut c = self.procs[id as usize - 1].child.take().expect("running");
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
-
-    /// SIGTERM: the node stops gracefully; it must exit successfully within 10 s.
-    fn stop(&mut self, id: u64) {
-        let mut c = self.procs[id as usize - 1].child.take().expect("running");
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(s) = c.try_wait().unwrap() {
-                assert!(s.success(), "node {id} exited with {s} after SIGTERM");
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                panic!("node {id} did not stop within 10 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn running(&self) -> Vec<u64> {
-        self.procs.iter().filter(|p| p.child.is_some()).map(|p| p.id).collect()
-    }
-
-    fn addr(&self, id: u64) -> SocketAddr {
-        self.addrs[id as usize - 1]
-    }
-
-    fn client(&self) -> Client {
-        let mut cfg = ClientConfig::new(self.addrs.clone());
-        cfg.attempt_timeout = Duration::from_millis(1000);
-        Client::new(cfg).unwrap()
-    }
-
-    /// A client for status and reads of one node at a time: it gives up fast.
-    fn probe(&self) -> Client {
-        let mut cfg = ClientConfig::new(self.addrs.clone());
-        cfg.deadline = Duration::from_millis(500);
-        cfg.attempt_timeout = Duration::from_millis(300);
-        Client::new(cfg).unwrap()
-    }
-
-    /// Status of group 0 as node `id` sees it.
-    fn status(&self, probe: &mut Client, id: u64) -> Option<serde_json::Value> {
-        let text = probe.status_of(self.addr(id), 0).ok()?;
-        serde_json::from_str(&text).ok()
-    }
-
-    /// Waits for a running node that says it leads, in the highest term any running node
-    /// reports; returns (leader id, term).
-    fn leader(&self, within: Duration) -> (u64, u64) {
-        let mut probe = self.probe();
-        let deadline = Instant::now() + within;
-        loop {
-            let mut best: Option<(u64, u64)> = None;
-            let mut max_term = 0;
-            for id in self.running() {
-                if let Some(s) = self.status(&mut probe, id) {
-                    let term = s["term"].as_u64().unwrap_or(0);
-                    max_term = max_term.max(term);
-                    if s["role"] == "Leader" && best.is_none_or(|(_, t)| term > t) {
-                        best = Some((id, term));
-                    }
-                }
-            }
-            if let Some((id, term)) = best
-                && term == max_term
-            {
-                return (id, term);
-            }
-            assert!(Instant::now() < deadline, "no leader within {within:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits until node `id` knows entries up to `last` committed, then reads its log `1..=last`.
-    fn committed_log(&self, id: u64, last: u64, within: Duration) -> Vec<ReadEntry> {
-        let mut probe = self.probe();
-        let addr = self.addr(id);
-        let deadline = Instant::now() + within;
-        loop {
-            match probe.read_from(addr, 0, 1, 0, 1) {
-                Ok((commit, _)) if commit >= last => break,
-                Ok((commit, _)) => assert!(
-                    Instant::now() < deadline,
-                    "node {id}: commit {commit} did not reach {last} within {within:?}"
-                ),
-                Err(e) => assert!(Instant::now() < deadline, "node {id}: {e}"),
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let mut out: Vec<ReadEntry> = Vec::new();
-        let mut lo = 1;
-        while lo <= last {
-            let (_, entries) = probe
-                .read_from(addr, 0, lo, last, 1 << 20)
-                .unwrap_or_else(|e| panic!("node {id}: read from {lo}: {e}"));
-            assert!(!entries.is_empty(), "node {id}: nothing read at {lo} (commit >= {last})");
-            for e in entries {
-                assert_eq!(e.index, lo, "node {id}: the log has a gap or is out of order");
-                lo += 1;
-                out.push(e);
-            }
-        }
-        out
-    }
-
-    /// Reads `1..=last` from every running node, checks that they hold the same entries at the
-    /// same indexes, and returns that log.
-    fn same_log_everywhere(&self, last: u64) -> Vec<ReadEntry> {
-        let mut reference: Option<(u64, Vec<ReadEntry>)> = None;
-        for id in self.running() {
-            let log = self.committed_log(id, last, Duration::from_secs(10));
-            match &reference {
-                None => reference = Some((id, log)),
-                Some((rid, r)) => {
-                    assert_eq!(r.len(), log.len());
-                    for (a, b) in r.iter().zip(&log) {
-                        assert_eq!(a, b, "nodes {rid} and {id} differ at index {}", a.index);
-                    }
-                }
-            }
-        }
-        reference.expect("a running node").1
-    }
-}
-
-/// One acknowledged append of a writer.
-#[derive(Clone)]
-struct Acked {
-    pos: Position,
-    data: Vec<u8>,
-    at: Instant,
 }
 
 fn payload(writer: usize, n: u64) -> Vec<u8> {
@@ -287,48 +35,10 @@ fn payload(writer: usize, n: u64) -> Vec<u8> {
     p
 }
 
-/// Checks that every acknowledged append is in `log` exactly once, at its acknowledged index,
-/// and that no payload (acknowledged or not) appears twice; returns the number of client
-/// entries in the log.
-fn check_exactly_once(log: &[ReadEntry], acked: &[Acked]) -> usize {
-    let by_index: HashMap<u64, &ReadEntry> = log.iter().map(|e| (e.index, e)).collect();
-    let mut seen_data: HashSet<&[u8]> = HashSet::new();
-    let mut seen_seq: HashSet<(u64, u64)> = HashSet::new();
-    let mut dup_data = 0;
-    let mut dup_seq = 0;
-    let mut normal = 0;
-    for e in log.iter().filter(|e| e.kind == EntryKind::Normal) {
-        normal += 1;
-        if !seen_data.insert(&e.data) {
-            dup_data += 1;
-            eprintln!("duplicate payload at {}: {}", e.index, String::from_utf8_lossy(&e.data));
-        }
-        if !seen_seq.insert((e.session, e.seq)) {
-            dup_seq += 1;
-            eprintln!("duplicate (session {}, seq {}) at {}", e.session, e.seq, e.index);
-        }
-    }
-    println!("duplicates: {dup_data} payloads, {dup_seq} (session, sequence) pairs");
-    assert_eq!(dup_data, 0, "a payload was committed more than once");
-    assert_eq!(dup_seq, 0, "a (session, sequence) was committed more than once");
-    for a in acked {
-        let e = by_index.get(&a.pos.index).unwrap_or_else(|| {
-            panic!("acknowledged index {} is missing", a.pos.index);
-        });
-        assert_eq!(e.kind, EntryKind::Normal, "acknowledged index {} is not client data", e.index);
-        assert_eq!(
-            e.data, a.data,
-            "index {} holds another payload than the one acknowledged there",
-            e.index
-        );
-    }
-    normal
-}
-
 #[test]
 fn sigkill_leader_under_load_loses_and_duplicates_nothing() {
     let _serial = serial();
-    let mut cluster = Cluster::start(3);
+    let mut cluster = ProcCluster::start(Options::default());
     let (leader, term0) = cluster.leader(Duration::from_secs(10));
     println!("leader: node {leader} in term {term0}");
 
@@ -402,7 +112,7 @@ fn sigkill_leader_under_load_loses_and_duplicates_nothing() {
 
     let acked = acked.lock().unwrap().clone();
     let last = acked.iter().map(|a| a.pos.index).max().unwrap();
-    let log = cluster.same_log_everywhere(last);
+    let log = cluster.same_log_everywhere(0, last);
     let normal = check_exactly_once(&log, &acked);
     println!(
         "appends acknowledged: {} ({before_kill} before the kill), failed (unknown outcome): \
@@ -418,7 +128,7 @@ fn sigkill_leader_under_load_loses_and_duplicates_nothing() {
 #[test]
 fn stopped_follower_recovers_from_disk_and_catches_up() {
     let _serial = serial();
-    let mut cluster = Cluster::start(3);
+    let mut cluster = ProcCluster::start(Options::default());
     let (leader, _) = cluster.leader(Duration::from_secs(10));
     let follower = (1..=3).find(|&id| id != leader).unwrap();
     let mut client = cluster.client();
@@ -434,7 +144,7 @@ fn stopped_follower_recovers_from_disk_and_catches_up() {
         last = append(&mut client, n);
     }
     // The follower holds the first 100 before it stops.
-    cluster.committed_log(follower, last, Duration::from_secs(10));
+    cluster.committed_log(follower, 0, last, Duration::from_secs(10));
     let before_stop = last;
     cluster.stop(follower);
     println!("stopped follower {follower} (SIGTERM) at index {before_stop}");
@@ -444,14 +154,14 @@ fn stopped_follower_recovers_from_disk_and_catches_up() {
     cluster.spawn(follower);
     // What it recovered from its own disk: at least everything it held before it stopped.
     let mut probe = cluster.probe();
-    let s = cluster.status(&mut probe, follower).expect("status of the restarted follower");
+    let s = cluster.status(&mut probe, follower, 0).expect("status of the restarted follower");
     println!("restarted follower {follower}: {s}");
     assert!(
         s["last_index"].as_u64().unwrap() >= before_stop,
         "the follower lost entries it held before the stop: {s}"
     );
     let t0 = Instant::now();
-    let log = cluster.same_log_everywhere(last);
+    let log = cluster.same_log_everywhere(0, last);
     println!("follower {follower} caught up to {last} in {:?}", t0.elapsed());
     let normal = check_exactly_once(&log, &acked);
     assert_eq!(normal, 300);
@@ -459,8 +169,8 @@ fn stopped_follower_recovers_from_disk_and_catches_up() {
     let (leader, _) = cluster.leader(Duration::from_secs(5));
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let l = cluster.status(&mut probe, leader).unwrap();
-        let f = cluster.status(&mut probe, follower).unwrap();
+        let l = cluster.status(&mut probe, leader, 0).unwrap();
+        let f = cluster.status(&mut probe, follower, 0).unwrap();
         if l["commit_index"] == f["commit_index"] && l["last_index"] == f["last_index"] {
             break;
         }
@@ -472,7 +182,7 @@ fn stopped_follower_recovers_from_disk_and_catches_up() {
 #[test]
 fn full_cluster_restart_keeps_the_log_and_continues() {
     let _serial = serial();
-    let mut cluster = Cluster::start(3);
+    let mut cluster = ProcCluster::start(Options::default());
     cluster.leader(Duration::from_secs(10));
     let mut client = cluster.client();
     let mut acked = Vec::new();
@@ -487,7 +197,7 @@ fn full_cluster_restart_keeps_the_log_and_continues() {
         acked.push(Acked { pos, data: data.clone(), at: Instant::now() });
     }
     let last = acked.last().unwrap().pos.index;
-    let before = cluster.same_log_everywhere(last);
+    let before = cluster.same_log_everywhere(0, last);
 
     for id in 1..=3 {
         cluster.stop(id);
@@ -511,7 +221,7 @@ fn full_cluster_restart_keeps_the_log_and_continues() {
     println!("first appends after the restart at {} and {}", pos.index, pos2.index);
     assert!(pos.index > last && pos2.index > pos.index);
 
-    let after = cluster.same_log_everywhere(pos2.index);
+    let after = cluster.same_log_everywhere(0, pos2.index);
     assert_eq!(&after[..before.len()], &before[..], "the log before the restart changed");
     // Between the old end and the new appends there is only what new leaders append.
     for e in &after[before.len()..] {
@@ -532,7 +242,7 @@ struct Writers {
 }
 
 impl Writers {
-    fn start(cluster: &Cluster, n: usize, first_writer: usize) -> Writers {
+    fn start(cluster: &ProcCluster, n: usize, first_writer: usize) -> Writers {
         let stop = Arc::new(AtomicBool::new(false));
         let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
         let threads = (first_writer..first_writer + n)
@@ -589,7 +299,7 @@ impl Writers {
 #[test]
 fn repeated_crashes_under_load_lose_nothing() {
     let _serial = serial();
-    let mut cluster = Cluster::start(3);
+    let mut cluster = ProcCluster::start(Options::default());
     let (leader, _) = cluster.leader(Duration::from_secs(10));
     let writers = Writers::start(&cluster, 3, 10);
     writers.wait_for(500, Duration::from_secs(5));
@@ -630,7 +340,7 @@ fn repeated_crashes_under_load_lose_nothing() {
 
     let (acked, failed) = writers.finish();
     let last = acked.iter().map(|a| a.pos.index).max().unwrap();
-    let log = cluster.same_log_everywhere(last);
+    let log = cluster.same_log_everywhere(0, last);
     let normal = check_exactly_once(&log, &acked);
     println!(
         "appends acknowledged: {}, failed (unknown outcome): {failed}; log 1..={last}: {} \
@@ -670,7 +380,7 @@ fn position_of(payload: &[u8]) -> u64 {
     u64::from_le_bytes(payload[..8].try_into().unwrap())
 }
 
-impl Cluster {
+impl ProcCluster {
     /// Restarts whoever else leads until node `id` does.
     fn make_leader(&mut self, id: u64) {
         for round in 0.. {
@@ -694,7 +404,7 @@ impl Cluster {
 #[test]
 fn retries_are_deduplicated_after_a_trim_and_a_restart() {
     let _serial = serial();
-    let mut cluster = Cluster::start(3);
+    let mut cluster = ProcCluster::start(Options::default());
     let (leader, _) = cluster.leader(Duration::from_secs(10));
     let lagging = (1..=3).find(|&id| id != leader).unwrap();
     let mut client = cluster.client();
@@ -721,7 +431,7 @@ fn retries_are_deduplicated_after_a_trim_and_a_restart() {
     let mut probe = cluster.probe();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let s = cluster.status(&mut probe, lagging);
+        let s = cluster.status(&mut probe, lagging, 0);
         if s.as_ref().is_some_and(|s| s["commit_index"].as_u64() >= Some(last)) {
             println!("node {lagging} after catching up: {}", s.unwrap());
             break;

@@ -446,6 +446,27 @@ pub mod procs {
             p.stopped = false;
         }
 
+        /// SIGTERM: the node stops gracefully; it must exit successfully within 10 s.
+        pub fn stop(&mut self, id: u64) {
+            let p = &mut self.procs[id as usize - 1];
+            let mut c = p.child.take().expect("running");
+            p.stopped = false;
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(s) = c.try_wait().unwrap() {
+                    assert!(s.success(), "node {id} exited with {s} after SIGTERM");
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("node {id} did not stop within 10 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
         /// SIGSTOP: the node freezes with its sockets open.
         pub fn sigstop(&mut self, id: u64) {
             let p = &mut self.procs[id as usize - 1];
