@@ -419,6 +419,15 @@ impl<'a> Frame<'a> {
         Ok(Frame { header, payload, bytes: &bytes[..len] })
     }
 
+    /// The frame of `bytes` (exactly one whole frame) that [`Frame::decode`] verified before:
+    /// the header is read in place and nothing is checked again (no checksum pass). For bytes
+    /// held since their verification (a received frame, a frame read from a segment).
+    pub(crate) fn already_verified(bytes: &'a [u8]) -> Frame<'a> {
+        let (header, _) = FrameHeader::ref_from_prefix(bytes).expect("a verified frame");
+        debug_assert_eq!(bytes.len(), FRAME_HEADER_LEN + header.payload_len.get() as usize);
+        Frame { header, payload: &bytes[FRAME_HEADER_LEN..], bytes }
+    }
+
     /// The whole frame's bytes, exactly as encoded (header and payload).
     pub fn as_bytes(&self) -> &'a [u8] {
         self.bytes
@@ -485,9 +494,7 @@ impl VerifiedFrame {
     /// The frame, without verifying it again: its checksum and entries were checked when it
     /// was decoded, and `Bytes` are immutable.
     pub fn frame(&self) -> Frame<'_> {
-        let (header, _) =
-            FrameHeader::ref_from_prefix(&self.bytes).expect("a verified frame has a header");
-        Frame { header, payload: &self.bytes[FRAME_HEADER_LEN..], bytes: &self.bytes }
+        Frame::already_verified(&self.bytes)
     }
 
     /// The frame's bytes.

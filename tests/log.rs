@@ -307,11 +307,12 @@ fn dsync_mode_works() {
     });
 }
 
-/// `with_frames` hands out the log's own frames for exactly whole-frame ranges in memory (what
-/// a leader sends to followers as is), and nothing for a range that starts or ends inside a
-/// frame, a frame cut by a truncation, or frames evicted to disk only.
+/// `with_frames` hands out the longest run of the log's own whole frames within a range, in
+/// memory (what a leader sends to followers as is, framing only the entries around it), and
+/// nothing when no whole frame in memory lies within the range: frames cut by a truncation, or
+/// evicted to disk only.
 #[test]
-fn with_frames_gives_whole_frames_in_memory_only() {
+fn with_frames_gives_the_whole_frames_in_memory_within_a_range() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     run(move || async move {
@@ -320,13 +321,13 @@ fn with_frames_gives_whole_frames_in_memory_only() {
         let last = append_n(&log, 1, 4, 4, 100).await;
         assert_eq!(last, 16);
         let got = |lo: u64, hi: u64| {
-            log.with_frames(lo, hi, |frames| {
-                frames.iter().map(|b| b.to_vec()).collect::<Vec<Vec<u8>>>()
+            log.with_frames(lo, hi, |first, last, frames| {
+                (first, last, frames.iter().map(|b| b.to_vec()).collect::<Vec<Vec<u8>>>())
             })
         };
         // In the open buffer, before any flush.
-        let frames = got(5, 12).expect("whole frames 5-12");
-        assert_eq!(frames.len(), 2);
+        let (first, last_, frames) = got(5, 12).expect("whole frames 5-12");
+        assert_eq!((first, last_, frames.len()), (5, 12, 2));
         let limits = FrameLimits::default();
         let decoded: Vec<(u64, u64)> = frames
             .iter()
@@ -337,12 +338,19 @@ fn with_frames_gives_whole_frames_in_memory_only() {
             })
             .collect();
         assert_eq!(decoded, vec![(5, 8), (9, 12)]);
-        for (lo, hi) in [(6, 12), (5, 11), (5, 5), (1, 17), (17, 20)] {
-            assert!(got(lo, hi).is_none(), "{lo}-{hi} is not a run of whole frames");
+        // A range that starts or ends inside a frame: the whole frames within it.
+        for (lo, hi, want) in
+            [(6, 12, (9, 12)), (5, 11, (5, 8)), (3, 14, (5, 12)), (1, 40, (1, 16))]
+        {
+            let (first, last_, _) = got(lo, hi).expect("some whole frames");
+            assert_eq!((first, last_), want, "{lo}-{hi}");
+        }
+        for (lo, hi) in [(5, 5), (6, 11), (17, 20)] {
+            assert!(got(lo, hi).is_none(), "no whole frame within {lo}-{hi}");
         }
         // The same bytes as a read returns, also once durable (a flushed buffer).
         log.wait_durable(16).await.unwrap();
-        let frames = got(1, 16).expect("whole frames 1-16 after the flush");
+        let (_, _, frames) = got(1, 16).expect("whole frames 1-16 after the flush");
         let read = log.read(1, 16, usize::MAX).await.unwrap();
         assert_eq!(frames.len(), read.len());
         for (f, r) in frames.iter().zip(&read) {
@@ -351,12 +359,12 @@ fn with_frames_gives_whole_frames_in_memory_only() {
         // A truncation that cuts 9-12 after 10: that frame now holds more than the log.
         log.truncate_after(10).await.unwrap();
         assert!(got(9, 10).is_none(), "a cut frame is not sent as is");
-        assert!(got(5, 8).is_some());
+        assert_eq!(got(1, 10).map(|(f, l, _)| (f, l)), Some((1, 8)));
         // Push the early frames out of the recent cache: only on disk, so no frames.
         let last = append_n(&log, 2, 40, 4, 8000).await;
         log.wait_durable(last).await.unwrap();
         assert!(got(5, 8).is_none(), "frames only on disk are read, not handed out");
-        assert!(got(last - 3, last).is_some());
+        assert_eq!(got(last - 3, last).map(|(f, l, _)| (f, l)), Some((last - 3, last)));
         log.close().await.unwrap();
     });
 }

@@ -242,15 +242,15 @@ fn a_running_cluster_exposes_metrics_that_move() {
         assert!(c >= n, "stage {stage}: {c} appends timed");
     }
     assert!(moved("corelog_append_duration_seconds_count", &[]) >= n);
-    // Zero-copy replication: the leader sends its own log frames as they are (one append
-    // message per entry and follower here), and each follower writes the frames it received.
-    let as_is = moved("corelog_peer_appends_sent_total", &[("frames", "as_is")]);
-    assert!(as_is >= n, "{as_is} appends sent as log frames");
+    // Zero-copy replication: the leader sends its own log frames as they are (each entry to
+    // both followers here), and each follower writes the frames it received.
+    let as_is = moved("corelog_peer_entries_sent_total", &[("frames", "as_is")]);
+    assert!(as_is >= 2.0 * n, "{as_is} entries sent in log frames");
     for i in (0..3).filter(|i| *i != leader) {
         let written = after[i]
-            .get("corelog_follower_frames_written_total", &[("frames", "as_received")])
-            - before[i].get("corelog_follower_frames_written_total", &[("frames", "as_received")]);
-        assert!(written >= n, "node {i} wrote {written} frames as received");
+            .get("corelog_follower_entries_written_total", &[("frames", "as_received")])
+            - before[i].get("corelog_follower_entries_written_total", &[("frames", "as_received")]);
+        assert!(written >= n, "node {i} wrote {written} entries in the frames it received");
     }
     assert!(moved("corelog_append_stage_duration_seconds_sum", &[("stage", "leader_flush")]) > 0.0);
     assert!(a.get("corelog_term", &[("group", "0")]) >= 1.0);

@@ -486,19 +486,11 @@ impl ReadFrame {
         }
     }
 
-    /// The decoded frame (its checksum was verified when it was read).
+    /// The decoded frame. Its checksum was verified when it was read from disk, or it never
+    /// left memory: it is not verified again (a checksum pass per call would double the cost
+    /// of a read).
     pub fn frame(&self) -> Frame<'_> {
-        // Verified at read time (or never left memory); decoding again cannot fail unless
-        // memory itself is corrupt, which must stop loudly.
-        Frame::decode(
-            self.bytes(),
-            &crate::frame::FrameLimits {
-                payload_bytes_max: u32::MAX,
-                entries_max: u32::MAX,
-                entry_bytes_max: u32::MAX,
-            },
-        )
-        .expect("a frame verified at read time no longer decodes: memory corruption")
+        Frame::already_verified(self.bytes())
     }
 
     /// The wanted entries of this frame.
@@ -1268,41 +1260,49 @@ impl Log {
         Ok(out)
     }
 
-    /// Calls `f` with the bytes of the frames that hold exactly the entries `lo..=hi`, when
-    /// these are whole frames still in memory (the open buffer, a flush in flight or a recent
-    /// one), and returns its result: a leader sends its own frames to followers as they are,
-    /// with no re-encoding. `None` (and `f` is not called) when the range starts or ends inside
-    /// a frame, a truncation cut one of its frames, or a frame is only on disk.
-    pub fn with_frames<R>(&self, lo: u64, hi: u64, f: impl FnOnce(&[&[u8]]) -> R) -> Option<R> {
+    /// Calls `f` with the longest run of whole frames within the entries `lo..=hi` whose bytes
+    /// are still in memory (the open buffer, a flush in flight or a recent one), starting at
+    /// the first frame that begins at or after `lo`: `f(first, last, frames)`, where the frames
+    /// hold exactly the entries `first..=last`. A leader sends these frames to followers as
+    /// they are, with no re-encoding, and frames only the entries around them anew. `None`
+    /// (and `f` is not called) when no whole frame in memory lies within the range. A frame
+    /// that a truncation cut ends the run.
+    pub fn with_frames<R>(
+        &self,
+        lo: u64,
+        hi: u64,
+        f: impl FnOnce(u64, u64, &[&[u8]]) -> R,
+    ) -> Option<R> {
         let st = self.shared.st.borrow();
         st.check_usable().ok()?;
-        let pos = st.frame_pos(lo)?;
-        if st.frames[pos].first_index != lo {
-            return None;
+        let mut pos = st.frame_pos(lo)?;
+        if st.frames[pos].first_index < lo {
+            pos += 1;
         }
         let mut out: Vec<&[u8]> = Vec::new();
-        let mut end = lo - 1;
+        let (mut first, mut last) = (0, 0);
         for loc in st.frames.range(pos..) {
-            if loc.first_index > hi {
+            if loc.last_index() > hi {
                 break;
             }
-            if loc.last_index() > hi {
-                return None;
-            }
-            let bytes = match st.in_memory(loc)? {
+            let Some(mem) = st.in_memory(loc) else { break };
+            let bytes = match mem {
                 InMemory::Open(b) => b,
                 InMemory::Cached(c, start) => &c.data.bytes()[start..start + loc.len as usize],
             };
             // A frame that a truncation cut holds more entries than the log still has.
             use zerocopy::FromBytes as _;
-            let (header, _) = crate::frame::FrameHeader::ref_from_prefix(bytes).ok()?;
-            if header.entry_count.get() != loc.count {
-                return None;
+            match crate::frame::FrameHeader::ref_from_prefix(bytes) {
+                Ok((h, _)) if h.entry_count.get() == loc.count => {}
+                _ => break,
             }
-            end = loc.last_index();
+            if out.is_empty() {
+                first = loc.first_index;
+            }
+            last = loc.last_index();
             out.push(bytes);
         }
-        (end == hi).then(|| f(&out))
+        (!out.is_empty()).then(|| f(first, last, &out))
     }
 
     /// Removes the entries after `index` (a new leader overwrote them). Durable when it returns:

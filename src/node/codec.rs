@@ -95,18 +95,27 @@ pub fn encode_timed(out: &mut Vec<u8>, group: u64, m: &Message, ack_local_ns: Op
     wire::set_frames_len(&mut out[start..], frames_len);
 }
 
-/// Encodes the `Append` `m` whose entries are exactly the log frames `frames`, laid end to end:
-/// the leader's own frames, sent as they are (no framing, no checksum; one copy each, into
-/// `out`). The caller guarantees that the frames hold `m`'s entries (see
-/// [`crate::log::Log::with_frames`]).
-pub fn encode_append_frames(out: &mut Vec<u8>, group: u64, m: &Message, frames: &[&[u8]]) {
+/// Encodes the `Append` `m` whose entries are `head`, then exactly the log frames `frames`,
+/// then `tail`: the leader's own frames go as they are (no framing, no checksum; one copy
+/// each, into `out`), and only the entries around them are framed here. The caller guarantees
+/// that this is `m`'s entries in order (see [`crate::log::Log::with_frames`]).
+pub fn encode_append_frames(
+    out: &mut Vec<u8>,
+    group: u64,
+    m: &Message,
+    head: &[Entry],
+    frames: &[&[u8]],
+    tail: &[Entry],
+) {
     debug_assert!(matches!(m.body, Body::Append { .. }), "frames only travel in appends");
     let start = out.len();
     wire::encode(out, Kind::Raft, group, m.from, meta_of(m).as_bytes(), 0);
     let payload_start = out.len();
+    encode_entries(out, group, head);
     for f in frames {
         out.extend_from_slice(f);
     }
+    encode_entries(out, group, tail);
     let frames_len = out.len() - payload_start;
     wire::set_frames_len(&mut out[start..], frames_len);
 }

@@ -861,7 +861,7 @@ impl GroupDriver {
                 let n = f.entry_count() as usize;
                 let r = self.log.append(f).await?;
                 assert_eq!(r.first, first.index, "the log and the core disagree on the next index");
-                CoreMetrics::add(&self.metrics.frames_written_as_received, 1);
+                CoreMetrics::add(&self.metrics.entries_written_as_received, n as u64);
                 self.received.pop_front();
                 start += n;
                 continue;
@@ -885,28 +885,35 @@ impl GroupDriver {
             let r = self.log.append_entries(term, &refs).await?;
             assert_eq!(r.first, first.index, "the log and the core disagree on the next index");
             if self.node.role() != Role::Leader {
-                CoreMetrics::add(&self.metrics.frames_written_encoded, 1);
+                CoreMetrics::add(&self.metrics.entries_written_encoded, (end - start) as u64);
             }
             start = end;
         }
         Ok(())
     }
 
-    /// Sends `m`. An append whose entries are exactly whole frames of the log, still in
-    /// memory, goes out as those frames (the usual case: a leader replicates what it just
-    /// appended); any other append is framed anew.
+    /// Sends `m`. The entries of an append that are whole frames of the log still in memory
+    /// go out as those frames (the usual case: a leader replicates what it just appended);
+    /// only the entries around them (an append that starts or ends inside a frame) are framed
+    /// anew.
     fn send(&self, m: &Message, ack_local_ns: Option<u64>) {
         if let consensus::Body::Append { entries, .. } = &m.body
-            && let (Some(first), Some(last)) = (entries.first(), entries.last())
+            && let (Some(lo), Some(hi)) = (entries.first(), entries.last())
         {
-            let sent = self.log.with_frames(first.index, last.index, |frames| {
-                self.peers.send_frames(self.group, m, frames)
+            let lo = lo.index;
+            let sent = self.log.with_frames(lo, hi.index, |first, last, frames| {
+                let (a, b) = ((first - lo) as usize, (last - lo) as usize);
+                debug_assert_eq!(entries[a].index, first);
+                let (head, tail) = (&entries[..a], &entries[b + 1..]);
+                self.peers.send_frames(self.group, m, head, frames, tail);
+                (b + 1 - a) as u64
             });
+            let as_is = sent.unwrap_or(0);
+            CoreMetrics::add(&self.metrics.entries_sent_as_is, as_is);
+            CoreMetrics::add(&self.metrics.entries_sent_encoded, entries.len() as u64 - as_is);
             if sent.is_some() {
-                CoreMetrics::add(&self.metrics.appends_sent_as_is, 1);
                 return;
             }
-            CoreMetrics::add(&self.metrics.appends_sent_encoded, 1);
         }
         self.peers.send(self.group, m, ack_local_ns);
     }

@@ -74,12 +74,12 @@ pub(crate) struct CoreMetrics {
     pub entries_committed: Cell<u64>,
     pub elections: Cell<u64>,
     pub leader_changes: Cell<u64>,
-    /// Append messages a leader sent with its log frames as they are / framed anew.
-    pub appends_sent_as_is: Cell<u64>,
-    pub appends_sent_encoded: Cell<u64>,
-    /// Frames a follower wrote to its log as it received them / framed anew.
-    pub frames_written_as_received: Cell<u64>,
-    pub frames_written_encoded: Cell<u64>,
+    /// Entries a leader sent to followers inside its own log frames / framed anew.
+    pub entries_sent_as_is: Cell<u64>,
+    pub entries_sent_encoded: Cell<u64>,
+    /// Entries a follower wrote to its log in the frames it received / framed anew.
+    pub entries_written_as_received: Cell<u64>,
+    pub entries_written_encoded: Cell<u64>,
     errors: [Cell<u64>; ERROR_KINDS.len()],
     groups: RefCell<Vec<Rc<GroupGauges>>>,
 }
@@ -101,10 +101,10 @@ impl CoreMetrics {
             entries_committed: Cell::new(0),
             elections: Cell::new(0),
             leader_changes: Cell::new(0),
-            appends_sent_as_is: Cell::new(0),
-            appends_sent_encoded: Cell::new(0),
-            frames_written_as_received: Cell::new(0),
-            frames_written_encoded: Cell::new(0),
+            entries_sent_as_is: Cell::new(0),
+            entries_sent_encoded: Cell::new(0),
+            entries_written_as_received: Cell::new(0),
+            entries_written_encoded: Cell::new(0),
             errors: std::array::from_fn(|_| Cell::new(0)),
             groups: RefCell::new(Vec::new()),
         }
@@ -152,10 +152,10 @@ impl CoreMetrics {
             entries_committed: self.entries_committed.get(),
             elections: self.elections.get(),
             leader_changes: self.leader_changes.get(),
-            appends_sent_as_is: self.appends_sent_as_is.get(),
-            appends_sent_encoded: self.appends_sent_encoded.get(),
-            frames_written_as_received: self.frames_written_as_received.get(),
-            frames_written_encoded: self.frames_written_encoded.get(),
+            entries_sent_as_is: self.entries_sent_as_is.get(),
+            entries_sent_encoded: self.entries_sent_encoded.get(),
+            entries_written_as_received: self.entries_written_as_received.get(),
+            entries_written_encoded: self.entries_written_encoded.get(),
             errors: ERROR_KINDS.iter().zip(&self.errors).map(|(k, c)| (*k, c.get())).collect(),
             stages: self.stages.borrow().clone(),
             groups: self.groups.borrow().iter().map(|g| g.snapshot()).collect(),
@@ -250,16 +250,15 @@ pub struct CoreSnapshot {
     pub entries_committed: u64,
     pub elections: u64,
     pub leader_changes: u64,
-    /// Append messages sent with the leader's log frames as they are.
-    pub appends_sent_as_is: u64,
-    /// Append messages whose entries were framed anew (a range starting or ending inside a
-    /// frame, or frames no longer in memory).
-    pub appends_sent_encoded: u64,
-    /// Frames a follower wrote to its log exactly as received.
-    pub frames_written_as_received: u64,
-    /// Frames a follower built anew from received entries (a range that starts inside a
-    /// received frame).
-    pub frames_written_encoded: u64,
+    /// Entries a leader sent inside its own log frames, as they are.
+    pub entries_sent_as_is: u64,
+    /// Entries a leader sent framed anew (around a run of whole frames, or frames no longer
+    /// in memory).
+    pub entries_sent_encoded: u64,
+    /// Entries a follower wrote to its log inside the frames it received.
+    pub entries_written_as_received: u64,
+    /// Entries a follower framed anew (a range that starts inside a received frame).
+    pub entries_written_encoded: u64,
     pub errors: Vec<(&'static str, u64)>,
     pub stages: StageRecorder,
     pub groups: Vec<GroupSnapshot>,
@@ -406,22 +405,22 @@ impl NodeSnapshot {
         );
         counter(
             &mut out,
-            "corelog_peer_appends_sent_total",
-            "Append messages a leader sent: with its log frames as they are (as_is), or with its \
-             entries framed anew (encoded).",
+            "corelog_peer_entries_sent_total",
+            "Entries a leader sent to followers: inside its own log frames, as they are (as_is), \
+             or framed anew (encoded).",
             &[
-                ("frames=\"as_is\"", sum(|c| c.appends_sent_as_is)),
-                ("frames=\"encoded\"", sum(|c| c.appends_sent_encoded)),
+                ("frames=\"as_is\"", sum(|c| c.entries_sent_as_is)),
+                ("frames=\"encoded\"", sum(|c| c.entries_sent_encoded)),
             ],
         );
         counter(
             &mut out,
-            "corelog_follower_frames_written_total",
-            "Frames a follower wrote to its log: exactly as received (as_received), or built \
-             anew from received entries (encoded).",
+            "corelog_follower_entries_written_total",
+            "Entries a follower wrote to its log: inside the frames it received (as_received), \
+             or framed anew (encoded).",
             &[
-                ("frames=\"as_received\"", sum(|c| c.frames_written_as_received)),
-                ("frames=\"encoded\"", sum(|c| c.frames_written_encoded)),
+                ("frames=\"as_received\"", sum(|c| c.entries_written_as_received)),
+                ("frames=\"encoded\"", sum(|c| c.entries_written_encoded)),
             ],
         );
         counter(

@@ -27,10 +27,11 @@
 //! So three copies in user space, none per entry in the protocol core, and the payload is
 //! checksummed once where it is built and once where it is received. Copy 2 is there because
 //! glommio 0.9 has no vectored send: with `writev`/`sendmsg` over the log's buffers it would
-//! go. Copy 3 would go if the follower received straight into its log's buffer. Appends that
-//! are not a run of whole frames in memory (a retransmission starting inside a frame, frames
-//! evicted to disk) are framed anew; `corelog_peer_appends_sent_total` and
-//! `corelog_follower_frames_written_total` count both paths.
+//! go. Copy 3 would go if the follower received straight into its log's buffer. Entries of an
+//! append that are not in a whole frame in memory (an append that starts or ends inside a
+//! frame, frames evicted to disk) are framed anew, around the run of whole frames;
+//! `corelog_peer_entries_sent_total` and `corelog_follower_entries_written_total` count both
+//! paths.
 
 pub mod codec;
 pub mod config;

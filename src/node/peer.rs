@@ -28,7 +28,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use super::CoreCtx;
 use super::group::Input;
-use crate::consensus::Message;
+use crate::consensus::{Entry, Message};
 use crate::frame::FrameLimits;
 use crate::wire::{self, ENVELOPE_LEN, Kind};
 
@@ -99,10 +99,17 @@ impl Peers {
         self.queue(m.to, |q| super::codec::encode_timed(q, group, m, ack_local_ns));
     }
 
-    /// Queues the append `m` whose entries are exactly the leader's log frames `frames`, sent
-    /// as they are (see [`super::codec::encode_append_frames`]).
-    pub fn send_frames(&self, group: u64, m: &Message, frames: &[&[u8]]) {
-        self.queue(m.to, |q| super::codec::encode_append_frames(q, group, m, frames));
+    /// Queues the append `m` whose entries are `head`, the leader's log frames `frames` (sent
+    /// as they are), and `tail` (see [`super::codec::encode_append_frames`]).
+    pub fn send_frames(
+        &self,
+        group: u64,
+        m: &Message,
+        head: &[Entry],
+        frames: &[&[u8]],
+        tail: &[Entry],
+    ) {
+        self.queue(m.to, |q| super::codec::encode_append_frames(q, group, m, head, frames, tail));
     }
 
     fn queue(&self, to: u64, encode: impl FnOnce(&mut Vec<u8>)) {
