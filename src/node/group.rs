@@ -171,8 +171,9 @@ fn same_bytes(frame: &[u8], data: &[u8]) -> bool {
     d >= f && d + data.len() <= f + frame.len()
 }
 
-/// Received frames kept for writing at most; older ones are dropped (their entries are then
-/// framed anew, which costs a copy and a checksum, never correctness).
+/// Received frames kept for writing at most (a bound on top of keeping only those the core
+/// took); older ones are dropped (their entries are then framed anew, which costs a copy and a
+/// checksum, never correctness).
 const RECEIVED_FRAMES_MAX: usize = 4096;
 
 fn encode_snapshot_meta(index: u64, term: u64, m: &Membership) -> Vec<u8> {
@@ -471,6 +472,10 @@ impl GroupDriver {
                         }
                     }
                     self.node.step(m);
+                    // Keep only frames the core took (a rejected append's frames will never be
+                    // written): the rest of what is kept the core's entries share anyway.
+                    let taken = self.node.last_index();
+                    self.received.retain(|f| f.frame().first_index() <= taken);
                 }
             }
             Input::Tick => {
