@@ -31,8 +31,15 @@ use crate::client_pipelined::{PipelinedClient, PipelinedConfig};
 use crate::consensus::rand::SplitMix64;
 
 /// The shortest sleep of an open-loop pacer: a wake-up per append would cost more CPU than
-/// the appends (tens of thousands a second on two cores).
+/// the appends (tens of thousands a second on two cores). At high rates a pacer sleeps long
+/// enough for about [`PACER_APPENDS_PER_WAKE`] appends to fall due, up to
+/// [`PACER_SLEEP_MAX`]; the appends due meanwhile go out together, and the wait counts in
+/// their latency (it is measured from each one's due time).
 const PACER_SLEEP_MIN: Duration = Duration::from_micros(100);
+/// See [`PACER_SLEEP_MIN`].
+const PACER_APPENDS_PER_WAKE: u32 = 8;
+/// See [`PACER_SLEEP_MIN`].
+const PACER_SLEEP_MAX: Duration = Duration::from_micros(500);
 
 /// Sizes of the entries appended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -475,6 +482,7 @@ impl Generator {
         let start = Instant::now() + Duration::from_millis(20);
         let stop_at = start + duration;
         let interval = Duration::from_secs_f64(n as f64 / rate.max(1e-3));
+        let sleep_min = (interval * PACER_APPENDS_PER_WAKE).clamp(PACER_SLEEP_MIN, PACER_SLEEP_MAX);
         let mut pacers = Vec::new();
         for (k, (c, r)) in self.clients.iter().zip(&self.recorders).enumerate() {
             let (c, r, data, size, groups) =
@@ -489,12 +497,12 @@ impl Generator {
                     let mut due = first;
                     let mut i: u32 = 0;
                     while due < stop_at {
-                        // Sleep at least PACER_SLEEP_MIN: the appends due meanwhile go out
+                        // Sleep at least `sleep_min`: the appends due meanwhile go out
                         // together, in one write (their lag is measured, and counts in their
                         // latency).
                         let now = Instant::now();
                         if due > now {
-                            std::thread::sleep((due - now).max(PACER_SLEEP_MIN));
+                            std::thread::sleep((due - now).max(sleep_min));
                         }
                         let now = Instant::now();
                         let ok = c.corked(|| {
