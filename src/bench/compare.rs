@@ -2,25 +2,23 @@
 //! cluster's figures can be read as fractions of them.
 //!
 //! - The disk: sequential O_DIRECT writes, each followed by an fdatasync, through io_uring
-//!   (the `io-uring` crate directly, no runtime), into a file preallocated and written once
-//!   with zeros (as corelog's segments are, so an fdatasync does not also commit extent
-//!   metadata). Measured at the flush sizes given: bandwidth, and the fdatasync latency.
+//!   (the `io-uring` crate directly, no runtime; `corelog disk-check`'s probe), into a file
+//!   preallocated and written once (as corelog's segments are, so an fdatasync does not also
+//!   commit extent metadata). Measured at the flush sizes given: bandwidth, and the fdatasync latency.
 //! - The network: the round trip of a 64-byte message over loopback TCP (`TCP_NODELAY`), the
 //!   least a replicated commit pays once, and the client's request pays once more.
 //!
 //! Each probe runs for a short, fixed time and prints figures; nothing asserts a speed.
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use io_uring::{IoUring, opcode, types};
 use serde::Serialize;
 
 use super::latency_histogram;
+use crate::tools::disk_check::Probe;
 
 /// The disk at one write size.
 #[derive(Debug, Clone, Serialize)]
@@ -50,40 +48,9 @@ impl Limits {
     }
 }
 
-struct Aligned {
-    ptr: *mut u8,
-    layout: std::alloc::Layout,
-}
-
-impl Aligned {
-    fn new(len: usize) -> Aligned {
-        let layout = std::alloc::Layout::from_size_align(len, 4096).expect("layout");
-        // SAFETY: the layout has a non-zero size; zeroed memory is a valid [u8].
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        assert!(!ptr.is_null(), "out of memory");
-        Aligned { ptr, layout }
-    }
-}
-
-impl Drop for Aligned {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
-    }
-}
-
-fn wait_one(ring: &mut IoUring, what: &str) -> Result<i32, String> {
-    ring.submit_and_wait(1).map_err(|e| format!("io_uring submit ({what}): {e}"))?;
-    let cqe = ring.completion().next().ok_or_else(|| format!("no completion for {what}"))?;
-    let r = cqe.result();
-    if r < 0 {
-        return Err(format!("{what}: {}", std::io::Error::from_raw_os_error(-r)));
-    }
-    Ok(r)
-}
-
-/// Sequential O_DIRECT writes of `write_bytes`, each followed by an fdatasync, for `time`, in
-/// a file of `file_bytes` under `dir` (removed afterwards).
+/// Sequential O_DIRECT writes of `write_bytes` (at most 1 MiB), each followed by an fdatasync,
+/// for `time`, in a file of about `file_bytes` under `dir` (removed afterwards): the probe of
+/// `corelog disk-check`.
 pub fn disk_probe(
     dir: &Path,
     write_bytes: usize,
@@ -91,61 +58,17 @@ pub fn disk_probe(
     time: Duration,
 ) -> Result<DiskPoint, String> {
     let write_bytes = write_bytes.next_multiple_of(4096);
-    let file_bytes = file_bytes.max(write_bytes).next_multiple_of(write_bytes);
-    let path = dir.join(format!("corelog-compare-{}.probe", std::process::id()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&path)
-        .map_err(|e| format!("opening {} with O_DIRECT: {e}", path.display()))?;
-    let remove = scopeguard(&path);
-    let fd = types::Fd(file.as_raw_fd());
-    let mut ring = IoUring::new(4).map_err(|e| format!("io_uring setup: {e}"))?;
-    let buf = Aligned::new(write_bytes);
-    // SAFETY: the buffer is `write_bytes` long and lives until the end of this function.
-    unsafe { std::ptr::write_bytes(buf.ptr, 0x5A, write_bytes) };
-    let write_at = |ring: &mut IoUring, off: u64| -> Result<(), String> {
-        let e = opcode::Write::new(fd, buf.ptr, write_bytes as u32).offset(off).build();
-        // SAFETY: the buffer outlives the operation (we wait for its completion right here).
-        unsafe { ring.submission().push(&e).map_err(|_| "submission queue full".to_string())? };
-        let n = wait_one(ring, "write")?;
-        if n as usize != write_bytes {
-            return Err(format!("short write: {n} of {write_bytes} bytes"));
-        }
-        Ok(())
-    };
-    let sync = |ring: &mut IoUring| -> Result<(), String> {
-        let e = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build();
-        // SAFETY: no buffer involved.
-        unsafe { ring.submission().push(&e).map_err(|_| "submission queue full".to_string())? };
-        wait_one(ring, "fdatasync").map(|_| ())
-    };
-    // Write the whole file once (allocated, written extents), then measure overwrites.
-    let mut off = 0;
-    while off < file_bytes as u64 {
-        write_at(&mut ring, off)?;
-        off += write_bytes as u64;
-    }
-    sync(&mut ring)?;
+    let mut probe = Probe::open(dir, file_bytes.max(write_bytes))?;
     let mut both = latency_histogram();
     let mut fsync = latency_histogram();
-    let (start, mut off, mut n) = (Instant::now(), 0u64, 0u64);
+    let (start, mut n) = (Instant::now(), 0u64);
     while start.elapsed() < time {
-        let t0 = Instant::now();
-        write_at(&mut ring, off)?;
-        let t1 = Instant::now();
-        sync(&mut ring)?;
-        let t2 = Instant::now();
-        both.saturating_record((t2 - t0).as_micros() as u64);
-        fsync.saturating_record((t2 - t1).as_micros() as u64);
+        let (pair, sync) = probe.write_then_fdatasync(write_bytes)?;
+        both.saturating_record(pair.as_micros() as u64);
+        fsync.saturating_record(sync.as_micros() as u64);
         n += 1;
-        off = (off + write_bytes as u64) % file_bytes as u64;
     }
     let secs = start.elapsed().as_secs_f64();
-    drop(remove);
     Ok(DiskPoint {
         write_bytes,
         writes_per_sec: n as f64 / secs,
@@ -154,19 +77,6 @@ pub fn disk_probe(
         p99_us: both.value_at_quantile(0.99),
         fdatasync_p50_us: fsync.value_at_quantile(0.5),
     })
-}
-
-/// Removes a file when dropped.
-struct RemoveOnDrop(std::path::PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn scopeguard(p: &Path) -> RemoveOnDrop {
-    RemoveOnDrop(p.to_path_buf())
 }
 
 /// Round trips of a 64-byte message over loopback TCP for `time`.

@@ -252,8 +252,8 @@ pub fn verdicts(r: &Report) -> Vec<(String, String, String, Verdict)> {
     out
 }
 
-/// The scratch file and the ring.
-struct Probe {
+/// The scratch file and the ring (also `corelog bench --compare`'s disk probe).
+pub(crate) struct Probe {
     file: std::fs::File,
     path: PathBuf,
     ring: IoUring,
@@ -262,7 +262,8 @@ struct Probe {
     next: u64,
 }
 
-const BUF_BYTES: usize = 1 << 20;
+/// The largest write a probe makes.
+pub(crate) const BUF_BYTES: usize = 1 << 20;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -272,7 +273,9 @@ enum Op {
 }
 
 impl Probe {
-    fn open(dir: &Path, file_bytes: usize) -> Result<Probe, String> {
+    /// A zero-filled O_DIRECT scratch file of about `file_bytes` under `dir` (removed on drop),
+    /// written whole once and synced, so later writes are overwrites, as in the log.
+    pub(crate) fn open(dir: &Path, file_bytes: usize) -> Result<Probe, String> {
         use std::os::unix::fs::OpenOptionsExt;
         let file_bytes = (file_bytes.max(BUF_BYTES) / BUF_BYTES * BUF_BYTES) as u64;
         let path = dir.join(format!(".corelog-disk-check-{}", std::process::id()));
@@ -377,6 +380,24 @@ impl Probe {
         Ok(bytes as f64 / start.elapsed().as_secs_f64().max(1e-9))
     }
 
+    /// A write of `bs` (at most [`BUF_BYTES`]) at the next offset, then an fdatasync, at queue
+    /// depth 1: how long the pair took, and the fdatasync alone.
+    pub(crate) fn write_then_fdatasync(
+        &mut self,
+        bs: usize,
+    ) -> Result<(Duration, Duration), String> {
+        if bs > BUF_BYTES {
+            return Err(format!("a probe writes at most {BUF_BYTES} bytes at once, not {bs}"));
+        }
+        let t0 = Instant::now();
+        self.push(Op::Write, bs, false, 0)?;
+        self.wait(1)?;
+        let t1 = Instant::now();
+        self.push(Op::Fdatasync, 0, false, 1)?;
+        self.wait(1)?;
+        Ok((t0.elapsed(), t1.elapsed()))
+    }
+
     /// Queue depth 1, 4 KiB: one of the durable-write patterns, for `dur`.
     fn latency(&mut self, pattern: Pattern, dur: Duration) -> Result<Latency, String> {
         let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
@@ -385,10 +406,7 @@ impl Probe {
             let t = Instant::now();
             match pattern {
                 Pattern::WriteThenFdatasync => {
-                    self.push(Op::Write, 4096, false, 0)?;
-                    self.wait(1)?;
-                    self.push(Op::Fdatasync, 0, false, 1)?;
-                    self.wait(1)?;
+                    self.write_then_fdatasync(4096)?;
                 }
                 Pattern::Dsync => {
                     self.push(Op::DsyncWrite, 4096, false, 0)?;
