@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::procs::{Acked, Net, Options, ProcCluster, check_exactly_once};
+use common::procs::{Acked, Net, Options, ProcCluster, Writers, check_exactly_once};
 
 /// splitmix64: the schedule's random numbers.
 struct Rng(u64);
@@ -297,36 +297,7 @@ fn chaos(mut c: ProcCluster, cuts: Option<NetnsCuts>, what: &str) {
     println!("leader: node {leader0} in term {term0}");
 
     const WRITERS: usize = 4;
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
-    let threads: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let (stop, acked) = (stop.clone(), acked.clone());
-            let mut client = c.client();
-            std::thread::spawn(move || {
-                let (mut failed, mut last_index, mut n) = (0u64, 0, 0);
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    let data = payload(w, n);
-                    match client.append(0, &data) {
-                        Ok(pos) => {
-                            assert!(
-                                pos.index > last_index,
-                                "writer {w}: position {} after {last_index}",
-                                pos.index
-                            );
-                            last_index = pos.index;
-                            acked.lock().unwrap().push(Acked { pos, data, at: Instant::now() });
-                        }
-                        // Unknown outcome: in the log once or not at all. The next append has
-                        // a new payload, so a duplicate stays detectable.
-                        Err(_) => failed += 1,
-                    }
-                }
-                failed
-            })
-        })
-        .collect();
+    let writers = Writers::start(&c, WRITERS, 0, payload);
 
     let t0 = Instant::now();
     let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -335,11 +306,11 @@ fn chaos(mut c: ProcCluster, cuts: Option<NetnsCuts>, what: &str) {
         let quiet = rng.ms(200, 1500);
         std::thread::sleep(quiet);
         let f = Fault::draw(&mut rng, cuts.is_none());
-        let before = acked.lock().unwrap().len();
+        let before = writers.count();
         let what = run_fault(&mut c, cuts.as_ref(), &f, &mut rng);
         *counts.entry(f.name()).or_default() += 1;
         step += 1;
-        let now = acked.lock().unwrap().len();
+        let now = writers.count();
         println!(
             "[{:6.1}s] step {step}: {what}; acknowledged {now} (+{})",
             t0.elapsed().as_secs_f64(),
@@ -370,9 +341,7 @@ fn chaos(mut c: ProcCluster, cuts: Option<NetnsCuts>, what: &str) {
     println!("after the heal: an append was acknowledged in {recovered:?} at {}", last_pos.index);
     assert!(recovered < bound, "the cluster took {recovered:?} to accept an append");
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let failed: u64 = threads.into_iter().map(|t| t.join().expect("writer panicked")).sum();
-    let mut acked = acked.lock().unwrap().clone();
+    let (mut acked, failed) = writers.finish();
     acked.push(Acked { pos: last_pos, data: b"chaos: after the heal".to_vec(), at: healed });
     assert!(acked.len() > 1, "no append was acknowledged during the schedule");
 

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::procs::{Acked, Options, ProcCluster, check_exactly_once};
+use common::procs::{Acked, Options, ProcCluster, Writers, check_exactly_once};
 use corelog::client::Client;
 use corelog::frame::{EntryKind, EntryRef, FrameLimits, encode_frame};
 use corelog::node::proto::{Op, RequestMeta, ResponseMeta, Status};
@@ -233,75 +233,12 @@ fn full_cluster_restart_keeps_the_log_and_continues() {
     assert_eq!(normal, 152);
 }
 
-/// Writer threads, each with its own client (its own session), appending unique payloads
-/// until stopped.
-struct Writers {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<Acked>>>,
-    threads: Vec<std::thread::JoinHandle<u64>>,
-}
-
-impl Writers {
-    fn start(cluster: &ProcCluster, n: usize, first_writer: usize) -> Writers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
-        let threads = (first_writer..first_writer + n)
-            .map(|w| {
-                let (stop, acked) = (stop.clone(), acked.clone());
-                let mut client = cluster.client();
-                std::thread::spawn(move || {
-                    let (mut failed, mut last_index, mut n) = (0u64, 0, 0);
-                    while !stop.load(Ordering::Relaxed) {
-                        n += 1;
-                        let data = payload(w, n);
-                        match client.append(0, &data) {
-                            Ok(pos) => {
-                                assert!(pos.index > last_index, "a session's positions increase");
-                                last_index = pos.index;
-                                acked.lock().unwrap().push(Acked { pos, data, at: Instant::now() });
-                            }
-                            Err(e) => {
-                                failed += 1;
-                                eprintln!("writer {w}: append {n} failed: {e}");
-                            }
-                        }
-                    }
-                    failed
-                })
-            })
-            .collect();
-        Writers { stop, acked, threads }
-    }
-
-    fn count(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    /// Waits until `more` appends beyond the current count are acknowledged.
-    fn wait_for(&self, more: usize, within: Duration) -> Duration {
-        let t0 = Instant::now();
-        let target = self.count() + more;
-        while self.count() < target {
-            assert!(t0.elapsed() < within, "fewer than {more} appends acknowledged in {within:?}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        t0.elapsed()
-    }
-
-    fn finish(self) -> (Vec<Acked>, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        let failed = self.threads.into_iter().map(|t| t.join().expect("writer panicked")).sum();
-        let acked = self.acked.lock().unwrap().clone();
-        (acked, failed)
-    }
-}
-
 #[test]
 fn repeated_crashes_under_load_lose_nothing() {
     let _serial = serial();
     let mut cluster = ProcCluster::start(Options::default());
     let (leader, _) = cluster.leader(Duration::from_secs(10));
-    let writers = Writers::start(&cluster, 3, 10);
+    let writers = Writers::start(&cluster, 3, 10, payload);
     writers.wait_for(500, Duration::from_secs(5));
 
     // A follower crashes in the middle of its writes and comes back.

@@ -206,6 +206,8 @@ pub mod procs {
     use std::net::{IpAddr, SocketAddr, TcpStream};
     use std::path::PathBuf;
     use std::process::{Child, Command, Stdio};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
     use corelog::client::{Client, ClientConfig, Position, ReadEntry};
@@ -605,6 +607,89 @@ pub mod procs {
                 }
             }
             reference.expect("a running node").1
+        }
+    }
+
+    /// Writer threads, each with its own client (its own session), appending unique payloads
+    /// until stopped.
+    pub struct Writers {
+        stop: Arc<AtomicBool>,
+        acked: Arc<Mutex<Vec<Acked>>>,
+        threads: Vec<std::thread::JoinHandle<u64>>,
+    }
+
+    impl Writers {
+        /// Writers `first_writer..first_writer + n`; writer `w`'s `k`-th append carries
+        /// `payload(w, k)`, which must be unique.
+        pub fn start(
+            cluster: &ProcCluster,
+            n: usize,
+            first_writer: usize,
+            payload: fn(usize, u64) -> Vec<u8>,
+        ) -> Writers {
+            let stop = Arc::new(AtomicBool::new(false));
+            let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
+            let threads = (first_writer..first_writer + n)
+                .map(|w| {
+                    let (stop, acked) = (stop.clone(), acked.clone());
+                    let mut client = cluster.client();
+                    std::thread::spawn(move || {
+                        let (mut failed, mut last_index, mut n) = (0u64, 0, 0);
+                        while !stop.load(Ordering::Relaxed) {
+                            n += 1;
+                            let data = payload(w, n);
+                            match client.append(0, &data) {
+                                Ok(pos) => {
+                                    assert!(
+                                        pos.index > last_index,
+                                        "writer {w}: position {} after {last_index}",
+                                        pos.index
+                                    );
+                                    last_index = pos.index;
+                                    acked.lock().unwrap().push(Acked {
+                                        pos,
+                                        data,
+                                        at: Instant::now(),
+                                    });
+                                }
+                                // Unknown outcome: in the log once or not at all. The next
+                                // append has a new payload, so a duplicate stays detectable.
+                                Err(e) => {
+                                    failed += 1;
+                                    eprintln!("writer {w}: append {n} failed: {e}");
+                                }
+                            }
+                        }
+                        failed
+                    })
+                })
+                .collect();
+            Writers { stop, acked, threads }
+        }
+
+        pub fn count(&self) -> usize {
+            self.acked.lock().unwrap().len()
+        }
+
+        /// Waits until `more` appends beyond the current count are acknowledged.
+        pub fn wait_for(&self, more: usize, within: Duration) -> Duration {
+            let t0 = Instant::now();
+            let target = self.count() + more;
+            while self.count() < target {
+                assert!(
+                    t0.elapsed() < within,
+                    "fewer than {more} appends acknowledged in {within:?}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            t0.elapsed()
+        }
+
+        pub fn finish(self) -> (Vec<Acked>, u64) {
+            self.stop.store(true, Ordering::Relaxed);
+            let failed = self.threads.into_iter().map(|t| t.join().expect("writer panicked")).sum();
+            let acked = self.acked.lock().unwrap().clone();
+            (acked, failed)
         }
     }
 
