@@ -560,34 +560,7 @@ pub mod procs {
             last: u64,
             within: Duration,
         ) -> Vec<ReadEntry> {
-            let mut probe = self.probe();
-            let addr = self.addr(id);
-            let deadline = Instant::now() + within;
-            loop {
-                match probe.read_from(addr, group, 1, 0, 1) {
-                    Ok((commit, _)) if commit >= last => break,
-                    Ok((commit, _)) => assert!(
-                        Instant::now() < deadline,
-                        "node {id}: commit {commit} did not reach {last} within {within:?}"
-                    ),
-                    Err(e) => assert!(Instant::now() < deadline, "node {id}: {e}"),
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let mut out: Vec<ReadEntry> = Vec::new();
-            let mut lo = 1;
-            while lo <= last {
-                let (_, entries) = probe
-                    .read_from(addr, group, lo, last, 1 << 20)
-                    .unwrap_or_else(|e| panic!("node {id}: read from {lo}: {e}"));
-                assert!(!entries.is_empty(), "node {id}: nothing read at {lo} (commit >= {last})");
-                for e in entries {
-                    assert_eq!(e.index, lo, "node {id}: the log has a gap or is out of order");
-                    lo += 1;
-                    out.push(e);
-                }
-            }
-            out
+            read_committed(&mut self.probe(), id, self.addr(id), group, 1, last, within)
         }
 
         /// Reads `1..=last` of `group` from every running node, checks that they hold the
@@ -608,6 +581,45 @@ pub mod procs {
             }
             reference.expect("a running node").1
         }
+    }
+
+    /// Waits until node `id` (at `addr`) knows entries up to `last` of `group` committed, then
+    /// reads its log `from..=last` with `probe`, checking that it has no gap.
+    pub fn read_committed(
+        probe: &mut Client,
+        id: u64,
+        addr: SocketAddr,
+        group: u64,
+        from: u64,
+        last: u64,
+        within: Duration,
+    ) -> Vec<ReadEntry> {
+        let deadline = Instant::now() + within;
+        loop {
+            match probe.read_from(addr, group, 1, 0, 1) {
+                Ok((commit, _)) if commit >= last => break,
+                Ok((commit, _)) => assert!(
+                    Instant::now() < deadline,
+                    "node {id}: commit {commit} did not reach {last} within {within:?}"
+                ),
+                Err(e) => assert!(Instant::now() < deadline, "node {id}: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut out: Vec<ReadEntry> = Vec::new();
+        let mut lo = from;
+        while lo <= last {
+            let (_, entries) = probe
+                .read_from(addr, group, lo, last, 1 << 20)
+                .unwrap_or_else(|e| panic!("node {id}: read from {lo}: {e}"));
+            assert!(!entries.is_empty(), "node {id}: nothing read at {lo} (commit >= {last})");
+            for e in entries {
+                assert_eq!(e.index, lo, "node {id}: the log has a gap or is out of order");
+                lo += 1;
+                out.push(e);
+            }
+        }
+        out
     }
 
     /// Writer threads, each with its own client (its own session), appending unique payloads
@@ -907,34 +919,8 @@ impl ProcCluster {
 
     /// Waits until node `id` knows `last` committed, then reads its log `from..=last`.
     pub fn log_of(&self, id: u64, from: u64, last: u64) -> Vec<corelog::client::ReadEntry> {
-        use std::time::{Duration, Instant};
-        let mut probe = self.probe(&[id]);
-        let addr = self.addr(id);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            match probe.read_from(addr, 0, 1, 0, 1) {
-                Ok((commit, _)) if commit >= last => break,
-                other => assert!(
-                    Instant::now() < deadline,
-                    "node {id} does not reach commit {last}: {other:?}"
-                ),
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let mut out: Vec<corelog::client::ReadEntry> = Vec::new();
-        let mut lo = from;
-        while lo <= last {
-            let (_, entries) = probe
-                .read_from(addr, 0, lo, last, 1 << 20)
-                .unwrap_or_else(|e| panic!("node {id}: read from {lo}: {e}"));
-            assert!(!entries.is_empty(), "node {id}: nothing at {lo}");
-            for e in entries {
-                assert_eq!(e.index, lo, "node {id}: a gap or disorder");
-                lo += 1;
-                out.push(e);
-            }
-        }
-        out
+        let within = std::time::Duration::from_secs(15);
+        procs::read_committed(&mut self.probe(&[id]), id, self.addr(id), 0, from, last, within)
     }
 }
 
