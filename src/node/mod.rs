@@ -64,8 +64,29 @@ pub(crate) struct CoreCtx {
     client_connections: Cell<usize>,
     /// Peer connections accepted whose handshake is not finished.
     peer_handshakes: Cell<usize>,
+    /// Tasks serving accepted peer connections, and outbound peer links, still running.
+    peer_tasks: Rc<Cell<usize>>,
     errors_unknown_group: Cell<u64>,
 }
+
+/// Counts a running task in a counter until dropped.
+pub(crate) struct TaskCount(Rc<Cell<usize>>);
+
+impl TaskCount {
+    pub(crate) fn new(count: &Rc<Cell<usize>>) -> TaskCount {
+        count.set(count.get() + 1);
+        TaskCount(count.clone())
+    }
+}
+
+impl Drop for TaskCount {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// How long a stopping core waits for its connection tasks to close their sockets.
+const CONNECTIONS_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 impl CoreCtx {
     fn group(&self, g: u64) -> Option<Rc<GroupHandle>> {
@@ -237,7 +258,8 @@ async fn run_core(
             return Err(e);
         }
     };
-    let peers = Peers::start(&cfg, core, stop.clone());
+    let peer_tasks = Rc::new(Cell::new(0));
+    let peers = Peers::start(&cfg, core, stop.clone(), &peer_tasks);
     let ctx = Rc::new(CoreCtx {
         cfg: cfg.clone(),
         core,
@@ -245,6 +267,7 @@ async fn run_core(
         stop: stop.clone(),
         client_connections: Cell::new(0),
         peer_handshakes: Cell::new(0),
+        peer_tasks,
         errors_unknown_group: Cell::new(0),
     });
     let mut drivers = Vec::new();
@@ -298,5 +321,21 @@ async fn run_core(
     peer_server.await;
     client_server.await;
     local_server.await;
+    // Connection tasks notice the stop within a read's stop check and close their sockets.
+    // Left behind, a socket would outlive the core (its executor does not run the close), and
+    // a peer writing to it would never learn that this node went away.
+    let deadline = std::time::Instant::now() + CONNECTIONS_CLOSE_WAIT;
+    while ctx.peer_tasks.get() + ctx.client_connections.get() > 0 {
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(
+                core,
+                peer_tasks = ctx.peer_tasks.get(),
+                client_connections = ctx.client_connections.get(),
+                "connections still open at shutdown"
+            );
+            break;
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
     Ok(())
 }

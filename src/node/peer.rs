@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -65,6 +65,7 @@ impl Peers {
         ctx_cfg: &super::config::NodeConfig,
         core: usize,
         stop: Rc<Cell<bool>>,
+        tasks: &Rc<Cell<usize>>,
     ) -> Rc<Peers> {
         let mut links = HashMap::new();
         for m in &ctx_cfg.members {
@@ -87,7 +88,8 @@ impl Peers {
                 core: U32::new(core as u32),
                 reserved: U32::ZERO,
             };
-            glommio::spawn_local(drive_link(link.clone(), hello, stop.clone())).detach();
+            let running = super::TaskCount::new(tasks);
+            glommio::spawn_local(drive_link(link.clone(), hello, stop.clone(), running)).detach();
             links.insert(m.id, link);
         }
         Rc::new(Peers { links })
@@ -147,7 +149,12 @@ impl Peers {
     }
 }
 
-async fn drive_link(link: Rc<Link>, hello: HelloMeta, stop: Rc<Cell<bool>>) {
+async fn drive_link(
+    link: Rc<Link>,
+    hello: HelloMeta,
+    stop: Rc<Cell<bool>>,
+    _running: super::TaskCount,
+) {
     let mut backoff = Duration::from_millis(20);
     let mut spare = Vec::new();
     while !stop.get() {
@@ -200,7 +207,7 @@ async fn connect(link: &Link, hello: &HelloMeta) -> Result<TcpStream, String> {
     let mut out = Vec::new();
     wire::encode(&mut out, Kind::Hello, 0, hello.node_id.get(), hello.as_bytes(), 0);
     stream.write_all(&out).await.map_err(|e| e.to_string())?;
-    let reply = read_message(&mut stream, 1 << 16, Duration::from_secs(2))
+    let reply = read_message(&mut stream, 1 << 16, Duration::from_secs(2), None)
         .await
         .map_err(|e| e.to_string())?;
     let msg = wire::verify(&reply, 1 << 16).map_err(|e| e.to_string())?;
@@ -221,6 +228,8 @@ pub(crate) enum ReadError {
     Wire(wire::WireError, [u8; ENVELOPE_LEN]),
     /// No whole message within the timeout.
     Timeout(Duration),
+    /// The node is stopping.
+    Stopped,
 }
 
 impl std::fmt::Display for ReadError {
@@ -229,6 +238,7 @@ impl std::fmt::Display for ReadError {
             ReadError::Io(e) => write!(f, "{e}"),
             ReadError::Wire(e, _) => write!(f, "{e}"),
             ReadError::Timeout(t) => write!(f, "no whole message within {t:?}"),
+            ReadError::Stopped => write!(f, "the node is stopping"),
         }
     }
 }
@@ -236,13 +246,19 @@ impl std::fmt::Display for ReadError {
 /// Bytes of a message body allocated before any of it arrived.
 const BODY_FIRST_ALLOC: usize = 1 << 20;
 
-/// Reads one whole message (envelope checked before the body is read), within `timeout`.
+/// How often a read that waits checks whether the node is stopping.
+pub(crate) const STOP_CHECK: Duration = Duration::from_millis(100);
+
+/// Reads one whole message (envelope checked before the body is read), within `timeout`; gives
+/// up when `stop` is set (checked every [`STOP_CHECK`]), so that a stopping node closes its
+/// connections and its peers see it go.
 pub(crate) async fn read_message<S: futures_lite::AsyncRead + Unpin>(
     stream: &mut S,
     body_max: u32,
     timeout: Duration,
+    stop: Option<&Cell<bool>>,
 ) -> Result<Bytes, ReadError> {
-    read_message_after(stream, None, body_max, timeout).await
+    read_message_after(stream, None, body_max, timeout, stop).await
 }
 
 /// Reads one whole message whose first byte, when `first` is given, was read already.
@@ -251,6 +267,7 @@ pub(crate) async fn read_message_after<S: futures_lite::AsyncRead + Unpin>(
     first: Option<u8>,
     body_max: u32,
     timeout: Duration,
+    stop: Option<&Cell<bool>>,
 ) -> Result<Bytes, ReadError> {
     let work = async {
         let mut env = [0u8; ENVELOPE_LEN];
@@ -281,8 +298,17 @@ pub(crate) async fn read_message_after<S: futures_lite::AsyncRead + Unpin>(
         Ok::<Bytes, ReadError>(buf.freeze())
     };
     futures_lite::future::or(work, async {
-        glommio::timer::sleep(timeout).await;
-        Err(ReadError::Timeout(timeout))
+        let end = Instant::now() + timeout;
+        loop {
+            if stop.is_some_and(|s| s.get()) {
+                return Err(ReadError::Stopped);
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ReadError::Timeout(timeout));
+            }
+            glommio::timer::sleep(left.min(STOP_CHECK)).await;
+        }
     })
     .await
 }
@@ -304,7 +330,13 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, listener: TcpListener) {
                     continue;
                 }
                 ctx.peer_handshakes.set(ctx.peer_handshakes.get() + 1);
-                glommio::spawn_local(handle_conn(ctx.clone(), stream)).detach();
+                let running = super::TaskCount::new(&ctx.peer_tasks);
+                let c = ctx.clone();
+                glommio::spawn_local(async move {
+                    handle_conn(c, stream).await;
+                    drop(running);
+                })
+                .detach();
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accepting a peer connection failed");
@@ -346,7 +378,7 @@ async fn handle_conn(ctx: Rc<CoreCtx>, mut stream: TcpStream) {
     let max = cfg.message_bytes_max;
     // The handshake. Anything but a well-formed hello gets an error that says why.
     let timeout = Duration::from_secs(cfg.read_timeout_secs.max(1));
-    let first = match read_message(&mut stream, 1 << 16, timeout).await {
+    let first = match read_message(&mut stream, 1 << 16, timeout, Some(&ctx.stop)).await {
         Ok(b) => b,
         Err(ReadError::Io(e)) => {
             tracing::debug!(error = %e, "peer connection closed before its hello");
@@ -408,7 +440,7 @@ async fn handle_conn(ctx: Rc<CoreCtx>, mut stream: TcpStream) {
     let election_max = Duration::from_millis(2 * u64::from(cfg.election_ticks) * cfg.tick_ms);
     let idle = Duration::from_secs(cfg.read_timeout_secs.max(1) * 3).max(2 * election_max);
     while !ctx.stop.get() {
-        let buf = match read_message(&mut stream, max, idle).await {
+        let buf = match read_message(&mut stream, max, idle, Some(&ctx.stop)).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::debug!(peer, error = %e, "peer connection closed");
@@ -480,16 +512,20 @@ mod tests {
                 let mut r = futures_lite::io::Cursor::new(stream.clone());
                 let t = Duration::from_secs(5);
                 for w in &want {
-                    let got = read_message(&mut r, 4 << 20, t).await.expect("a whole message");
+                    let got =
+                        read_message(&mut r, 4 << 20, t, None).await.expect("a whole message");
                     assert_eq!(got.len(), w.len());
                     assert!(got[..] == w[..], "a message of {} bytes changed", w.len());
                 }
                 let cut = stream.len() - 1000;
                 let mut r = futures_lite::io::Cursor::new(stream[..cut].to_vec());
                 for _ in 0..want.len() - 1 {
-                    read_message(&mut r, 4 << 20, t).await.expect("whole");
+                    read_message(&mut r, 4 << 20, t, None).await.expect("whole");
                 }
-                assert!(matches!(read_message(&mut r, 4 << 20, t).await, Err(ReadError::Io(_))));
+                assert!(matches!(
+                    read_message(&mut r, 4 << 20, t, None).await,
+                    Err(ReadError::Io(_))
+                ));
             })
             .unwrap()
             .join()

@@ -20,7 +20,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -29,7 +29,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::CoreCtx;
 use super::group::{GroupHandle, Input, ReplyTo};
-use super::peer::{ReadError, read_message_after};
+use super::peer::{ReadError, STOP_CHECK, read_message_after};
 use super::proto::{MemberChange, Op, RequestMeta, ResponseMeta, Status};
 use crate::frame::{Frame, FrameLimits};
 use crate::wire::{self, ENVELOPE_LEN, Kind};
@@ -375,9 +375,10 @@ where
         let read = async {
             let mut first = [0u8; 1];
             let mut next = std::pin::pin!(rd.read(&mut first));
+            let mut silent_since = Instant::now();
             loop {
                 let tick = async {
-                    glommio::timer::sleep(timeout).await;
+                    glommio::timer::sleep(timeout.min(STOP_CHECK)).await;
                     None
                 };
                 match futures_lite::future::or(async { Some((&mut next).await) }, tick).await {
@@ -387,11 +388,15 @@ where
                     }
                     Some(Ok(_)) => break,
                     Some(Err(e)) => return Some(Err(ReadError::Io(e))),
-                    None if conn.reserved.get() > 0 || conn.tails.get() > 0 => continue,
+                    None if ctx.stop.get() => return Some(Err(ReadError::Stopped)),
+                    None if conn.reserved.get() > 0 || conn.tails.get() > 0 => {
+                        silent_since = Instant::now();
+                    }
+                    None if silent_since.elapsed() < timeout => {}
                     None => return Some(Err(ReadError::Timeout(timeout))),
                 }
             }
-            Some(read_message_after(&mut rd, Some(first[0]), max, timeout).await)
+            Some(read_message_after(&mut rd, Some(first[0]), max, timeout, Some(&ctx.stop)).await)
         };
         let Some(read) = futures_lite::future::or(read, async {
             closed(&conn, |c| &c.reader_waker).await;
