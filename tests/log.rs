@@ -311,6 +311,49 @@ fn dsync_mode_works() {
 /// memory (what a leader sends to followers as is, framing only the entries around it), and
 /// nothing when no whole frame in memory lies within the range: frames cut by a truncation, or
 /// evicted to disk only.
+/// A flush that pipelines is cut at the last block boundary, which usually lies inside a
+/// frame: its first part goes out with that flush, the rest stays in the next buffer. Such a
+/// frame is still handed out whole (a copy assembled from both buffers), so a leader sends it
+/// as it is rather than framing its entries anew.
+#[test]
+fn with_frames_gives_a_frame_that_a_pipelined_flush_cut_in_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let cfg = LogConfig {
+            pipeline_bytes: 4096,
+            flushes_in_flight_max: 4,
+            recent_cache_bytes: 1 << 20,
+            ..small_config()
+        };
+        let (log, _) = Log::open(&path, cfg).await.unwrap();
+        // One frame of 4 entries of 3000 bytes (about 12 KB): the first flush is cut at
+        // 8192 bytes, inside it.
+        let last = append_n(&log, 1, 1, 4, 3000).await;
+        assert_eq!(last, 4);
+        log.wait_durable(last).await.unwrap();
+        assert!(log.stats().flushes >= 2, "the frame went to disk in two flushes");
+        let frames = log
+            .with_frames(1, 4, |first, last, frames| {
+                assert_eq!((first, last), (1, 4));
+                frames.iter().map(|b| b.to_vec()).collect::<Vec<_>>()
+            })
+            .expect("the frame that a flush cut in two, whole");
+        let read = log.read(1, 4, usize::MAX).await.unwrap();
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].as_slice(), read[0].bytes(), "the bytes on disk");
+        // Asked again (the second follower), the same bytes.
+        let again = log.with_frames(1, 4, |_, _, f| f[0].to_vec()).expect("cached");
+        assert_eq!(again, frames[0]);
+        // Frames after it are whole too (cut or not), up to the newest in the open buffer.
+        let last = append_n(&log, 1, 3, 4, 3000).await;
+        log.wait_durable(last - 4).await.unwrap();
+        let (first, last_) = log.with_frames(1, last, |f, l, _| (f, l)).expect("all in memory");
+        assert_eq!((first, last_), (1, last));
+        log.close().await.unwrap();
+    });
+}
+
 #[test]
 fn with_frames_gives_the_whole_frames_in_memory_within_a_range() {
     let dir = tempfile::tempdir().unwrap();

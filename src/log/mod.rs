@@ -385,6 +385,36 @@ impl State {
         Some(InMemory::Cached(c, (loc.offset - c.base) as usize))
     }
 
+    /// A copy of the frame at `loc` gathered from the buffers that hold its pieces: a flush cut
+    /// at a block boundary to pipeline leaves the frame across the cut split between the
+    /// buffer in flight and the next one. `None` when a piece is no longer in memory.
+    fn assemble(&self, loc: &FrameLoc) -> Option<Rc<[u8]>> {
+        let end = loc.offset + u64::from(loc.len);
+        let mut out = Vec::with_capacity(loc.len as usize);
+        let mut at = loc.offset;
+        while at < end {
+            let piece = self
+                .open
+                .as_ref()
+                .filter(|o| o.segment == loc.segment)
+                .map(|o| (o.base, &o.buf.as_bytes()[..o.len]))
+                .filter(|(base, b)| *base <= at && at < base + b.len() as u64)
+                .or_else(|| {
+                    self.recent.iter().rev().find_map(|c| {
+                        let b = c.data.bytes();
+                        (c.segment == loc.segment && c.base <= at && at < c.base + b.len() as u64)
+                            .then_some((c.base, b))
+                    })
+                })?;
+            let (base, bytes) = piece;
+            let from = (at - base) as usize;
+            let to = ((end - base) as usize).min(bytes.len());
+            out.extend_from_slice(&bytes[from..to]);
+            at = base + to as u64;
+        }
+        Some(Rc::from(out))
+    }
+
     fn term_of(&self, index: u64) -> Option<u64> {
         self.frame_pos(index).map(|p| self.frames[p].term)
     }
@@ -1273,11 +1303,36 @@ impl Log {
         hi: u64,
         f: impl FnOnce(u64, u64, &[&[u8]]) -> R,
     ) -> Option<R> {
+        let pos = {
+            let mut st = self.shared.st.borrow_mut();
+            st.check_usable().ok()?;
+            let mut pos = st.frame_pos(lo)?;
+            if st.frames[pos].first_index < lo {
+                pos += 1;
+            }
+            // A frame split across two buffers (a pipelined flush was cut inside it) is
+            // copied whole into the cache first, once for every follower that asks.
+            let mut i = pos;
+            while let Some(loc) = st.frames.get(i).filter(|l| l.last_index() <= hi) {
+                if st.in_memory(loc).is_none() {
+                    let Some(copy) = st.assemble(loc) else { break };
+                    let entry = CachedBuf {
+                        segment: loc.segment,
+                        base: loc.offset,
+                        data: CacheData::Heap(copy),
+                    };
+                    let cap = st.buf_cap();
+                    st.recent_bytes += entry.charge(cap);
+                    st.recent.push_back(entry);
+                    st.evict();
+                }
+                i += 1;
+            }
+            pos
+        };
         let st = self.shared.st.borrow();
-        st.check_usable().ok()?;
-        let mut pos = st.frame_pos(lo)?;
-        if st.frames[pos].first_index < lo {
-            pos += 1;
+        if pos >= st.frames.len() {
+            return None;
         }
         let mut out: Vec<&[u8]> = Vec::new();
         let (mut first, mut last) = (0, 0);
