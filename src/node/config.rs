@@ -97,7 +97,14 @@ pub struct NodeConfig {
     /// Peer connections per core that may be in their handshake at once (connected, no valid
     /// hello yet); more are closed at once. A bound on what strangers can hold.
     pub peer_handshakes_max: usize,
+    /// Committed entries a leader keeps in memory per group for followers that lag, bytes.
+    /// A follower further behind is served from the log on disk (read back and framed
+    /// anew), which costs the leader a read and a copy of every entry.
+    pub entry_cache_bytes_max: u64,
 }
+
+/// Default of `entry_cache_bytes_max`.
+pub const ENTRY_CACHE_BYTES_MAX: u64 = 32 << 20;
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -128,6 +135,7 @@ impl Default for NodeConfig {
             trace_sample_every: 1024,
             trace_samples_max: 1024,
             peer_handshakes_max: 64,
+            entry_cache_bytes_max: ENTRY_CACHE_BYTES_MAX,
         }
     }
 }
@@ -182,6 +190,7 @@ impl NodeConfig {
             flush_bytes_max: self.flush_bytes_max,
             flushes_in_flight_max: self.flushes_in_flight_max,
             sync: self.sync,
+            recent_cache_bytes: usize::try_from(self.entry_cache_bytes_max).unwrap_or(usize::MAX),
             ..LogConfig::new(group)
         }
     }
@@ -433,6 +442,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "peer_handshakes_max",
         flag: "peer-handshakes-max",
         doc: "Peer connections per core in their handshake at once; more are closed.",
+    },
+    Setting {
+        key: "entry_cache_bytes_max",
+        flag: "entry-cache-bytes-max",
+        doc: "Committed entries a leader keeps in memory per group for lagging followers,\n\
+              bytes; a follower further behind is served from the log on disk.",
     },
     Setting {
         key: "members",

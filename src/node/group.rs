@@ -275,6 +275,7 @@ impl GroupDriver {
         let core_cfg = consensus::Config {
             election_tick: cfg.election_ticks,
             heartbeat_tick: cfg.heartbeat_ticks,
+            max_cache_bytes: cfg.entry_cache_bytes_max,
             ..consensus::Config::default()
         };
         let mut snapshot_meta = None;
@@ -816,6 +817,7 @@ impl GroupDriver {
         for f in fetches {
             let log = self.log.clone();
             let handle = self.handle.clone();
+            let metrics = self.metrics.clone();
             glommio::spawn_local(async move {
                 let mut entries = Vec::new();
                 if let Ok(frames) = log.read(f.lo, f.hi, f.max_bytes as usize).await {
@@ -833,6 +835,7 @@ impl GroupDriver {
                         }
                     }
                 }
+                CoreMetrics::add(&metrics.entries_fetched, entries.len() as u64);
                 handle.inbox.push(Input::Fetched { lo: f.lo, entries });
             })
             .detach();
@@ -923,8 +926,15 @@ impl GroupDriver {
         self.peers.send(self.group, m, ack_local_ns);
     }
 
+    /// Most bytes of one frame this node builds: an eighth of an append message (the core's
+    /// `max_batch_bytes`), and no more than a flush. The core cuts appends by its own count,
+    /// not at frame boundaries, so an append that lags behind the newest entries starts and
+    /// ends inside frames; with frames this small it still carries mostly whole frames,
+    /// which go out as they are (see [`Self::send`]). One frame per message would leave most
+    /// of a lagging follower's appends to be framed anew.
     fn log_frame_budget(&self) -> usize {
-        self.cfg.flush_bytes_max.min(1 << 20)
+        let message = consensus::Config::default().max_batch_bytes as usize;
+        (message / 8).min(self.cfg.flush_bytes_max)
     }
 
     async fn save_hard_state(&mut self, hs: consensus::HardState) -> Result<(), LogError> {

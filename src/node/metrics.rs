@@ -80,6 +80,8 @@ pub(crate) struct CoreMetrics {
     /// Entries a follower wrote to its log in the frames it received / framed anew.
     pub entries_written_as_received: Cell<u64>,
     pub entries_written_encoded: Cell<u64>,
+    /// Entries a leader read back from its log for a follower behind the entry cache.
+    pub entries_fetched: Cell<u64>,
     errors: [Cell<u64>; ERROR_KINDS.len()],
     groups: RefCell<Vec<Rc<GroupGauges>>>,
 }
@@ -105,6 +107,7 @@ impl CoreMetrics {
             entries_sent_encoded: Cell::new(0),
             entries_written_as_received: Cell::new(0),
             entries_written_encoded: Cell::new(0),
+            entries_fetched: Cell::new(0),
             errors: std::array::from_fn(|_| Cell::new(0)),
             groups: RefCell::new(Vec::new()),
         }
@@ -156,6 +159,7 @@ impl CoreMetrics {
             entries_sent_encoded: self.entries_sent_encoded.get(),
             entries_written_as_received: self.entries_written_as_received.get(),
             entries_written_encoded: self.entries_written_encoded.get(),
+            entries_fetched: self.entries_fetched.get(),
             errors: ERROR_KINDS.iter().zip(&self.errors).map(|(k, c)| (*k, c.get())).collect(),
             stages: self.stages.borrow().clone(),
             groups: self.groups.borrow().iter().map(|g| g.snapshot()).collect(),
@@ -259,6 +263,8 @@ pub struct CoreSnapshot {
     pub entries_written_as_received: u64,
     /// Entries a follower framed anew (a range that starts inside a received frame).
     pub entries_written_encoded: u64,
+    /// Entries a leader read back from its log for a follower behind the entry cache.
+    pub entries_fetched: u64,
     pub errors: Vec<(&'static str, u64)>,
     pub stages: StageRecorder,
     pub groups: Vec<GroupSnapshot>,
@@ -422,6 +428,13 @@ impl NodeSnapshot {
                 ("frames=\"as_received\"", sum(|c| c.entries_written_as_received)),
                 ("frames=\"encoded\"", sum(|c| c.entries_written_encoded)),
             ],
+        );
+        counter(
+            &mut out,
+            "corelog_leader_entries_fetched_total",
+            "Entries a leader read back from its log for a follower that lagged behind the \
+             entry cache (`max_cache_bytes`).",
+            &[("", sum(|c| c.entries_fetched))],
         );
         counter(
             &mut out,
