@@ -27,11 +27,14 @@
 //! So three copies in user space, none per entry in the protocol core, and the payload is
 //! checksummed once where it is built and once where it is received. Copy 2 is there because
 //! glommio 0.9 has no vectored send: with `writev`/`sendmsg` over the log's buffers it would
-//! go. Copy 3 would go if the follower received straight into its log's buffer. Entries of an
+//! go. Copy 3 would go if the follower received straight into its log's buffer. One frame per
+//! pipelined flush, the one that the flush's block-aligned cut splits between two buffers, is
+//! copied whole once more (for all followers) the first time it is sent. Entries of an
 //! append that are not in a whole frame in memory (an append that starts or ends inside a
-//! frame, frames evicted to disk) are framed anew, around the run of whole frames;
-//! `corelog_peer_entries_sent_total` and `corelog_follower_entries_written_total` count both
-//! paths.
+//! frame, frames evicted past `entry_cache_bytes_max`) are framed anew, around the run of
+//! whole frames; `corelog_peer_entries_sent_total` and
+//! `corelog_follower_entries_written_total` count both paths, and
+//! `corelog_leader_entries_fetched_total` the entries a leader had to read back from disk.
 
 pub mod codec;
 pub mod config;
