@@ -310,8 +310,13 @@ struct State {
     /// Tasks waiting for any change (buffer space, a roll finishing).
     change_waiters: Vec<Waker>,
     epoch: u64,
+    /// Oldest first, in file order (segment, then base): flushes are cut in that order.
     recent: VecDeque<CachedBuf>,
     recent_bytes: usize,
+    /// Whole copies of frames that a pipelined flush cut in two (see [`State::assemble`]),
+    /// oldest first, each keyed by its own offset.
+    split: VecDeque<CachedBuf>,
+    split_bytes: usize,
     stats: LogStats,
     /// `(last_index, times)` of the latest flushes that advanced the durable index, oldest
     /// first; at most [`FLUSH_TIMES_KEPT`].
@@ -377,12 +382,25 @@ impl State {
             let start = (loc.offset - open.base) as usize;
             return Some(InMemory::Open(&open.buf.as_bytes()[start..start + loc.len as usize]));
         }
-        let c = self.recent.iter().rev().find(|c| {
-            c.segment == loc.segment
-                && loc.offset >= c.base
-                && end <= c.base + c.data.bytes().len() as u64
-        })?;
+        let c = self
+            .cached_at(loc.segment, loc.offset)
+            .filter(|c| end <= c.base + c.data.bytes().len() as u64)
+            .or_else(|| {
+                self.split.iter().rev().find(|c| c.segment == loc.segment && c.base == loc.offset)
+            })?;
         Some(InMemory::Cached(c, (loc.offset - c.base) as usize))
+    }
+
+    /// The newest cached buffer that holds the byte at `offset` of `segment`.
+    fn cached_at(&self, segment: u64, offset: u64) -> Option<&CachedBuf> {
+        // Buffers are cached in file order, so the candidates are the last ones that begin at
+        // or before `offset`; a few may begin at the same block (light load rewrites it).
+        let end = self.recent.partition_point(|c| (c.segment, c.base) <= (segment, offset));
+        self.recent
+            .range(..end)
+            .rev()
+            .take(8)
+            .find(|c| c.segment == segment && offset < c.base + c.data.bytes().len() as u64)
     }
 
     /// A copy of the frame at `loc` gathered from the buffers that hold its pieces: a flush cut
@@ -399,13 +417,7 @@ impl State {
                 .filter(|o| o.segment == loc.segment)
                 .map(|o| (o.base, &o.buf.as_bytes()[..o.len]))
                 .filter(|(base, b)| *base <= at && at < base + b.len() as u64)
-                .or_else(|| {
-                    self.recent.iter().rev().find_map(|c| {
-                        let b = c.data.bytes();
-                        (c.segment == loc.segment && c.base <= at && at < c.base + b.len() as u64)
-                            .then_some((c.base, b))
-                    })
-                })?;
+                .or_else(|| self.cached_at(loc.segment, at).map(|c| (c.base, c.data.bytes())))?;
             let (base, bytes) = piece;
             let from = (at - base) as usize;
             let to = ((end - base) as usize).min(bytes.len());
@@ -443,6 +455,21 @@ impl State {
         self.cfg.flush_bytes_max + BLOCK
     }
 
+    /// Keeps the whole copy of a frame that a flush cut in two, within a quarter of the
+    /// recent cache's budget (the oldest copies go first).
+    fn keep_split(&mut self, loc: &FrameLoc, copy: Rc<[u8]>) {
+        self.split_bytes += copy.len();
+        self.split.push_back(CachedBuf {
+            segment: loc.segment,
+            base: loc.offset,
+            data: CacheData::Heap(copy),
+        });
+        while self.split_bytes > self.cfg.recent_cache_bytes / 4 && self.split.len() > 1 {
+            let old = self.split.pop_front().expect("non-empty");
+            self.split_bytes -= old.data.bytes().len();
+        }
+    }
+
     fn evict(&mut self) {
         let cap = self.buf_cap();
         while self.recent_bytes > self.cfg.recent_cache_bytes && !self.recent.is_empty() {
@@ -455,8 +482,13 @@ impl State {
     /// its DMA buffer goes back to the executor's arena.
     fn shrink_cached(&mut self, segment: u64, base: u64) {
         let cap = self.buf_cap();
-        if let Some(c) =
-            self.recent.iter_mut().rev().find(|c| c.segment == segment && c.base == base)
+        let end = self.recent.partition_point(|c| (c.segment, c.base) <= (segment, base));
+        if let Some(c) = self
+            .recent
+            .range_mut(..end)
+            .rev()
+            .take(8)
+            .find(|c| c.segment == segment && c.base == base)
             && let CacheData::Dma(b) = &c.data
             && b.len() * 2 < cap
         {
@@ -606,6 +638,8 @@ impl Log {
             epoch: 0,
             recent: VecDeque::new(),
             recent_bytes: 0,
+            split: VecDeque::new(),
+            split_bytes: 0,
             stats: LogStats::new(),
             flush_times: VecDeque::new(),
         };
@@ -1313,18 +1347,10 @@ impl Log {
             // A frame split across two buffers (a pipelined flush was cut inside it) is
             // copied whole into the cache first, once for every follower that asks.
             let mut i = pos;
-            while let Some(loc) = st.frames.get(i).filter(|l| l.last_index() <= hi) {
-                if st.in_memory(loc).is_none() {
-                    let Some(copy) = st.assemble(loc) else { break };
-                    let entry = CachedBuf {
-                        segment: loc.segment,
-                        base: loc.offset,
-                        data: CacheData::Heap(copy),
-                    };
-                    let cap = st.buf_cap();
-                    st.recent_bytes += entry.charge(cap);
-                    st.recent.push_back(entry);
-                    st.evict();
+            while let Some(loc) = st.frames.get(i).copied().filter(|l| l.last_index() <= hi) {
+                if st.in_memory(&loc).is_none() {
+                    let Some(copy) = st.assemble(&loc) else { break };
+                    st.keep_split(&loc, copy);
                 }
                 i += 1;
             }
@@ -1421,6 +1447,8 @@ impl Log {
                 st.frames.clear();
                 st.recent.clear();
                 st.recent_bytes = 0;
+                st.split.clear();
+                st.split_bytes = 0;
                 st.segments.drain(..).rev().collect()
             };
             // From here the old segments are gone: failing to start the new one leaves no log to
@@ -1481,6 +1509,8 @@ impl Log {
                 st.recent.retain(|c| c.segment != seg.seq);
                 let cap = st.buf_cap();
                 st.recent_bytes = st.recent.iter().map(|c| c.charge(cap)).sum();
+                st.split.retain(|c| c.segment != seg.seq);
+                st.split_bytes = st.split.iter().map(|c| c.data.bytes().len()).sum();
                 removed.push(seg);
             }
             if let Some(first) = st.segments.front().map(|s| s.first_index) {
@@ -1572,6 +1602,7 @@ impl Log {
             st.closed = true;
             st.open = None;
             st.recent.clear();
+            st.split.clear();
             st.wake_durable();
             st.changed();
             st.segments.drain(..).collect()
