@@ -307,10 +307,6 @@ fn dsync_mode_works() {
     });
 }
 
-/// `with_frames` hands out the longest run of the log's own whole frames within a range, in
-/// memory (what a leader sends to followers as is, framing only the entries around it), and
-/// nothing when no whole frame in memory lies within the range: frames cut by a truncation, or
-/// evicted to disk only.
 /// A flush that pipelines is cut at the last block boundary, which usually lies inside a
 /// frame: its first part goes out with that flush, the rest stays in the next buffer. Such a
 /// frame is still handed out whole (a copy assembled from both buffers), so a leader sends it
@@ -332,28 +328,47 @@ fn with_frames_gives_a_frame_that_a_pipelined_flush_cut_in_two() {
         let last = append_n(&log, 1, 1, 4, 3000).await;
         assert_eq!(last, 4);
         log.wait_durable(last).await.unwrap();
+        // One append of one frame in two flushes: the first was cut inside the frame.
         assert!(log.stats().flushes >= 2, "the frame went to disk in two flushes");
+        // Read first: not yet whole in memory, so this comes from the disk.
+        let read = log.read(1, 4, usize::MAX).await.unwrap();
         let frames = log
             .with_frames(1, 4, |first, last, frames| {
                 assert_eq!((first, last), (1, 4));
                 frames.iter().map(|b| b.to_vec()).collect::<Vec<_>>()
             })
             .expect("the frame that a flush cut in two, whole");
-        let read = log.read(1, 4, usize::MAX).await.unwrap();
         assert_eq!(frames.len(), 1);
         assert_eq!(frames[0].as_slice(), read[0].bytes(), "the bytes on disk");
+        let f = Frame::decode(&frames[0], &FrameLimits::default()).expect("checksum holds");
+        assert_eq!((f.first_index(), f.last_index(), f.len()), (1, 4, frames[0].len()));
         // Asked again (the second follower), the same bytes.
         let again = log.with_frames(1, 4, |_, _, f| f[0].to_vec()).expect("cached");
         assert_eq!(again, frames[0]);
         // Frames after it are whole too (cut or not), up to the newest in the open buffer.
         let last = append_n(&log, 1, 3, 4, 3000).await;
         log.wait_durable(last - 4).await.unwrap();
-        let (first, last_) = log.with_frames(1, last, |f, l, _| (f, l)).expect("all in memory");
-        assert_eq!((first, last_), (1, last));
+        let (first, last_, frames) = log
+            .with_frames(1, last, |f, l, frames| {
+                (f, l, frames.iter().map(|b| b.to_vec()).collect::<Vec<_>>())
+            })
+            .expect("all in memory");
+        assert_eq!((first, last_, frames.len()), (1, last, 4));
+        let limits = FrameLimits::default();
+        let mut next = 1;
+        for b in &frames {
+            let f = Frame::decode(b, &limits).expect("every frame whole, checksum holds");
+            assert_eq!((f.first_index(), f.len()), (next, b.len()));
+            next = f.last_index() + 1;
+        }
         log.close().await.unwrap();
     });
 }
 
+/// `with_frames` hands out the longest run of the log's own whole frames within a range, in
+/// memory (what a leader sends to followers as is, framing only the entries around it), and
+/// nothing when no whole frame in memory lies within the range: frames cut by a truncation, or
+/// evicted to disk only.
 #[test]
 fn with_frames_gives_the_whole_frames_in_memory_within_a_range() {
     let dir = tempfile::tempdir().unwrap();

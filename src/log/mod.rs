@@ -1345,7 +1345,7 @@ impl Log {
                 pos += 1;
             }
             // A frame split across two buffers (a pipelined flush was cut inside it) is
-            // copied whole into the cache first, once for every follower that asks.
+            // copied whole into the cache first (once: the followers that ask later find the copy).
             let mut i = pos;
             while let Some(loc) = st.frames.get(i).copied().filter(|l| l.last_index() <= hi) {
                 if st.in_memory(&loc).is_none() {

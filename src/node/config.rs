@@ -99,12 +99,17 @@ pub struct NodeConfig {
     pub peer_handshakes_max: usize,
     /// Committed entries a leader keeps in memory per group for followers that lag, bytes.
     /// A follower further behind is served from the log on disk (read back and framed
-    /// anew), which costs the leader a read and a copy of every entry.
+    /// anew), which costs the leader a read and a copy of every entry. Sizes both the
+    /// consensus core's entry cache and the log's recent frames (the bytes a leader sends as
+    /// they are), so a group may hold about twice this in memory; at most 16 GiB.
     pub entry_cache_bytes_max: u64,
 }
 
 /// Default of `entry_cache_bytes_max`.
 pub const ENTRY_CACHE_BYTES_MAX: u64 = 32 << 20;
+
+/// Largest accepted `entry_cache_bytes_max`.
+const ENTRY_CACHE_BYTES_LIMIT: u64 = 16 << 30;
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -154,6 +159,12 @@ impl NodeConfig {
         }
         if self.cores == 0 || self.cores > 256 {
             return Err("cores must be within 1..=256".into());
+        }
+        if self.entry_cache_bytes_max > ENTRY_CACHE_BYTES_LIMIT {
+            return Err(format!(
+                "entry_cache_bytes_max {} is above {ENTRY_CACHE_BYTES_LIMIT} (16 GiB)",
+                self.entry_cache_bytes_max
+            ));
         }
         for v in &self.voters {
             if !self.members.iter().any(|m| m.id == *v) {
@@ -447,7 +458,8 @@ pub const SETTINGS: &[Setting] = &[
         key: "entry_cache_bytes_max",
         flag: "entry-cache-bytes-max",
         doc: "Committed entries a leader keeps in memory per group for lagging followers,\n\
-              bytes; a follower further behind is served from the log on disk.",
+              bytes (a group holds up to about twice this: entries and log frames); a\n\
+              follower further behind is served from the log on disk. At most 16 GiB.",
     },
     Setting {
         key: "members",
@@ -526,6 +538,9 @@ mod tests {
         assert!(e.contains("--pin"), "{e}");
         let e = NodeConfig::resolve(None, &|_| None, &[("members", "1@x".into())]).unwrap_err();
         assert!(e.contains("--members"), "{e}");
+        let c = NodeConfig { entry_cache_bytes_max: 1 << 40, ..NodeConfig::default() };
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("entry_cache_bytes_max"), "{e}");
         let e = NodeConfig::resolve(Some("tick_mss = 1"), &|_| None, &[]).unwrap_err();
         assert!(e.contains("tick_mss"), "{e}");
     }

@@ -933,7 +933,7 @@ impl GroupDriver {
     /// which go out as they are (see [`Self::send`]). One frame per message would leave most
     /// of a lagging follower's appends to be framed anew.
     fn log_frame_budget(&self) -> usize {
-        let message = consensus::Config::default().max_batch_bytes as usize;
+        let message = self.node.config().max_batch_bytes as usize;
         (message / 8).min(self.cfg.flush_bytes_max)
     }
 

@@ -158,7 +158,10 @@ async fn drive_link(
     let mut backoff = Duration::from_millis(20);
     let mut spare = Vec::new();
     while !stop.get() {
-        match connect(&link, &hello).await {
+        match until_stopped(&stop, connect(&link, &hello, &stop))
+            .await
+            .unwrap_or(Err(String::new()))
+        {
             Ok(mut stream) => {
                 backoff = Duration::from_millis(20);
                 link.connected.set(true);
@@ -194,12 +197,28 @@ async fn drive_link(
                 tracing::trace!(peer = link.peer, addr = %link.addr, error = %e, "peer unreachable")
             }
         }
-        glommio::timer::sleep(backoff).await;
+        until_stopped(&stop, glommio::timer::sleep(backoff)).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 
-async fn connect(link: &Link, hello: &HelloMeta) -> Result<TcpStream, String> {
+/// Runs `fut` until it ends or `stop` is set (checked every [`STOP_CHECK`]); `None` when
+/// stopped first. For the waits of a link that is not connected (connecting, backing off),
+/// so that a stopping core does not wait for them.
+async fn until_stopped<T>(
+    stop: &Cell<bool>,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        while !stop.get() {
+            glommio::timer::sleep(STOP_CHECK).await;
+        }
+        None
+    })
+    .await
+}
+
+async fn connect(link: &Link, hello: &HelloMeta, stop: &Cell<bool>) -> Result<TcpStream, String> {
     let mut stream = TcpStream::connect_timeout(link.addr, Duration::from_secs(1))
         .await
         .map_err(|e| e.to_string())?;
@@ -207,7 +226,7 @@ async fn connect(link: &Link, hello: &HelloMeta) -> Result<TcpStream, String> {
     let mut out = Vec::new();
     wire::encode(&mut out, Kind::Hello, 0, hello.node_id.get(), hello.as_bytes(), 0);
     stream.write_all(&out).await.map_err(|e| e.to_string())?;
-    let reply = read_message(&mut stream, 1 << 16, Duration::from_secs(2), None)
+    let reply = read_message(&mut stream, 1 << 16, Duration::from_secs(2), Some(stop))
         .await
         .map_err(|e| e.to_string())?;
     let msg = wire::verify(&reply, 1 << 16).map_err(|e| e.to_string())?;

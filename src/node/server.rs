@@ -144,6 +144,11 @@ impl ClientConn {
     /// responses already queued, whatever the bound.
     fn fail(&self, why: &str) {
         super::metrics::count_error("client_protocol");
+        self.say_and_close(why);
+    }
+
+    /// Queues an error message that says why, then closes (no error counted).
+    fn say_and_close(&self, why: &str) {
         if !self.closed.get() {
             let mut out = self.out.borrow_mut();
             wire::encode(&mut out, Kind::Error, 0, 0, &[], why.len());
@@ -361,7 +366,10 @@ where
                 }
             });
             let full = async {
-                glommio::timer::sleep(timeout).await;
+                let end = Instant::now() + timeout;
+                while !ctx.stop.get() && Instant::now() < end {
+                    glommio::timer::sleep(STOP_CHECK.min(timeout)).await;
+                }
                 false
             };
             if !futures_lite::future::or(room, full).await {
@@ -410,6 +418,10 @@ where
             Ok(b) => b,
             Err(ReadError::Io(e)) => {
                 tracing::debug!(error = %e, "client connection closed");
+                break;
+            }
+            Err(ReadError::Stopped) => {
+                conn.say_and_close("the node is stopping");
                 break;
             }
             Err(ReadError::Wire(e @ wire::WireError::TooLarge { .. }, env))
