@@ -65,6 +65,12 @@ pub struct NodeConfig {
     pub flush_bytes_max: usize,
     /// Log flushes in flight at once (see `LogConfig::flushes_in_flight_max`).
     pub flushes_in_flight_max: usize,
+    /// Bytes gathered before a log flush is cut so that the next may start while it is in
+    /// flight (see `LogConfig::pipeline_bytes`). A node's default is 256 KiB, not the log's
+    /// 64 KiB: with 3 replicas on this project's 2-core test VM, 256 KiB gave lower CPU per
+    /// append and about half the open-loop median at 1 KiB, and +18% at 16 KiB. At most half
+    /// of `flush_bytes_max` takes effect.
+    pub flush_pipeline_bytes: usize,
     /// How a log flush is made durable: "fdatasync" or "dsync".
     pub sync: SyncMethod,
     /// A disk profile written by `corelog disk-check --profile FILE` (a path relative to the
@@ -129,6 +135,7 @@ impl Default for NodeConfig {
             segment_bytes: 64 << 20,
             flush_bytes_max: 1 << 20,
             flushes_in_flight_max: LogConfig::new(0).flushes_in_flight_max,
+            flush_pipeline_bytes: 256 << 10,
             sync: SyncMethod::Fdatasync,
             disk_profile: None,
             message_bytes_max: 4 << 20,
@@ -202,6 +209,8 @@ impl NodeConfig {
             flushes_in_flight_max: self.flushes_in_flight_max,
             sync: self.sync,
             recent_cache_bytes: usize::try_from(self.entry_cache_bytes_max).unwrap_or(usize::MAX),
+            // At most half a flush, so that a full buffer can always be cut for a second flush.
+            pipeline_bytes: self.flush_pipeline_bytes.min(self.flush_bytes_max / 2),
             ..LogConfig::new(group)
         }
     }
@@ -395,6 +404,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "flushes_in_flight_max",
         flag: "flushes-in-flight-max",
         doc: "Log flushes in flight at once (pipelined under load).",
+    },
+    Setting {
+        key: "flush_pipeline_bytes",
+        flag: "flush-pipeline-bytes",
+        doc: "Bytes gathered before a log flush is cut so that the next may start while it\n\
+              is in flight (below this, a flush takes everything and the next waits).",
     },
     Setting {
         key: "sync",
