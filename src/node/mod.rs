@@ -52,7 +52,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use config::{NodeConfig, PeerConfig};
 use group::{GroupDriver, GroupHandle, Input};
@@ -64,9 +64,10 @@ pub(crate) struct CoreCtx {
     core: usize,
     groups: RefCell<HashMap<u64, Rc<GroupHandle>>>,
     stop: Rc<Cell<bool>>,
-    client_connections: Cell<usize>,
+    /// Client connections being served (each counted by a [`TaskCount`]).
+    client_connections: Rc<Cell<usize>>,
     /// Peer connections accepted whose handshake is not finished.
-    peer_handshakes: Cell<usize>,
+    peer_handshakes: Rc<Cell<usize>>,
     /// Tasks serving accepted peer connections, and outbound peer links, still running.
     peer_tasks: Rc<Cell<usize>>,
     errors_unknown_group: Cell<u64>,
@@ -91,6 +92,46 @@ impl Drop for TaskCount {
 /// How long a stopping core waits for its connection tasks to close their sockets.
 const CONNECTIONS_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
+/// How often a connection's waits (reads, connects, backoff) check whether the core stops.
+pub(crate) const STOP_CHECK: Duration = Duration::from_millis(100);
+
+/// How often a listener's accept checks whether the core stops.
+pub(crate) const ACCEPT_STOP_CHECK: Duration = Duration::from_millis(20);
+
+/// Sleeps `timeout`, or less when `stop` is set first (checked every `every`, one timer at a
+/// time): `true` when it stopped. `Duration::MAX` waits for the stop alone.
+pub(crate) async fn sleep_unless_stopped(
+    stop: Option<&Cell<bool>>,
+    timeout: Duration,
+    every: Duration,
+) -> bool {
+    let end = Instant::now().checked_add(timeout);
+    let every = if stop.is_some() { every } else { timeout };
+    loop {
+        if stop.is_some_and(Cell::get) {
+            return true;
+        }
+        let left = end.map_or(every, |e| e.saturating_duration_since(Instant::now()));
+        if left.is_zero() {
+            return false;
+        }
+        glommio::timer::sleep(left.min(every)).await;
+    }
+}
+
+/// Runs `fut` until it ends (`Some`) or `stop` is set first (`None`, checked every `every`).
+pub(crate) async fn until_stopped<T>(
+    stop: &Cell<bool>,
+    every: Duration,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        sleep_unless_stopped(Some(stop), Duration::MAX, every).await;
+        None
+    })
+    .await
+}
+
 impl CoreCtx {
     fn group(&self, g: u64) -> Option<Rc<GroupHandle>> {
         self.groups.borrow().get(&g).cloned()
@@ -101,13 +142,7 @@ impl CoreCtx {
         &self,
         listener: &glommio::net::TcpListener,
     ) -> Option<glommio::Result<glommio::net::TcpStream, ()>> {
-        futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            while !self.stop.get() {
-                glommio::timer::sleep(Duration::from_millis(20)).await;
-            }
-            None
-        })
-        .await
+        until_stopped(&self.stop, ACCEPT_STOP_CHECK, listener.accept()).await
     }
 }
 
@@ -268,8 +303,8 @@ async fn run_core(
         core,
         groups: RefCell::new(HashMap::new()),
         stop: stop.clone(),
-        client_connections: Cell::new(0),
-        peer_handshakes: Cell::new(0),
+        client_connections: Rc::new(Cell::new(0)),
+        peer_handshakes: Rc::new(Cell::new(0)),
         peer_tasks,
         errors_unknown_group: Cell::new(0),
     });
@@ -327,9 +362,9 @@ async fn run_core(
     // Connection tasks notice the stop within a read's stop check and close their sockets.
     // Left behind, a socket would outlive the core (its executor does not run the close), and
     // a peer writing to it would never learn that this node went away.
-    let deadline = std::time::Instant::now() + CONNECTIONS_CLOSE_WAIT;
+    let deadline = Instant::now() + CONNECTIONS_CLOSE_WAIT;
     while ctx.peer_tasks.get() + ctx.client_connections.get() > 0 {
-        if std::time::Instant::now() >= deadline {
+        if Instant::now() >= deadline {
             tracing::warn!(
                 core,
                 peer_tasks = ctx.peer_tasks.get(),

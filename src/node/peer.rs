@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -26,8 +26,8 @@ use glommio::net::{TcpListener, TcpStream};
 use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::CoreCtx;
 use super::group::Input;
+use super::{CoreCtx, STOP_CHECK, TaskCount, sleep_unless_stopped, until_stopped};
 use crate::consensus::{Entry, Message};
 use crate::frame::FrameLimits;
 use crate::wire::{self, ENVELOPE_LEN, Kind};
@@ -88,7 +88,7 @@ impl Peers {
                 core: U32::new(core as u32),
                 reserved: U32::ZERO,
             };
-            let running = super::TaskCount::new(tasks);
+            let running = TaskCount::new(tasks);
             glommio::spawn_local(drive_link(link.clone(), hello, stop.clone(), running)).detach();
             links.insert(m.id, link);
         }
@@ -149,16 +149,11 @@ impl Peers {
     }
 }
 
-async fn drive_link(
-    link: Rc<Link>,
-    hello: HelloMeta,
-    stop: Rc<Cell<bool>>,
-    _running: super::TaskCount,
-) {
+async fn drive_link(link: Rc<Link>, hello: HelloMeta, stop: Rc<Cell<bool>>, _running: TaskCount) {
     let mut backoff = Duration::from_millis(20);
     let mut spare = Vec::new();
     while !stop.get() {
-        match until_stopped(&stop, connect(&link, &hello, &stop))
+        match until_stopped(&stop, STOP_CHECK, connect(&link, &hello, &stop))
             .await
             .unwrap_or(Err(String::new()))
         {
@@ -197,25 +192,9 @@ async fn drive_link(
                 tracing::trace!(peer = link.peer, addr = %link.addr, error = %e, "peer unreachable")
             }
         }
-        until_stopped(&stop, glommio::timer::sleep(backoff)).await;
+        until_stopped(&stop, STOP_CHECK, glommio::timer::sleep(backoff)).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
-}
-
-/// Runs `fut` until it ends or `stop` is set (checked every [`STOP_CHECK`]); `None` when
-/// stopped first. For the waits of a link that is not connected (connecting, backing off),
-/// so that a stopping core does not wait for them.
-async fn until_stopped<T>(
-    stop: &Cell<bool>,
-    fut: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    futures_lite::future::or(async { Some(fut.await) }, async {
-        while !stop.get() {
-            glommio::timer::sleep(STOP_CHECK).await;
-        }
-        None
-    })
-    .await
 }
 
 async fn connect(link: &Link, hello: &HelloMeta, stop: &Cell<bool>) -> Result<TcpStream, String> {
@@ -264,9 +243,6 @@ impl std::fmt::Display for ReadError {
 
 /// Bytes of a message body allocated before any of it arrived.
 const BODY_FIRST_ALLOC: usize = 1 << 20;
-
-/// How often a read that waits checks whether the node is stopping.
-pub(crate) const STOP_CHECK: Duration = Duration::from_millis(100);
 
 /// Reads one whole message (envelope checked before the body is read), within `timeout`; gives
 /// up when `stop` is set (checked every [`STOP_CHECK`]), so that a stopping node closes its
@@ -317,16 +293,10 @@ pub(crate) async fn read_message_after<S: futures_lite::AsyncRead + Unpin>(
         Ok::<Bytes, ReadError>(buf.freeze())
     };
     futures_lite::future::or(work, async {
-        let end = Instant::now() + timeout;
-        loop {
-            if stop.is_some_and(|s| s.get()) {
-                return Err(ReadError::Stopped);
-            }
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ReadError::Timeout(timeout));
-            }
-            glommio::timer::sleep(left.min(STOP_CHECK)).await;
+        if sleep_unless_stopped(stop, timeout, STOP_CHECK).await {
+            Err(ReadError::Stopped)
+        } else {
+            Err(ReadError::Timeout(timeout))
         }
     })
     .await
@@ -348,11 +318,11 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, listener: TcpListener) {
                     .detach();
                     continue;
                 }
-                ctx.peer_handshakes.set(ctx.peer_handshakes.get() + 1);
-                let running = super::TaskCount::new(&ctx.peer_tasks);
+                let handshaking = TaskCount::new(&ctx.peer_handshakes);
+                let running = TaskCount::new(&ctx.peer_tasks);
                 let c = ctx.clone();
                 glommio::spawn_local(async move {
-                    handle_conn(c, stream).await;
+                    handle_conn(c, stream, handshaking).await;
                     drop(running);
                 })
                 .detach();
@@ -373,25 +343,8 @@ async fn refuse(stream: &mut TcpStream, why: &str) {
     let _ = stream.close().await;
 }
 
-/// Counts a connection in its handshake until dropped.
-struct Handshaking(Option<Rc<CoreCtx>>);
-
-impl Handshaking {
-    fn done(&mut self) {
-        if let Some(ctx) = self.0.take() {
-            ctx.peer_handshakes.set(ctx.peer_handshakes.get() - 1);
-        }
-    }
-}
-
-impl Drop for Handshaking {
-    fn drop(&mut self) {
-        self.done();
-    }
-}
-
-async fn handle_conn(ctx: Rc<CoreCtx>, mut stream: TcpStream) {
-    let mut handshaking = Handshaking(Some(ctx.clone()));
+/// Serves one accepted peer connection; `handshaking` counts it until its hello is accepted.
+async fn handle_conn(ctx: Rc<CoreCtx>, mut stream: TcpStream, handshaking: TaskCount) {
     let _ = stream.set_nodelay(true);
     let cfg = ctx.cfg.clone();
     let max = cfg.message_bytes_max;
@@ -451,7 +404,7 @@ async fn handle_conn(ctx: Rc<CoreCtx>, mut stream: TcpStream) {
     if stream.write_all(&out).await.is_err() {
         return;
     }
-    handshaking.done();
+    drop(handshaking);
     let limits = FrameLimits::default();
     // Peers are chatty (heartbeats every few ticks): a long silence means a dead peer. But
     // without a leader, a peer speaks only once per election timeout (randomised up to twice

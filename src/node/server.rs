@@ -29,8 +29,9 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::CoreCtx;
 use super::group::{GroupHandle, Input, ReplyTo};
-use super::peer::{ReadError, STOP_CHECK, read_message_after};
+use super::peer::{ReadError, read_message_after};
 use super::proto::{MemberChange, Op, RequestMeta, ResponseMeta, Status};
+use super::{ACCEPT_STOP_CHECK, STOP_CHECK, TaskCount, sleep_unless_stopped, until_stopped};
 use crate::frame::{Frame, FrameLimits};
 use crate::wire::{self, ENVELOPE_LEN, Kind};
 
@@ -233,11 +234,11 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, listener: TcpListener) {
                     .detach();
                     continue;
                 }
-                ctx.client_connections.set(ctx.client_connections.get() + 1);
+                let counted = TaskCount::new(&ctx.client_connections);
                 let c = ctx.clone();
                 glommio::spawn_local(async move {
-                    handle_conn(c.clone(), stream).await;
-                    c.client_connections.set(c.client_connections.get() - 1);
+                    handle_conn(c, stream).await;
+                    drop(counted);
                 })
                 .detach();
             }
@@ -256,23 +257,16 @@ pub(crate) async fn serve_local(
     acceptor: std::sync::Arc<crate::embed::LocalAcceptor>,
 ) {
     loop {
-        let stop = async {
-            while !ctx.stop.get() {
-                glommio::timer::sleep(Duration::from_millis(20)).await;
-            }
-            None
-        };
-        let Some(pipes) =
-            futures_lite::future::or(async { Some(acceptor.accept().await) }, stop).await
+        let Some(pipes) = until_stopped(&ctx.stop, ACCEPT_STOP_CHECK, acceptor.accept()).await
         else {
             break;
         };
         for pipe in pipes {
-            ctx.client_connections.set(ctx.client_connections.get() + 1);
+            let counted = TaskCount::new(&ctx.client_connections);
             let c = ctx.clone();
             glommio::spawn_local(async move {
-                serve_stream(c.clone(), pipe).await;
-                c.client_connections.set(c.client_connections.get() - 1);
+                serve_stream(c, pipe).await;
+                drop(counted);
             })
             .detach();
         }
@@ -366,10 +360,7 @@ where
                 }
             });
             let full = async {
-                let end = Instant::now() + timeout;
-                while !ctx.stop.get() && Instant::now() < end {
-                    glommio::timer::sleep(STOP_CHECK.min(timeout)).await;
-                }
+                sleep_unless_stopped(Some(&ctx.stop), timeout, STOP_CHECK).await;
                 false
             };
             if !futures_lite::future::or(room, full).await {
