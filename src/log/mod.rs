@@ -408,7 +408,9 @@ impl State {
     /// buffer in flight and the next one. `None` when a piece is no longer in memory.
     fn assemble(&self, loc: &FrameLoc) -> Option<Rc<[u8]>> {
         let end = loc.offset + u64::from(loc.len);
-        let mut out = Vec::with_capacity(loc.len as usize);
+        // Allocated once, at its final size (an `Rc` from a `Vec` would copy the frame again).
+        let mut copy: Rc<[u8]> = std::iter::repeat_n(0u8, loc.len as usize).collect();
+        let out = Rc::get_mut(&mut copy).expect("just made");
         let mut at = loc.offset;
         while at < end {
             let piece = self
@@ -421,10 +423,11 @@ impl State {
             let (base, bytes) = piece;
             let from = (at - base) as usize;
             let to = ((end - base) as usize).min(bytes.len());
-            out.extend_from_slice(&bytes[from..to]);
+            let into = (at - loc.offset) as usize;
+            out[into..into + to - from].copy_from_slice(&bytes[from..to]);
             at = base + to as u64;
         }
-        Some(Rc::from(out))
+        Some(copy)
     }
 
     fn term_of(&self, index: u64) -> Option<u64> {
