@@ -250,7 +250,7 @@ pub(crate) trait ReadBody: futures_lite::AsyncRead + Unpin {
 }
 
 /// A peer connection: `recv` straight into the spare capacity. When the socket runs dry, a
-/// one-byte peek through the runtime's ring waits for more (the bytes stay in the socket).
+/// one-byte read through the runtime waits for more.
 impl ReadBody for TcpStream {
     async fn read_body(&mut self, buf: &mut BytesMut, want: usize) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
@@ -279,8 +279,14 @@ impl ReadBody for TcpStream {
                     }
                 }
             };
-            if dry && buf.len() < want && self.peek(&mut [0u8; 1]).await? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            if dry && buf.len() < want {
+                // The runtime's own read waits for the socket (a poll on its ring) and takes
+                // the first byte that arrives.
+                let mut one = [0u8; 1];
+                if self.read(&mut one).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.extend_from_slice(&one);
             }
         }
         Ok(())
