@@ -92,6 +92,20 @@ fn default_phases_write_every_report_and_the_page_renders() {
     assert_eq!(j["settings"]["replicas"], 3);
     assert_eq!(j["phases"].as_array().unwrap().len(), 2);
     assert_eq!(j["appends_per_sec"].as_f64().unwrap().round(), sat);
+    // What the data directory's disk wrote: at least the payload of all three replicas
+    // (every acknowledged append was written and synced within the window, give or take the
+    // flushes in flight at its edges), when the directory is on a block device.
+    for p in j["phases"].as_array().unwrap() {
+        match corelog::bench::DiskWrites::of_dir(&data) {
+            Some(_) => {
+                let x = p["disk_write_per_replicated_byte"].as_f64().expect("disk figures");
+                assert!(x > 0.9, "the disk wrote less than the replicas appended: {x} ({p})");
+                assert!(p["disk_write_mib_per_sec"].as_f64().unwrap() > 0.0);
+            }
+            None => assert!(p["disk_write_mib_per_sec"].is_null(), "{p}"),
+        }
+    }
+    assert!(stdout.contains("  disk       wrote "), "{stdout}");
 
     // latency.hgrm: the percentile distribution format.
     let hgrm = std::fs::read_to_string(out.join("latency.hgrm")).unwrap();

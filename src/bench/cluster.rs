@@ -128,6 +128,11 @@ pub struct PhaseReport {
     /// Open loop: due → sent lag of the generator, µs.
     pub send_lag_p50_us: u64,
     pub send_lag_p99_us: u64,
+    /// A local cluster on a block device: what the device wrote in the window, MiB/s, and
+    /// that as a multiple of the payload all replicas appended (above 1: frame headers,
+    /// padding to blocks, segment preparation, file-system metadata, other writers).
+    pub disk_write_mib_per_sec: Option<f64>,
+    pub disk_write_per_replicated_byte: Option<f64>,
 }
 
 /// The figures of one run.
@@ -155,8 +160,9 @@ fn q(h: &Histogram<u64>, p: f64) -> u64 {
     if h.is_empty() { 0 } else { h.value_at_quantile(p) }
 }
 
-fn phase_report(p: &PhaseResult) -> PhaseReport {
+fn phase_report(p: &PhaseResult, replicas: u64) -> PhaseReport {
     let h = &p.latency;
+    let replicated = (p.bytes * replicas) as f64;
     let secs = p.duration.as_secs_f64();
     let n = p.completed.max(1) as f64;
     PhaseReport {
@@ -182,6 +188,11 @@ fn phase_report(p: &PhaseResult) -> PhaseReport {
         generator_cpu_us_per_append: p.generator_cpu.as_secs_f64() * 1e6 / n,
         send_lag_p50_us: q(&p.send_lag, 0.5),
         send_lag_p99_us: q(&p.send_lag, 0.99),
+        disk_write_mib_per_sec: p.disk_written.map(|b| b as f64 / secs / (1 << 20) as f64),
+        disk_write_per_replicated_byte: p
+            .disk_written
+            .filter(|_| replicated > 0.0)
+            .map(|b| b as f64 / replicated),
     }
 }
 
@@ -257,6 +268,12 @@ fn print_phase(p: &PhaseReport) {
             String::new()
         }
     );
+    if let (Some(mib), Some(x)) = (p.disk_write_mib_per_sec, p.disk_write_per_replicated_byte) {
+        println!(
+            "  disk       wrote {mib:.1} MiB/s = {x:.2} x the replicas' payload (the rest: headers, \
+             padding, segment preparation, metadata, other writers)"
+        );
+    }
 }
 
 /// Runs the benchmark, prints the figures and writes the output directory.
@@ -292,6 +309,7 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
                     are at each node's metrics endpoint, GET /trace (setting metrics_addr)"
             .into());
     }
+    let mut data_dir = None;
     let addresses = if local {
         let dir = match &args.dir {
             Some(d) => d.clone(),
@@ -307,6 +325,7 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
         };
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         header = super::host_header(&dir);
+        data_dir = Some(dir.clone());
         if crate::log::filesystem_type(&dir) == Some(libc::TMPFS_MAGIC) {
             warnings.push(format!(
                 "WARNING: {} is on tmpfs: nothing is durable and the figures are not a disk's.",
@@ -386,7 +405,7 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
     let stages_now = || {
         if local { node_stages(&nodes) } else { remote_stages(&args.metrics) }
     };
-    let result = run_phases(args, &addresses, &stages_now);
+    let result = run_phases(args, &addresses, data_dir.as_deref(), &stages_now);
     if let (Some(path), Ok(_)) = (&args.trace, &result) {
         let mut samples = Vec::new();
         for n in &nodes {
@@ -405,11 +424,12 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
         n.shutdown()?;
     }
     let (phases, stages) = result?;
-    let reports: Vec<PhaseReport> = phases.iter().map(phase_report).collect();
+    let replicas = if local { args.replicas } else { args.addresses.len() as u64 };
+    let reports: Vec<PhaseReport> = phases.iter().map(|p| phase_report(p, replicas)).collect();
     let sat = reports.iter().find(|p| p.offered_per_sec.is_none()).unwrap_or(&reports[0]);
     let open = reports.iter().find(|p| p.offered_per_sec.is_some()).unwrap_or(&reports[0]);
     let r = ClusterReport {
-        replicas: if local { args.replicas } else { args.addresses.len() as u64 },
+        replicas,
         concurrency: args.concurrency,
         connections: args.connections,
         entry_size: args.entry_size.to_string(),
@@ -484,13 +504,14 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
 fn run_phases(
     args: &ClusterArgs,
     addresses: &[SocketAddr],
+    data_dir: Option<&std::path::Path>,
     node_stages: &dyn Fn() -> Option<Vec<(String, Histogram<u64>)>>,
 ) -> Result<(Vec<PhaseResult>, Vec<(String, Histogram<u64>)>), String> {
     // The closed loop keeps `concurrency` in flight by itself; the bound of the clients is
     // the open loop's, with room for a backlog (four times the closed loop's) so that the
     // pacers are not held back by the window while the cluster keeps up.
     let per_conn = args.concurrency.div_ceil(args.connections) * OPEN_LOOP_WINDOW_FACTOR;
-    let gen_ = Generator::new(
+    let mut gen_ = Generator::new(
         addresses,
         args.connections,
         per_conn,
@@ -498,6 +519,9 @@ fn run_phases(
         args.entry_size,
         args.seed,
     )?;
+    if let Some(dir) = data_dir {
+        gen_.measure_disk_of(dir);
+    }
     gen_.wait_ready(Duration::from_secs(10))
         .map_err(|e| format!("the cluster does not accept appends: {e}"))?;
     let mut progress = Progress::new(args.quiet);

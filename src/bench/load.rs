@@ -159,6 +159,15 @@ pub struct SecondRow {
     pub errors: u64,
 }
 
+/// What the machine did during a phase's measured window.
+pub struct Window {
+    /// CPU time of the whole process, and of the generator's threads.
+    pub process_cpu: Duration,
+    pub generator_cpu: Duration,
+    /// Bytes the data directory's block device wrote (a local cluster on a block device).
+    pub disk_written: Option<u64>,
+}
+
 /// The outcome of one phase.
 pub struct PhaseResult {
     pub name: String,
@@ -175,6 +184,8 @@ pub struct PhaseResult {
     /// CPU time of the whole process in the window, and of the generator's threads.
     pub process_cpu: Duration,
     pub generator_cpu: Duration,
+    /// Bytes the data directory's block device wrote in the window, when known.
+    pub disk_written: Option<u64>,
 }
 
 impl PhaseResult {
@@ -198,6 +209,8 @@ pub struct Generator {
     /// Random bytes to slice entries from.
     data: Arc<Vec<u8>>,
     seed: u64,
+    /// The local cluster's disk, whose writes each phase reports.
+    disk: Option<super::DiskWrites>,
 }
 
 /// Settings shared by the callbacks of one closed-loop phase.
@@ -299,7 +312,14 @@ impl Generator {
             size,
             data: Arc::new(data),
             seed,
+            disk: None,
         })
+    }
+
+    /// Reports, for each phase, what the block device under `dir` wrote (the local cluster's
+    /// data directory); nothing when `dir` is not on a block device.
+    pub fn measure_disk_of(&mut self, dir: &std::path::Path) {
+        self.disk = super::DiskWrites::of_dir(dir);
     }
 
     /// Waits until every group takes an append (a leader everywhere), up to `within`.
@@ -357,7 +377,7 @@ impl Generator {
         offered: Option<f64>,
         duration: Duration,
         seconds: Vec<SecondRow>,
-        cpu: (Duration, Duration),
+        window: Window,
     ) -> PhaseResult {
         let mut res = PhaseResult {
             name: name.to_string(),
@@ -370,8 +390,9 @@ impl Generator {
             bytes: 0,
             errors: BTreeMap::new(),
             seconds,
-            process_cpu: cpu.0,
-            generator_cpu: cpu.1,
+            process_cpu: window.process_cpu,
+            generator_cpu: window.generator_cpu,
+            disk_written: window.disk_written,
         };
         for r in &self.recorders {
             let r = r.lock().unwrap_or_else(|e| e.into_inner());
@@ -394,11 +415,12 @@ impl Generator {
         measure_from: Instant,
         stop_at: Instant,
         progress: &mut super::progress::Progress,
-    ) -> (Vec<SecondRow>, (Duration, Duration)) {
+    ) -> (Vec<SecondRow>, Window) {
         std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
         let mut prev = (0, 0, 0);
         let mut rows = Vec::new();
         let cpu0 = (super::process_cpu_time(), generator_cpu_time());
+        let disk0 = self.disk.as_ref().and_then(|d| d.bytes());
         let mut next = measure_from + Duration::from_secs(1);
         let mut second = 0;
         while next <= stop_at + Duration::from_millis(1) {
@@ -410,11 +432,15 @@ impl Generator {
             next += Duration::from_secs(1);
         }
         std::thread::sleep(stop_at.saturating_duration_since(Instant::now()));
-        let cpu = (
-            super::process_cpu_time().saturating_sub(cpu0.0),
-            generator_cpu_time().saturating_sub(cpu0.1),
-        );
-        (rows, cpu)
+        let window = Window {
+            process_cpu: super::process_cpu_time().saturating_sub(cpu0.0),
+            generator_cpu: generator_cpu_time().saturating_sub(cpu0.1),
+            disk_written: match (disk0, self.disk.as_ref().and_then(|d| d.bytes())) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+                _ => None,
+            },
+        };
+        (rows, window)
     }
 
     /// Waits until nothing is in flight (up to the clients' deadline).
@@ -460,13 +486,13 @@ impl Generator {
             ctxs.push(ctx);
         }
         progress.phase(name, warmup, duration);
-        let (rows, cpu) = self.tick_until(name, measure_from, stop_at, progress);
+        let (rows, window) = self.tick_until(name, measure_from, stop_at, progress);
         for c in &ctxs {
             c.stop.store(true, Ordering::Relaxed);
         }
         self.drain();
         progress.end_phase();
-        self.collect(name, None, duration, rows, cpu)
+        self.collect(name, None, duration, rows, window)
     }
 
     /// An open-loop phase at `rate` appends/s for `duration`.
@@ -534,13 +560,13 @@ impl Generator {
             pacers.push(h);
         }
         progress.phase(name, Duration::ZERO, duration);
-        let (rows, cpu) = self.tick_until(name, start, stop_at, progress);
+        let (rows, window) = self.tick_until(name, start, stop_at, progress);
         for p in pacers {
             let _ = p.join();
         }
         self.drain();
         progress.end_phase();
-        self.collect(name, Some(rate), duration, rows, cpu)
+        self.collect(name, Some(rate), duration, rows, window)
     }
 
     /// Closes the connections.

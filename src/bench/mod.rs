@@ -7,6 +7,7 @@ pub mod progress;
 pub mod report;
 pub mod wal;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -113,9 +114,49 @@ pub fn host_header(dir: &std::path::Path) -> Vec<String> {
     ]
 }
 
+/// Bytes written by the block device under a directory (its sysfs `stat`), to set the disk's
+/// traffic beside the appends': segment preparation, padding and file-system metadata show
+/// as the difference.
+pub struct DiskWrites {
+    /// The device (`vda1`, `nvme0n1p2`, `dm-0`).
+    pub device: String,
+    stat: PathBuf,
+}
+
+impl DiskWrites {
+    /// The block device under `dir`, when it is on one (not on tmpfs or overlay without one).
+    pub fn of_dir(dir: &Path) -> Option<DiskWrites> {
+        let sys = crate::tools::doctor::Sys::host();
+        let dev = crate::tools::doctor::block_device_of_dir(&sys, dir).ok()?;
+        let stat = sys.path(&format!("sys/class/block/{}/stat", dev.name));
+        let w = DiskWrites { device: dev.name, stat };
+        w.bytes().map(|_| w)
+    }
+
+    /// Bytes written since boot.
+    pub fn bytes(&self) -> Option<u64> {
+        sectors_written(&std::fs::read_to_string(&self.stat).ok()?).map(|s| s * 512)
+    }
+}
+
+/// Sectors (512 bytes, whatever the device's block size) written, from a block device's
+/// `stat` line: the seventh field (Documentation/block/stat.rst).
+fn sectors_written(stat: &str) -> Option<u64> {
+    stat.split_whitespace().nth(6)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_sectors_written_from_a_stat_line() {
+        let line = "  123456     7890  9876543   45678   345678    12345 87654321   234567        0  \
+                    456789  280245        0        0        0        0     1234     5678";
+        assert_eq!(sectors_written(line), Some(87_654_321));
+        assert_eq!(sectors_written("1 2 3"), None);
+        assert_eq!(sectors_written("1 2 3 4 5 6 x"), None);
+    }
 
     #[test]
     fn parses_durations_and_sizes() {
