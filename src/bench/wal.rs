@@ -100,6 +100,9 @@ pub struct WalReport {
     pub flush_p99_us: u64,
     pub cpu_us_per_append: f64,
     pub segments_zero_filled: u64,
+    /// What the directory's block device wrote while the appends ran (the logs' flushes,
+    /// segment preparation, metadata, other writers), when it is on one.
+    pub disk_write_mib_per_sec: Option<f64>,
     pub segments_recycled: u64,
     pub peak_rss_mib: f64,
     pub errors: u64,
@@ -190,11 +193,17 @@ pub fn run(args: &WalArgs) -> Result<WalReport, String> {
         (started + args.warmup).saturating_duration_since(std::time::Instant::now()),
     );
     let cpu0 = process_cpu_time();
+    let disk = super::DiskWrites::of_dir(&dir);
+    let disk0 = disk.as_ref().and_then(|d| d.bytes());
     let mut results = Vec::new();
     for h in handles {
         results.push(h.join().map_err(|e| format!("executor failed: {e}"))??);
     }
     let cpu = process_cpu_time().saturating_sub(cpu0);
+    let disk_written = match (disk0, disk.as_ref().and_then(|d| d.bytes())) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
     let mut hist = latency_histogram();
     let mut flush_hist = latency_histogram();
     let (mut appends, mut flushes, mut bytes_written, mut zero_filled, mut recycled, mut errors) =
@@ -242,6 +251,7 @@ pub fn run(args: &WalArgs) -> Result<WalReport, String> {
         cpu_us_per_append: if appends > 0 { cpu.as_secs_f64() * 1e6 / appends as f64 } else { 0.0 },
         segments_zero_filled: zero_filled,
         segments_recycled: recycled,
+        disk_write_mib_per_sec: disk_written.map(|b| b as f64 / secs / (1 << 20) as f64),
         peak_rss_mib: peak_rss_bytes() as f64 / (1 << 20) as f64,
         errors,
     };
@@ -270,6 +280,9 @@ fn print_report(r: &WalReport) {
     );
     println!("flush latency us   p50 {} p99 {}", r.flush_p50_us, r.flush_p99_us);
     println!("cpu per append us  {:>12.2}", r.cpu_us_per_append);
+    if let Some(d) = r.disk_write_mib_per_sec {
+        println!("disk wrote MiB/s   {d:>12.1} (flushes, segment preparation, metadata)");
+    }
     println!(
         "segments           {} zero-filled, {} recycled; peak RSS {:.0} MiB; errors {}",
         r.segments_zero_filled, r.segments_recycled, r.peak_rss_mib, r.errors
