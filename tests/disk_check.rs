@@ -1,6 +1,8 @@
 //! `corelog disk-check` and its profile: the profile's round trip, a short run on this host,
 //! and `corelog serve` applying a profile to its logs.
 
+mod common;
+
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -179,9 +181,7 @@ fn node_config_applies_a_profile() {
     assert!(!NodeConfig::default_toml().contains("disk_profile"));
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use common::free_port;
 
 /// Starts `corelog serve` on a one-node configuration; returns the child once it printed its
 /// log settings, with that line.

@@ -4,6 +4,8 @@
 //! request stays in-process; then it restarts from its data directory and still holds what
 //! was acknowledged.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -11,9 +13,7 @@ use corelog::embed::EmbeddedNode;
 use corelog::frame::EntryKind;
 use corelog::node::{NodeConfig, PeerConfig};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use common::free_port;
 
 #[test]
 fn an_embedded_node_appends_reads_tails_and_trims_without_sockets() {

@@ -5,6 +5,8 @@
 //! bounded wait and a close; the node keeps serving a normal client, and the log holds exactly
 //! the acknowledged entries.
 
+mod common;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Mutex;
@@ -23,14 +25,8 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn free_port_pair() -> u16 {
-    // Core i listens on base + i: find a base whose next port is free too.
-    loop {
-        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = a.local_addr().unwrap().port();
-        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
+    // Core i listens on base + i.
+    common::free_ports(std::net::IpAddr::from([127, 0, 0, 1]), 2)
 }
 
 struct Cluster {

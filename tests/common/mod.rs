@@ -102,7 +102,7 @@ impl LocalCluster {
     pub fn start(n: u64) -> LocalCluster {
         use corelog::node::{NodeConfig, PeerConfig};
         use std::net::SocketAddr;
-        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let free = || SocketAddr::from(([127, 0, 0, 1], free_port()));
         let dir = tempfile::tempdir().unwrap();
         let members: Vec<PeerConfig> = (1..=n)
             .map(|id| PeerConfig {
@@ -218,27 +218,14 @@ pub mod procs {
     /// The `corelog` binary of this build.
     pub const BIN: &str = env!("CARGO_BIN_EXE_corelog");
 
-    /// A free port on `ip` (the OS picks it; it may be taken again before use, rarely).
+    /// A free port on `ip` (see [`super::free_ports`]).
     pub fn free_port_on(ip: IpAddr) -> u16 {
-        std::net::TcpListener::bind(SocketAddr::new(ip, 0)).unwrap().local_addr().unwrap().port()
+        super::free_ports(ip, 1)
     }
 
     /// `n` consecutive free ports on `ip`; returns the first.
     pub fn free_ports(ip: IpAddr, n: u16) -> u16 {
-        for _ in 0..100 {
-            let first = std::net::TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
-            let base = first.local_addr().unwrap().port();
-            if u32::from(base) + u32::from(n) > 65535 {
-                continue;
-            }
-            let rest: Vec<_> = (1..n)
-                .map_while(|i| std::net::TcpListener::bind(SocketAddr::new(ip, base + i)).ok())
-                .collect();
-            if rest.len() + 1 == usize::from(n) {
-                return base;
-            }
-        }
-        panic!("no {n} consecutive free ports on {ip}");
+        super::free_ports(ip, n)
     }
 
     /// How the nodes reach each other.
@@ -754,9 +741,54 @@ pub mod procs {
     }
 }
 
-/// A free TCP port on loopback (picked by the OS).
+/// A TCP port on loopback that is free now (see [`free_ports`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_ports(std::net::IpAddr::from([127, 0, 0, 1]), 1)
+}
+
+/// Lowest port handed out: above the well-known and most registered service ports.
+const TEST_PORT_LOW: u16 = 10_000;
+
+/// `n` consecutive TCP ports on `ip` that are free now; returns the first. They are taken
+/// from below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), from which the
+/// OS also picks the local port of every outgoing connection: a port chosen there with
+/// `bind(:0)` and released could be taken by some connection before the node that is to
+/// listen on it binds it (it happened to a test whose neighbours open many connections). Each
+/// test process starts at its own point of the range and walks on, so two test runs at once
+/// rarely meet, and a port is only handed out when binding it succeeds.
+pub fn free_ports(ip: std::net::IpAddr, n: u16) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768)
+        .max(TEST_PORT_LOW + 1_000);
+    let span = u32::from(high - TEST_PORT_LOW);
+    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let seed = (std::process::id().wrapping_mul(2_654_435_761) ^ nanos) % span;
+        let _ = NEXT.compare_exchange(u32::MAX, seed, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..span {
+        let at = NEXT.fetch_add(u32::from(n), Ordering::Relaxed) % span;
+        if at + u32::from(n) > span {
+            continue;
+        }
+        let base = TEST_PORT_LOW + at as u16;
+        let held: Vec<_> = (0..n)
+            .map_while(|i| {
+                std::net::TcpListener::bind(std::net::SocketAddr::new(ip, base + i)).ok()
+            })
+            .collect();
+        if held.len() == usize::from(n) {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free ports on {ip} below {high}");
 }
 
 /// A cluster of `corelog serve` processes on loopback, each with its own TOML file and data
