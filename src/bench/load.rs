@@ -435,10 +435,7 @@ impl Generator {
         let window = Window {
             process_cpu: super::process_cpu_time().saturating_sub(cpu0.0),
             generator_cpu: generator_cpu_time().saturating_sub(cpu0.1),
-            disk_written: match (disk0, self.disk.as_ref().and_then(|d| d.bytes())) {
-                (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-                _ => None,
-            },
+            disk_written: self.disk.as_ref().and_then(|d| d.since(disk0)),
         };
         (rows, window)
     }

@@ -118,8 +118,7 @@ pub fn host_header(dir: &std::path::Path) -> Vec<String> {
 /// traffic beside the appends': segment preparation, padding and file-system metadata show
 /// as the difference.
 pub struct DiskWrites {
-    /// The device (`vda1`, `nvme0n1p2`, `dm-0`).
-    pub device: String,
+    /// `sys/class/block/{device}/stat` of the device (`vda1`, `nvme0n1p2`, `dm-0`).
     stat: PathBuf,
 }
 
@@ -129,13 +128,18 @@ impl DiskWrites {
         let sys = crate::tools::doctor::Sys::host();
         let dev = crate::tools::doctor::block_device_of_dir(&sys, dir).ok()?;
         let stat = sys.path(&format!("sys/class/block/{}/stat", dev.name));
-        let w = DiskWrites { device: dev.name, stat };
+        let w = DiskWrites { stat };
         w.bytes().map(|_| w)
     }
 
     /// Bytes written since boot.
     pub fn bytes(&self) -> Option<u64> {
         sectors_written(&std::fs::read_to_string(&self.stat).ok()?).map(|s| s * 512)
+    }
+
+    /// Bytes written since [`Self::bytes`] returned `before` (`None` if either read failed).
+    pub fn since(&self, before: Option<u64>) -> Option<u64> {
+        Some(self.bytes()?.saturating_sub(before?))
     }
 }
 

@@ -200,10 +200,7 @@ pub fn run(args: &WalArgs) -> Result<WalReport, String> {
         results.push(h.join().map_err(|e| format!("executor failed: {e}"))??);
     }
     let cpu = process_cpu_time().saturating_sub(cpu0);
-    let disk_written = match (disk0, disk.as_ref().and_then(|d| d.bytes())) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-        _ => None,
-    };
+    let disk_written = disk.as_ref().and_then(|d| d.since(disk0));
     let mut hist = latency_histogram();
     let mut flush_hist = latency_histogram();
     let (mut appends, mut flushes, mut bytes_written, mut zero_filled, mut recycled, mut errors) =

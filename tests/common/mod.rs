@@ -218,16 +218,6 @@ pub mod procs {
     /// The `corelog` binary of this build.
     pub const BIN: &str = env!("CARGO_BIN_EXE_corelog");
 
-    /// A free port on `ip` (see [`super::free_ports`]).
-    pub fn free_port_on(ip: IpAddr) -> u16 {
-        super::free_ports(ip, 1)
-    }
-
-    /// `n` consecutive free ports on `ip`; returns the first.
-    pub fn free_ports(ip: IpAddr, n: u16) -> u16 {
-        super::free_ports(ip, n)
-    }
-
     /// How the nodes reach each other.
     pub enum Net {
         /// Directly, on loopback.
@@ -311,7 +301,7 @@ pub mod procs {
                     let (p, c) = if o.netns.is_some() {
                         (7100, 7200)
                     } else {
-                        (free_ports(ip, cores), free_ports(ip, cores))
+                        (super::free_ports(ip, cores), super::free_ports(ip, cores))
                     };
                     PeerConfig {
                         id,
