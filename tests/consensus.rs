@@ -13,6 +13,8 @@ struct Cluster {
     unflushed: Vec<Vec<Ready>>,
     net: Vec<Message>,
     replies: Vec<Reply>,
+    /// Per node: trim points offered in `Ready::trim`.
+    trims: Vec<Vec<u64>>,
 }
 
 impl Cluster {
@@ -23,6 +25,7 @@ impl Cluster {
             unflushed: vec![Vec::new(), Vec::new(), Vec::new()],
             net: Vec::new(),
             replies: Vec::new(),
+            trims: vec![Vec::new(), Vec::new(), Vec::new()],
         }
     }
 
@@ -36,6 +39,7 @@ impl Cluster {
             let mut rd = self.nodes[i].take_ready();
             self.net.append(&mut rd.messages);
             self.replies.append(&mut rd.replies);
+            self.trims[i].extend(rd.trim.take());
             if rd.entries.is_some() || rd.hard_state.is_some() || rd.snapshot.is_some() {
                 self.unflushed[i].push(rd);
             }
@@ -61,11 +65,17 @@ impl Cluster {
     /// Delivers every message in flight (and what they cause), flushing every disk at once,
     /// until quiet.
     fn settle(&mut self) {
+        self.settle_dropping(|_| false);
+    }
+
+    /// `settle`, with the messages `lost` picks lost.
+    fn settle_dropping(&mut self, lost: impl Fn(&Message) -> bool) {
         for _ in 0..100 {
             self.collect();
             for id in 1..=3 {
                 self.flush(id);
             }
+            self.net.retain(|m| !lost(m));
             if self.net.is_empty() {
                 return;
             }
@@ -75,6 +85,14 @@ impl Cluster {
             }
         }
         panic!("did not settle");
+    }
+
+    /// One heartbeat round from node 1 (the leader), delivered.
+    fn heartbeat_1(&mut self) {
+        for _ in 0..self.n(1).config().heartbeat_tick {
+            self.n(1).tick();
+        }
+        self.settle();
     }
 
     fn elect_1(&mut self) {
@@ -311,4 +329,50 @@ fn malformed_appends_never_touch_the_log() {
         assert_eq!(c.n(2).last_index(), last);
         assert!(c.n(2).take_ready().entries.is_none());
     }
+}
+
+#[test]
+fn followers_follow_the_leaders_trim_once_committed() {
+    let mut c = Cluster::new(quiet_cfg());
+    c.elect_1();
+    for i in 0..10u64 {
+        c.n(1).propose(0, 0, Bytes::copy_from_slice(&i.to_le_bytes())).unwrap();
+    }
+    c.settle();
+    c.heartbeat_1();
+    let commit = c.n(1).commit_index();
+    assert!(commit >= 10);
+    assert!(c.trims.iter().all(Vec::is_empty), "trim offered before any trim: {:?}", c.trims);
+
+    // The application checkpointed on the leader.
+    let at = commit - 3;
+    assert!(c.n(1).trim(at, Bytes::new()).is_some());
+    c.heartbeat_1();
+    assert_eq!(c.trims[0], Vec::<u64>::new(), "a leader follows no one");
+    for id in [2u64, 3] {
+        let i = id as usize - 1;
+        assert_eq!(c.trims[i], vec![at], "node {id}");
+        assert!(c.n(id).commit_index() >= at);
+        // Offered once: a follower may let it pass, and is not asked again until it moves.
+        assert_eq!(c.n(id).snapshot_index(), 0);
+    }
+    c.heartbeat_1();
+    assert_eq!(c.trims[1], vec![at], "offered again without moving");
+    let s = c.n(2).trim(at, Bytes::new()).expect("a follower trims where the leader did");
+    assert_eq!((s.index, c.n(2).snapshot_index()), (at, at));
+
+    // A follower that holds the trim point durably but has not learned it is committed (its
+    // acknowledgements are lost) is offered only what it knows committed.
+    c.n(1).propose(0, 0, Bytes::from_static(b"x")).unwrap();
+    c.settle_dropping(|m| m.from == 3);
+    let new_commit = c.n(1).commit_index();
+    assert_eq!(new_commit, commit + 1);
+    assert_eq!((c.n(3).durable_index(), c.n(3).commit_index()), (new_commit, commit));
+    c.n(1).trim(new_commit, Bytes::new()).unwrap();
+    for _ in 0..c.n(1).config().heartbeat_tick {
+        c.n(1).tick();
+    }
+    c.settle_dropping(|m| m.from == 3);
+    assert_eq!(c.n(3).commit_index(), commit);
+    assert_eq!(c.trims[2], vec![at, commit], "node 3 was offered what it has not committed");
 }

@@ -22,11 +22,13 @@ fn run_many(replicas: usize) {
     let mut total_steps = 0;
     let mut acks = 0;
     let mut elections = 0;
+    let mut followed_trims = 0;
     for seed in first..first + seeds {
         let r = run_seed(seed, replicas, steps, ProtocolBugs::default());
         total_steps += r.steps;
         acks += r.stats.acks;
         elections += r.stats.elections;
+        followed_trims += r.followed_trims;
         if let Some(v) = r.violations.first() {
             panic!(
                 "seed {seed} ({replicas} replicas): step {}: {}: {}\nreplay: {}",
@@ -40,11 +42,13 @@ fn run_many(replicas: usize) {
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "{replicas} replicas: {seeds} seeds, {total_steps} steps, {:.0} steps/s, {elections} \
-         elections, {acks} acknowledged proposals, {secs:.1} s",
+         elections, {acks} acknowledged proposals, {followed_trims} trims followed, {secs:.1} s",
         total_steps as f64 / secs
     );
     assert!(total_steps >= seeds * steps, "runs stopped early");
     assert!(acks > seeds * 10, "clients made too little progress: {acks}");
+    // Followers must have followed their leaders' trims (and the checker watched them do it).
+    assert!(followed_trims > seeds / 2, "too few trims followed: {followed_trims}");
 }
 
 #[test]

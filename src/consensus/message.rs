@@ -55,8 +55,10 @@ pub enum Body {
         hint_index: Index,
         hint_term: Term,
     },
-    /// Leader liveness, commit index and a round number for ReadIndex and the lease.
-    Heartbeat { commit: Index, round: u64, sent_tick: u64 },
+    /// Leader liveness, commit index and a round number for ReadIndex and the lease;
+    /// `trimmed` is the leader's trim point (the application checkpointed up to it): a
+    /// follower trims its own prefix up to it once it has committed that far.
+    Heartbeat { commit: Index, round: u64, sent_tick: u64, trimmed: Index },
     /// Echo of a heartbeat's round and send tick.
     HeartbeatResponse { round: u64, sent_tick: u64 },
     /// The leader's log restarts after this snapshot.

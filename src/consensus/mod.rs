@@ -41,6 +41,12 @@
 //!    clients waiting on them.
 //! 4. **Fetches**: read each range from the durable log (asynchronously) and hand the entries
 //!    to [`Node::on_fetched`]; they go to a follower that lags behind the entry cache.
+//! 5. **Trim** (followers): the leader's log is trimmed up to `trim` (its heartbeats carry its
+//!    trim point) and this node has committed that far. Trimming is the application's call
+//!    on the leader; a follower follows it so its disk does not keep what the group no longer
+//!    needs. The runtime may call [`Node::trim`] at that point and drop the prefix as for a
+//!    local trim, or let it pass (the node runtime waits until a whole segment would go); a
+//!    higher point is offered again.
 //!
 //! # The runtime loop, in miniature
 //!

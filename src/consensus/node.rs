@@ -101,6 +101,11 @@ pub struct Ready {
     pub replies: Vec<Reply>,
     /// Read these ranges from the durable log and hand them to `on_fetched`.
     pub fetches: Vec<Fetch>,
+    /// Follower: the leader trimmed its log up to at least this index, and this node has
+    /// committed that far. The runtime may call [`Node::trim`] with it (and an application
+    /// blob) and drop the prefix as for a local trim, or let it pass (for example until a
+    /// whole segment would be freed): it is offered again when it advances.
+    pub trim: Option<Index>,
 }
 
 impl Ready {
@@ -113,6 +118,7 @@ impl Ready {
             && self.commit_index.is_none()
             && self.replies.is_empty()
             && self.fetches.is_empty()
+            && self.trim.is_none()
     }
 }
 
@@ -261,6 +267,10 @@ pub struct Node {
     /// The snapshot the log restarts from (index 0: none yet).
     snapshot: Snapshot,
     sessions: SessionTable,
+    /// The highest trim point a leader announced (its own trimmed prefix).
+    leader_trimmed: Index,
+    /// The last trim point offered to the runtime in `Ready::trim`.
+    trim_offered: Index,
 
     // Leader state. Empty / zero when not leader.
     progress: Vec<Progress>,
@@ -377,6 +387,8 @@ impl Node {
             need_heartbeat: false,
             scratch: Vec::new(),
             ready_commit: 0,
+            leader_trimmed: 0,
+            trim_offered: 0,
             ready: Ready::default(),
             cfg,
         };
@@ -522,6 +534,13 @@ impl Node {
         if self.need_heartbeat {
             self.need_heartbeat = false;
             self.bcast_heartbeat();
+        }
+        if self.role != Role::Leader {
+            let t = self.leader_trimmed.min(self.commit).min(self.log.durable);
+            if t > self.log.base_index && t > self.trim_offered {
+                self.trim_offered = t;
+                self.ready.trim = Some(t);
+            }
         }
         if let Some(s) = &self.ready.snapshot {
             self.unstable.push_back(Unstable {
@@ -818,12 +837,13 @@ impl Node {
                     self.handle_append(prev_index, prev_term, entries, commit);
                 }
             }
-            Body::Heartbeat { commit, round, sent_tick } => {
+            Body::Heartbeat { commit, round, sent_tick, trimmed } => {
                 if self.accept_leader(from) {
                     let c = commit.min(self.matched);
                     if c > self.commit {
                         self.advance_commit(c);
                     }
+                    self.leader_trimmed = self.leader_trimmed.max(trimmed);
                     self.send(from, Body::HeartbeatResponse { round, sent_tick });
                 }
             }
@@ -1497,12 +1517,16 @@ impl Node {
             if commit > p.commit_sent {
                 let to = p.id;
                 self.progress[k].commit_sent = commit;
-                self.send(
-                    to,
-                    Body::Heartbeat { commit, round: self.hb_round, sent_tick: self.now_tick },
-                );
+                let (round, sent_tick, trimmed) = (self.hb_round, self.now_tick, self.trim_point());
+                self.send(to, Body::Heartbeat { commit, round, sent_tick, trimmed });
             }
         }
+    }
+
+    /// The trim point a leader announces: its own trimmed prefix, or a higher point it learned
+    /// as a follower and has not reached yet.
+    fn trim_point(&self) -> Index {
+        self.log.base_index.max(self.leader_trimmed)
     }
 
     fn bcast_heartbeat(&mut self) {
@@ -1515,7 +1539,8 @@ impl Node {
                 p.commit_sent = p.commit_sent.max(commit);
                 (p.id, commit)
             };
-            self.send(to, Body::Heartbeat { commit, round, sent_tick: self.now_tick });
+            let trimmed = self.trim_point();
+            self.send(to, Body::Heartbeat { commit, round, sent_tick: self.now_tick, trimmed });
         }
         self.check_reads();
     }

@@ -1474,6 +1474,12 @@ impl Log {
         .await
     }
 
+    /// True if `trim_before(index + 1)` would drop at least one segment.
+    pub fn trim_frees_segment(&self, index: u64) -> bool {
+        let st = self.shared.st.borrow();
+        st.segments.len() > 1 && st.segments[1].first_index <= index + 1
+    }
+
     /// Removes whole segments whose entries all lie before `index` (the database checkpointed
     /// up to there). They are recycled as spares while spares are wanted, else deleted. The log's
     /// first index becomes the first entry of the oldest remaining segment (at most `index`).

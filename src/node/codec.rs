@@ -163,11 +163,12 @@ fn meta_of(m: &Message) -> RaftMeta {
             meta.c = set(*hint_index);
             meta.d = set(*hint_term);
         }
-        Body::Heartbeat { commit, round, sent_tick } => {
+        Body::Heartbeat { commit, round, sent_tick, trimmed } => {
             meta.body = 5;
             meta.a = set(*commit);
             meta.b = set(*round);
             meta.c = set(*sent_tick);
+            meta.d = set(*trimmed);
         }
         Body::HeartbeatResponse { round, sent_tick } => {
             meta.body = 6;
@@ -309,7 +310,12 @@ pub fn decode_with_frames(
             hint_index: meta.c.get(),
             hint_term: meta.d.get(),
         },
-        5 => Body::Heartbeat { commit: meta.a.get(), round: meta.b.get(), sent_tick: meta.c.get() },
+        5 => Body::Heartbeat {
+            commit: meta.a.get(),
+            round: meta.b.get(),
+            sent_tick: meta.c.get(),
+            trimmed: meta.d.get(),
+        },
         6 => Body::HeartbeatResponse { round: meta.a.get(), sent_tick: meta.b.get() },
         7 => {
             let bad = || CodecError::Bad("truncated snapshot".into());
@@ -407,7 +413,7 @@ mod tests {
                 hint_index: 3,
                 hint_term: 4,
             },
-            Body::Heartbeat { commit: 8, round: 9, sent_tick: 10 },
+            Body::Heartbeat { commit: 8, round: 9, sent_tick: 10, trimmed: 7 },
             Body::HeartbeatResponse { round: 9, sent_tick: 10 },
             Body::InstallSnapshot {
                 snapshot: Snapshot {
@@ -449,7 +455,10 @@ mod tests {
             assert_eq!(decode(&buf, &msg, &FrameLimits::default()).unwrap(), m);
         }
         // Only acks carry it.
-        let hb = Message { body: Body::Heartbeat { commit: 1, round: 2, sent_tick: 3 }, ..m };
+        let hb = Message {
+            body: Body::Heartbeat { commit: 1, round: 2, sent_tick: 3, trimmed: 0 },
+            ..m
+        };
         let mut out = Vec::new();
         encode_timed(&mut out, 5, &hb, Some(7));
         let buf = Bytes::from(out);

@@ -573,25 +573,13 @@ impl GroupDriver {
                 .detach();
             }
             Input::Trim { index, reply } => {
-                let index = index.min(self.commit);
-                match self.node.trim(index, Bytes::new()) {
-                    Some(s) => {
-                        self.snapshot_meta = Some((s.index, s.term, s.membership.clone()));
-                        // The snapshot (its session table, then its metadata) must be durable
-                        // before the prefix goes.
-                        let saved = match save_sessions(&self.dir, self.group, &s) {
-                            Ok(()) => self.save_hard_state(self.node.hard_state()).await,
-                            Err(e) => Err(e),
-                        };
+                let group = self.group;
+                let leader = self.leader_hint();
+                match self.trim_prefix(index.min(self.commit)).await {
+                    Some((index, done)) => {
                         let log = self.log.clone();
-                        let group = self.group;
-                        let leader = self.leader_hint();
                         glommio::spawn_local(async move {
-                            let r = match saved {
-                                Ok(()) => log.trim_before(index + 1).await,
-                                Err(e) => Err(e),
-                            };
-                            match r {
+                            match done.await {
                                 Ok(()) => reply.send(
                                     group,
                                     ResponseMeta::new(Status::Ok, leader, index, log.first_index()),
@@ -607,18 +595,35 @@ impl GroupDriver {
                         .detach();
                     }
                     None => reply.send(
-                        self.group,
-                        ResponseMeta::new(
-                            Status::Ok,
-                            self.leader_hint(),
-                            index,
-                            self.log.first_index(),
-                        ),
+                        group,
+                        ResponseMeta::new(Status::Ok, leader, index, self.log.first_index()),
                         &[],
                     ),
                 }
             }
         }
+    }
+
+    /// Trims the log's prefix up to `index` (clamped to what is committed and durable). The
+    /// snapshot that replaces the prefix (its session table, then its metadata) is made
+    /// durable here, before anything goes; the returned future drops the prefix from the log.
+    /// `None`: nothing to trim.
+    async fn trim_prefix(
+        &mut self,
+        index: u64,
+    ) -> Option<(u64, impl Future<Output = Result<(), LogError>> + 'static)> {
+        let s = self.node.trim(index, Bytes::new())?;
+        self.snapshot_meta = Some((s.index, s.term, s.membership.clone()));
+        let saved = match save_sessions(&self.dir, self.group, &s) {
+            Ok(()) => self.save_hard_state(self.node.hard_state()).await,
+            Err(e) => Err(e),
+        };
+        let log = self.log.clone();
+        let index = s.index;
+        Some((index, async move {
+            saved?;
+            log.trim_before(index + 1).await
+        }))
     }
 
     fn propose(&mut self, entries: Vec<(u64, u64, Bytes)>, reply: ReplyTo, received: Instant) {
@@ -715,7 +720,7 @@ impl GroupDriver {
     }
 
     async fn execute(&mut self, ready: Ready) -> Result<(), LogError> {
-        let Ready { snapshot, entries, hard_state, messages, commit_index, replies, fetches } =
+        let Ready { snapshot, entries, hard_state, messages, commit_index, replies, fetches, trim } =
             ready;
         if let Some(s) = &snapshot {
             save_sessions(&self.dir, self.group, s)?;
@@ -837,6 +842,22 @@ impl GroupDriver {
                 }
                 CoreMetrics::add(&metrics.entries_fetched, entries.len() as u64);
                 handle.inbox.push(Input::Fetched { lo: f.lo, entries });
+            })
+            .detach();
+        }
+        // The leader trimmed (its application checkpointed): follow, so that a follower's disk
+        // does not keep what the group no longer needs.
+        // Only when a segment would go: each trim writes the session table and hard state.
+        if let Some(index) = trim
+            && self.log.trim_frees_segment(index)
+            && let Some((index, done)) = self.trim_prefix(index).await
+        {
+            let (group, metrics) = (self.group, self.metrics.clone());
+            glommio::spawn_local(async move {
+                if let Err(e) = done.await {
+                    tracing::error!(group, index, error = %e, "trimming the log after the leader failed");
+                    metrics.error("log_io");
+                }
             })
             .detach();
         }

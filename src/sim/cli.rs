@@ -84,7 +84,7 @@ pub fn run(args: &SimArgs) -> ExitCode {
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut violations: BTreeMap<String, u64> = BTreeMap::new();
     let mut failed = Vec::new();
-    let mut stats = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut stats = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     let mut seeds_run = 0;
     let mut liveness_ms: Vec<u64> = Vec::new();
     for seed in first..first + count {
@@ -104,6 +104,7 @@ pub fn run(args: &SimArgs) -> ExitCode {
         stats.3 += r.stats.lease_reads;
         stats.4 += r.snapshots_installed;
         stats.5 += r.fetches;
+        stats.6 += r.followed_trims;
         if r.violations.is_empty() {
             liveness_ms.push(r.liveness_us / 1000);
         }
@@ -130,8 +131,8 @@ pub fn run(args: &SimArgs) -> ExitCode {
         secs
     );
     println!(
-        "leaders elected: {}; proposals acknowledged: {}; reads: {} ({} lease); snapshots installed: {}; disk fetches: {}",
-        stats.0, stats.1, stats.2, stats.3, stats.4, stats.5
+        "leaders elected: {}; proposals acknowledged: {}; reads: {} ({} lease); snapshots installed: {}; disk fetches: {}; trims followed: {}",
+        stats.0, stats.1, stats.2, stats.3, stats.4, stats.5, stats.6
     );
     liveness_ms.sort_unstable();
     if let Some(&max) = liveness_ms.last() {

@@ -119,6 +119,8 @@ pub struct SimReport {
     pub committed: Index,
     /// Snapshots installed by followers.
     pub snapshots_installed: u64,
+    /// Trims a follower made because its leader had trimmed.
+    pub followed_trims: u64,
     /// Reads of evicted entries from disk.
     pub fetches: u64,
     /// Simulated time from the end of faults until a leader led and every client had
@@ -315,6 +317,7 @@ pub struct Sim {
     faults: BTreeMap<&'static str, u64>,
     messages: u64,
     snapshots_installed: u64,
+    followed_trims: u64,
     fetches: u64,
     liveness_us: u64,
     trace: Option<VecDeque<String>>,
@@ -381,6 +384,7 @@ impl Sim {
             faults: BTreeMap::new(),
             messages: 0,
             snapshots_installed: 0,
+            followed_trims: 0,
             fetches: 0,
             liveness_us: 0,
             trace: opts.trace.then(VecDeque::new),
@@ -503,6 +507,7 @@ impl Sim {
             messages: self.messages,
             committed: self.checker.max_committed,
             snapshots_installed: self.snapshots_installed,
+            followed_trims: self.followed_trims,
             fetches: self.fetches,
             liveness_us: self.liveness_us,
             trace: self.trace.map(Vec::from).unwrap_or_default(),
@@ -674,6 +679,7 @@ impl Sim {
             return;
         };
         let rd = core.take_ready();
+        let offered_trim = rd.trim;
         let checker = &mut self.checker;
         if let Some(hs) = rd.hard_state {
             checker.on_hard_state(id, node.last_hard_state, hs);
@@ -744,6 +750,14 @@ impl Sim {
         {
             self.isolate_index(i);
             self.fault("isolate-new-leader");
+        }
+        // A follower follows its leader's trim, or lets it pass (a real runtime waits until a
+        // whole segment would go); it is offered again when it advances.
+        if let Some(t) = offered_trim
+            && self.rng.chance_ppm(500_000)
+        {
+            self.followed_trims += 1;
+            self.trim_to(i, t);
         }
         for fetch in rd.fetches {
             let epoch = self.nodes[i].epoch;
@@ -848,10 +862,18 @@ impl Sim {
 
     fn trim(&mut self, i: usize) {
         let back = self.rng.below(40);
-        let Some(core) = self.nodes[i].core.as_mut() else {
+        let Some(core) = self.nodes[i].core.as_ref() else {
             return;
         };
         let to = core.commit_index().saturating_sub(back);
+        self.trim_to(i, to);
+    }
+
+    /// Trims node `i`'s log up to `to` (clamped by the core), as its runtime would.
+    fn trim_to(&mut self, i: usize, to: Index) {
+        let Some(core) = self.nodes[i].core.as_mut() else {
+            return;
+        };
         let blob = Bytes::from(format!("app-state@{to}"));
         if let Some(s) = core.trim(to, blob) {
             let disk = &mut self.nodes[i].disk;
