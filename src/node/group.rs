@@ -238,8 +238,16 @@ fn decode_sessions(group: u64, b: &[u8]) -> Option<(u64, u64, Vec<SessionRecord>
     Some((index, applied, records))
 }
 
-/// Makes the snapshot's session table durable (blocking file I/O: snapshots are rare).
-fn save_sessions(dir: &Path, group: u64, s: &Snapshot) -> Result<(), LogError> {
+/// Makes the snapshot's session table durable. The file is written, synced and renamed into
+/// place on the executor's blocking thread (one per executor): an fsync under a busy disk
+/// takes tens of milliseconds, which would stall every group of the core.
+async fn save_sessions(dir: &Path, group: u64, s: &Snapshot) -> Result<(), LogError> {
+    let bytes = encode_sessions(group, s);
+    let dir = dir.to_path_buf();
+    glommio::executor().spawn_blocking(move || write_sessions_file(&dir, &bytes)).await
+}
+
+fn write_sessions_file(dir: &Path, bytes: &[u8]) -> Result<(), LogError> {
     use std::io::Write;
     let path = dir.join(SESSIONS_FILE);
     let tmp = dir.join(format!("{SESSIONS_FILE}.tmp"));
@@ -250,7 +258,7 @@ fn save_sessions(dir: &Path, group: u64, s: &Snapshot) -> Result<(), LogError> {
         source: Arc::new(e),
     };
     let mut f = std::fs::File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
-    f.write_all(&encode_sessions(group, s)).map_err(|e| io("write", &tmp, e))?;
+    f.write_all(bytes).map_err(|e| io("write", &tmp, e))?;
     f.sync_all().map_err(|e| io("fsync", &tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| io("rename", &path, e))?;
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync", dir, e))
@@ -614,7 +622,7 @@ impl GroupDriver {
     ) -> Option<(u64, impl Future<Output = Result<(), LogError>> + 'static)> {
         let s = self.node.trim(index, Bytes::new())?;
         self.snapshot_meta = Some((s.index, s.term, s.membership.clone()));
-        let saved = match save_sessions(&self.dir, self.group, &s) {
+        let saved = match save_sessions(&self.dir, self.group, &s).await {
             Ok(()) => self.save_hard_state(self.node.hard_state()).await,
             Err(e) => Err(e),
         };
@@ -723,7 +731,7 @@ impl GroupDriver {
         let Ready { snapshot, entries, hard_state, messages, commit_index, replies, fetches, trim } =
             ready;
         if let Some(s) = &snapshot {
-            save_sessions(&self.dir, self.group, s)?;
+            save_sessions(&self.dir, self.group, s).await?;
             self.log.reset(s.index + 1).await?;
             self.snapshots_installed += 1;
             self.snapshot_meta = Some((s.index, s.term, s.membership.clone()));
