@@ -292,6 +292,48 @@ fn trim_recycles_segments_and_reset_restarts() {
 }
 
 #[test]
+fn a_log_trimmed_as_it_grows_recycles_and_zero_fills_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let cfg = LogConfig { spare_segments: 1, spare_segments_max: 4, ..small_config() };
+        let spares = |p: &std::path::Path| {
+            std::fs::read_dir(p)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("spare-"))
+                .count()
+        };
+        let (log, _) = Log::open(&path, cfg.clone()).await.unwrap();
+        // Each round appends about 1.5 segments, then trims all but the last 50 entries (as a
+        // database that checkpoints behind its writes).
+        let mut zero_filled_after_warmup = 0;
+        for round in 0..14 {
+            let last = append_n(&log, 1, 400, 1, 4000).await;
+            log.sync().await.unwrap();
+            log.trim_before(last - 50).await.unwrap();
+            assert!(spares(&path) <= 4, "round {round}: {} spares kept", spares(&path));
+            if round == 3 {
+                zero_filled_after_warmup = log.stats().segments_zero_filled;
+            }
+        }
+        let st = log.stats();
+        assert_eq!(
+            st.segments_zero_filled, zero_filled_after_warmup,
+            "segments zero-filled in steady state (recycled {})",
+            st.segments_recycled
+        );
+        assert!(st.segments_recycled >= 10, "recycled {}", st.segments_recycled);
+        let (first, last) = (log.first_index(), log.last_index());
+        check_range(&log, first, last, 4000).await;
+        log.close().await.unwrap();
+        let (log, _) = Log::open(&path, cfg).await.unwrap();
+        assert_eq!((log.first_index(), log.last_index()), (first, last));
+        check_range(&log, first, last, 4000).await;
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
 fn dsync_mode_works() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();

@@ -1530,7 +1530,8 @@ impl Log {
         self.retire(removed).await
     }
 
-    /// Recycles (as spares, up to twice `spare_segments`) or deletes retired segments, then syncs the directory.
+    /// Recycles (as spares, up to `spare_segments_max`) or deletes retired segments, then
+    /// syncs the directory.
     async fn retire(&self, segments: Vec<Segment>) -> LogResult<()> {
         if segments.is_empty() {
             return Ok(());
@@ -1539,9 +1540,9 @@ impl Log {
         for seg in segments {
             let (want_spare, n) = {
                 let mut st = self.shared.st.borrow_mut();
-                // Keep up to twice the target: a recycled segment saves a zero-fill later, and
-                // the zero-filling preparer only runs below the target.
-                let want = st.spares.len() < 2 * st.cfg.spare_segments.max(1);
+                // A recycled segment saves a zero-fill later (and the zero-filling preparer only
+                // runs below `spare_segments`).
+                let want = st.spares.len() < st.cfg.spare_segments_max.max(st.cfg.spare_segments);
                 let n = st.spare_counter;
                 if want {
                     st.spare_counter += 1;

@@ -61,6 +61,8 @@ pub struct NodeConfig {
     pub heartbeat_ticks: u32,
     /// Segment size of each log, bytes.
     pub segment_bytes: u64,
+    /// Trimmed segments each log keeps for reuse (see `LogConfig::spare_segments_max`).
+    pub spare_segments_max: usize,
     /// Most bytes per log flush.
     pub flush_bytes_max: usize,
     /// Log flushes in flight at once (see `LogConfig::flushes_in_flight_max`).
@@ -133,6 +135,7 @@ impl Default for NodeConfig {
             election_ticks: 30,
             heartbeat_ticks: 3,
             segment_bytes: 64 << 20,
+            spare_segments_max: 8,
             flush_bytes_max: 1 << 20,
             flushes_in_flight_max: LogConfig::new(0).flushes_in_flight_max,
             flush_pipeline_bytes: 256 << 10,
@@ -205,6 +208,7 @@ impl NodeConfig {
     pub fn log_config(&self, group: u64) -> LogConfig {
         LogConfig {
             segment_bytes: self.segment_bytes,
+            spare_segments_max: self.spare_segments_max,
             flush_bytes_max: self.flush_bytes_max,
             flushes_in_flight_max: self.flushes_in_flight_max,
             sync: self.sync,
@@ -398,6 +402,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "segment_bytes",
         flag: "segment-bytes",
         doc: "Segment size of each log, bytes.",
+    },
+    Setting {
+        key: "spare_segments_max",
+        flag: "spare-segments-max",
+        doc: "Trimmed segments each log keeps for reuse instead of deleting them (a reused \
+              segment needs no zero-fill before use).",
     },
     Setting { key: "flush_bytes_max", flag: "flush-bytes-max", doc: "Most bytes per log flush." },
     Setting {
