@@ -92,6 +92,12 @@ fn default_phases_write_every_report_and_the_page_renders() {
     assert_eq!(j["settings"]["replicas"], 3);
     assert_eq!(j["phases"].as_array().unwrap().len(), 2);
     assert_eq!(j["appends_per_sec"].as_f64().unwrap().round(), sat);
+    // The local cluster is trimmed behind its commit index once a second (each trim up to
+    // what the previous round saw committed): at least one trim in 2.5 s of load, none failed.
+    assert_eq!(j["settings"]["checkpoint_every_s"], 1.0);
+    assert!(j["checkpoints"]["trims"].as_u64().unwrap() >= 1, "{}", j["checkpoints"]);
+    assert_eq!(j["checkpoints"]["errors"], 0, "{}", j["checkpoints"]);
+    assert!(stdout.contains("trim      every 1s behind the commit index"), "{stdout}");
     // What the data directory's disk wrote: at least the payload of all three replicas
     // (every acknowledged append was written and synced within the window, give or take the
     // flushes in flight at its edges), when the directory is on a block device.
@@ -228,6 +234,8 @@ fn an_existing_cluster_gives_its_stages_through_its_metrics_endpoints() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert_eq!(summary_field(&stdout, "errors"), 0.0);
+    // Someone else's cluster is never trimmed unless asked.
+    assert!(stdout.contains("trim      never"), "{stdout}");
     for (stage, _) in corelog::node::stages::STAGES {
         let row = stdout
             .lines()

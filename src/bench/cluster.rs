@@ -16,6 +16,13 @@
 //! `timeseries.csv` and `report.html` into the output directory. `--compare` measures the
 //! machine's own limits first ([`super::compare`]) and states corelog's figures as fractions
 //! of them.
+//!
+//! While it runs, the local cluster's log is trimmed once a second behind its commit index
+//! (`--checkpoint-every`, [`Checkpointer`]), as by a database that checkpoints: what a WAL tier
+//! does in steady state, where trimmed segments are recycled and no new segment is
+//! zero-filled. `--checkpoint-every 0s` lets the log grow instead (every segment is then
+//! zero-filled before use, which about doubles what the disk writes). An existing cluster is
+//! never trimmed unless asked.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -92,9 +99,102 @@ pub struct ClusterArgs {
     /// `--metrics`.
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// Trim every group's log this often behind its commit index (each trim up to the commit
+    /// index seen at the previous one), as a database's checkpoints would; `0s`: never.
+    /// Default: 1s for the local cluster, never for an existing one (`--addresses`).
+    #[arg(long, value_parser = parse_duration)]
+    pub checkpoint_every: Option<Duration>,
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+}
+
+impl ClusterArgs {
+    /// The checkpoint interval in effect (zero: never).
+    pub fn checkpoint_interval(&self) -> Duration {
+        let default =
+            if self.addresses.is_empty() { Duration::from_secs(1) } else { Duration::ZERO };
+        self.checkpoint_every.unwrap_or(default)
+    }
+}
+
+/// Trims the log of every group once per interval, up to the commit index the previous round
+/// saw (so about one interval of log stays), from a thread of its own with a blocking client.
+pub struct Checkpointer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<CheckpointStats>,
+}
+
+/// What the checkpointer did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckpointStats {
+    /// Trims answered OK (one per group and round).
+    pub trims: u64,
+    /// Rounds in which a status or trim failed (the next round tries again).
+    pub errors: u64,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+}
+
+impl Checkpointer {
+    /// Starts trimming `groups` of the cluster at `nodes` every `every`.
+    pub fn start(
+        nodes: &[SocketAddr],
+        groups: u64,
+        every: Duration,
+    ) -> Result<Checkpointer, String> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let mut cfg = crate::client::ClientConfig::new(nodes.to_vec());
+        cfg.deadline = Duration::from_secs(2);
+        let mut client = crate::client::Client::new(cfg).map_err(|e| e.to_string())?;
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("bench-checkpoint".into())
+            .spawn(move || {
+                let mut stats = CheckpointStats::default();
+                let mut seen = vec![0u64; groups as usize];
+                let mut next = std::time::Instant::now() + every;
+                while !stopped.load(Ordering::Relaxed) {
+                    if std::time::Instant::now() < next {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                    next += every;
+                    for (g, seen) in seen.iter_mut().enumerate() {
+                        let mut round = || -> Result<u64, String> {
+                            let text = client.status(g as u64).map_err(|e| e.to_string())?;
+                            let v: serde_json::Value =
+                                serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                            let commit = v["commit_index"].as_u64().ok_or("no commit_index")?;
+                            if *seen > 0 {
+                                client.trim(g as u64, *seen).map_err(|e| e.to_string())?;
+                            }
+                            Ok(commit)
+                        };
+                        match round() {
+                            Ok(commit) => {
+                                stats.trims += u64::from(*seen > 0);
+                                *seen = commit;
+                            }
+                            Err(e) => {
+                                stats.errors += 1;
+                                stats.last_error = Some(format!("group {g}: {e}"));
+                            }
+                        }
+                    }
+                }
+                stats
+            })
+            .map_err(|e| format!("starting the checkpoint thread: {e}"))?;
+        Ok(Checkpointer { stop, thread })
+    }
+
+    /// Stops and says what it did.
+    pub fn finish(self) -> CheckpointStats {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
 }
 
 /// Appends in flight allowed in the open loop, as a multiple of `--concurrency`.
@@ -154,6 +254,9 @@ pub struct ClusterReport {
     pub peak_rss_mib: f64,
     pub out_dir: PathBuf,
     pub limits: Option<compare::Limits>,
+    /// Trim interval (0: the log was never trimmed) and what the trims did.
+    pub checkpoint_every_s: f64,
+    pub checkpoints: Option<CheckpointStats>,
 }
 
 fn q(h: &Histogram<u64>, p: f64) -> u64 {
@@ -423,7 +526,7 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
     for n in nodes {
         n.shutdown()?;
     }
-    let (phases, stages) = result?;
+    let (phases, stages, checkpoints) = result?;
     let replicas = if local { args.replicas } else { args.addresses.len() as u64 };
     let reports: Vec<PhaseReport> = phases.iter().map(|p| phase_report(p, replicas)).collect();
     let sat = reports.iter().find(|p| p.offered_per_sec.is_none()).unwrap_or(&reports[0]);
@@ -443,6 +546,8 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
         out_dir: out_dir.clone(),
         limits,
         phases: reports.clone(),
+        checkpoint_every_s: args.checkpoint_interval().as_secs_f64(),
+        checkpoints,
     };
     // stdout.
     for line in header.iter().chain(&warnings) {
@@ -457,6 +562,21 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
         r.replicas,
         args.seed
     );
+    match &r.checkpoints {
+        Some(c) => println!(
+            "trim      every {:?} behind the commit index, as a checkpointing database would: {} \
+             trims{}",
+            args.checkpoint_interval(),
+            c.trims,
+            match &c.last_error {
+                Some(e) => format!(", {} failed rounds (last: {e})", c.errors),
+                None => String::new(),
+            }
+        ),
+        None => {
+            println!("trim      never: the log grows (new segments are zero-filled before use)")
+        }
+    }
     for p in &reports {
         print_phase(p);
     }
@@ -498,15 +618,16 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
     Ok(r)
 }
 
-/// The phases: warm-up + saturation (unless `--rate`), then the open loop. Returns the phases
-/// and the stage breakdown of the open loop.
+/// The phases: warm-up + saturation (unless `--rate`), then the open loop, with the
+/// checkpointer trimming behind them. Returns the phases, the stage breakdown of the open loop
+/// and what the checkpointer did.
 #[allow(clippy::type_complexity)]
 fn run_phases(
     args: &ClusterArgs,
     addresses: &[SocketAddr],
     data_dir: Option<&std::path::Path>,
     node_stages: &dyn Fn() -> Option<Vec<(String, Histogram<u64>)>>,
-) -> Result<(Vec<PhaseResult>, Vec<(String, Histogram<u64>)>), String> {
+) -> Result<(Vec<PhaseResult>, Vec<(String, Histogram<u64>)>, Option<CheckpointStats>), String> {
     // The closed loop keeps `concurrency` in flight by itself; the bound of the clients is
     // the open loop's, with room for a backlog (four times the closed loop's) so that the
     // pacers are not held back by the window while the cluster keeps up.
@@ -524,6 +645,12 @@ fn run_phases(
     }
     gen_.wait_ready(Duration::from_secs(10))
         .map_err(|e| format!("the cluster does not accept appends: {e}"))?;
+    let every = args.checkpoint_interval();
+    let checkpointer = if every.is_zero() {
+        None
+    } else {
+        Some(Checkpointer::start(addresses, args.groups, every)?)
+    };
     let mut progress = Progress::new(args.quiet);
     let mut phases = Vec::new();
     let rate = match args.rate {
@@ -553,6 +680,7 @@ fn run_phases(
             phases.push(sat);
             if r < 1.0 {
                 gen_.close();
+                checkpointer.map(Checkpointer::finish);
                 return Err("the saturation phase completed no appends".into());
             }
             r
@@ -566,6 +694,7 @@ fn run_phases(
     let open = gen_.open_loop(&name, rate, args.duration, &mut progress);
     let after = node_stages();
     gen_.close();
+    let checkpoints = checkpointer.map(Checkpointer::finish);
     let mut stages = vec![("generator: due → sent".to_string(), open.send_lag.clone())];
     match (before, after) {
         // A local cluster: the leaders' own stages of the open loop's appends (the counts
@@ -580,7 +709,7 @@ fn run_phases(
         _ => stages.push(("cluster: sent → acknowledged".to_string(), open.service.clone())),
     }
     phases.push(open);
-    Ok((phases, stages))
+    Ok((phases, stages, checkpoints))
 }
 
 /// The stage histograms of the local nodes (nanoseconds), summed over the nodes (only a
@@ -699,6 +828,7 @@ fn write_outputs(
         "seed": args.seed,
         "addresses": args.addresses,
         "compare": args.compare,
+        "checkpoint_every_s": r.checkpoint_every_s,
     });
     let open = phases.iter().rev().find(|p| p.offered_per_sec.is_some());
     let summary = serde_json::json!({
@@ -718,6 +848,7 @@ fn write_outputs(
         "warnings": warnings,
         "phases": r.phases,
         "limits": r.limits,
+        "checkpoints": r.checkpoints,
     });
     let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())? + "\n";
     write("summary.json", &text)?;
