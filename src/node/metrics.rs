@@ -214,6 +214,7 @@ impl GroupGauges {
             commit_index: self.commit_index.get(),
             last_index: self.last_index.get(),
             durable_index: self.log.durable_index(),
+            first_index: self.log.first_index(),
             is_leader: self.is_leader.get(),
             leader: self.leader.get(),
             follower_lag: self.follower_lag.borrow().clone(),
@@ -237,6 +238,8 @@ pub struct GroupSnapshot {
     pub commit_index: u64,
     pub last_index: u64,
     pub durable_index: u64,
+    /// First index the local log holds (the prefix before it was trimmed).
+    pub first_index: u64,
     pub is_leader: bool,
     /// The leader's id (0: none known).
     pub leader: u64,
@@ -510,6 +513,12 @@ impl NodeSnapshot {
                 Box::new(|g| g.durable_index),
             ),
             (
+                "corelog_first_index",
+                "gauge",
+                "First index in the local log (everything before it was trimmed).",
+                Box::new(|g| g.first_index),
+            ),
+            (
                 "corelog_is_leader",
                 "gauge",
                 "1 when this node leads the group.",
@@ -539,6 +548,18 @@ impl NodeSnapshot {
                 "counter",
                 "Entries appended to the log.",
                 Box::new(|g| g.log.entries_appended),
+            ),
+            (
+                "corelog_log_segments_zero_filled_total",
+                "counter",
+                "Segments written with zeros before use (none once trimmed segments are reused).",
+                Box::new(|g| g.log.segments_zero_filled),
+            ),
+            (
+                "corelog_log_segments_recycled_total",
+                "counter",
+                "Trimmed segments kept for reuse instead of being deleted.",
+                Box::new(|g| g.log.segments_recycled),
             ),
         ];
         for (name, kind, help, f) in &figures {
