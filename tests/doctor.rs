@@ -198,6 +198,19 @@ fn mountinfo_lookup() {
         Some(("/dev/sdb1".into(), "xfs".into()))
     );
     assert_eq!(mount_source(mi, Path::new("/home")), Some(("/dev/vda".into(), "ext4".into())));
+    // Options: the mount's own, then the file system's.
+    assert_eq!(mount_options(mi, Path::new("/data/wal")).as_deref(), Some("rw,relatime,rw,ssd"));
+    let online = "27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw,discard,errors=continue\n";
+    assert_eq!(
+        check_discard(mount_options(online, Path::new("/var/tmp")).as_deref()).verdict,
+        Verdict::Warn
+    );
+    assert_eq!(
+        check_discard(mount_options(mi, Path::new("/home")).as_deref()).verdict,
+        Verdict::Pass
+    );
+    assert_eq!(check_discard(Some("rw,nodiscard")).verdict, Verdict::Pass);
+    assert_eq!(check_discard(None).verdict, Verdict::Skip);
 }
 
 /// A fake sysfs: disk `sdz` (8:0) with partition `sdz1` (8:1) on PCI function 0000:00:05.0
@@ -281,6 +294,7 @@ fn all_checks_on_a_fixture_host() {
     write(&root, "sys/kernel/mm/transparent_hugepage/enabled", "[always] madvise never\n");
     write(&root, "proc/swaps", "Filename Type Size Used Priority\n");
     write(&root, "proc/sys/vm/swappiness", "60\n");
+    write(&root, "proc/self/mountinfo", "27 1 8:1 / / rw,relatime - ext4 /dev/sdz1 rw,discard\n");
     write(&root, "sys/devices/system/cpu/cpu0/cpufreq/scaling_governor", "powersave\n");
     write(&root, "sys/devices/system/cpu/cpu1/cpufreq/scaling_governor", "performance\n");
     write(&root, "sys/devices/system/clocksource/clocksource0/current_clocksource", "hpet\n");
@@ -301,6 +315,7 @@ fn all_checks_on_a_fixture_host() {
     assert_eq!(v("volatile write cache").verdict, Verdict::Pass);
     assert_eq!(v("transparent huge pages").verdict, Verdict::Warn);
     assert_eq!(v("swap").verdict, Verdict::Pass);
+    assert_eq!(v("online discard").verdict, Verdict::Warn);
     assert_eq!(v("CPU governor").verdict, Verdict::Warn);
     assert_eq!(v("clock source").verdict, Verdict::Warn);
     // IRQs 90 and 91 fire on cpus 2 and 3; corelog pins 0 and 1 of 4.

@@ -440,6 +440,17 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
                 dir.display()
             ));
         }
+        let abs = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        if crate::tools::doctor::mount_options(&mountinfo, &abs)
+            .is_some_and(|o| o.split(',').any(|x| x == "discard"))
+        {
+            warnings.push(format!(
+                "note: {} is mounted with `discard`: each segment deleted is discarded at once, \
+                 which slows the writes beside it (corelog doctor).",
+                dir.display()
+            ));
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         if (args.replicas as usize) > cores {
             warnings.push(format!(
