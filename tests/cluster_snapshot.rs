@@ -9,14 +9,31 @@ use std::time::{Duration, Instant};
 
 use common::{ProcCluster, Writer, check_acked};
 
-#[test]
-fn a_follower_behind_a_trim_is_caught_up_by_a_snapshot_then_the_log() {
-    // Small segments: the trim drops whole segments.
+/// Three running nodes with small segments (a trim drops whole segments), and the leader.
+fn small_segment_cluster() -> (ProcCluster, u64) {
     let mut c = ProcCluster::new(3, 3, |cfg| cfg.segment_bytes = 1 << 20);
     for id in 1..=3 {
         c.spawn(id);
     }
     let leader = c.leader(&[1, 2, 3], Duration::from_secs(10));
+    (c, leader)
+}
+
+/// Four writers until `n` appends are acknowledged: what was acknowledged, (index, payload).
+fn write_until(c: &ProcCluster, n: usize) -> Vec<(u64, Vec<u8>)> {
+    let writers: Vec<Writer> =
+        (0..4).map(|w| Writer::start(c.addrs(&[1, 2, 3]), &format!("s{w}"))).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while writers.iter().map(|w| w.count()).sum::<usize>() < n {
+        assert!(Instant::now() < deadline, "the writers are too slow");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    writers.into_iter().flat_map(|w| w.finish()).collect()
+}
+
+#[test]
+fn a_follower_behind_a_trim_is_caught_up_by_a_snapshot_then_the_log() {
+    let (c, leader) = small_segment_cluster();
     let follower = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
     let before = c.status(follower).unwrap();
     assert_eq!(before["snapshots_installed"], 0);
@@ -27,14 +44,7 @@ fn a_follower_behind_a_trim_is_caught_up_by_a_snapshot_then_the_log() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(12_000);
-    let writers: Vec<Writer> =
-        (0..4).map(|w| Writer::start(c.addrs(&[1, 2, 3]), &format!("s{w}"))).collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while writers.iter().map(|w| w.count()).sum::<usize>() < n {
-        assert!(Instant::now() < deadline, "the writers are too slow");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut acked: Vec<(u64, Vec<u8>)> = writers.into_iter().flat_map(|w| w.finish()).collect();
+    let mut acked = write_until(&c, n);
     let last = acked.iter().map(|(i, _)| *i).max().unwrap();
     // A trim applies to the node that receives it: the leader here.
     let mut admin = c.probe(&[leader]);
@@ -82,22 +92,11 @@ fn a_follower_behind_a_trim_is_caught_up_by_a_snapshot_then_the_log() {
 #[test]
 fn followers_trim_where_the_leader_trimmed_and_recover_from_it() {
     use common::segment_files;
-    let mut c = ProcCluster::new(3, 3, |cfg| cfg.segment_bytes = 1 << 20);
-    for id in 1..=3 {
-        c.spawn(id);
-    }
-    let leader = c.leader(&[1, 2, 3], Duration::from_secs(10));
+    let (mut c, leader) = small_segment_cluster();
     let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
     let group_dir = |c: &ProcCluster, id: u64| c.cfgs[id as usize - 1].data_dir.join("group-0");
 
-    let writers: Vec<Writer> =
-        (0..4).map(|w| Writer::start(c.addrs(&[1, 2, 3]), &format!("s{w}"))).collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while writers.iter().map(|w| w.count()).sum::<usize>() < 12_000 {
-        assert!(Instant::now() < deadline, "the writers are too slow");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let acked: Vec<(u64, Vec<u8>)> = writers.into_iter().flat_map(|w| w.finish()).collect();
+    let acked = write_until(&c, 12_000);
     let last = acked.iter().map(|(i, _)| *i).max().unwrap();
     let before: Vec<usize> =
         followers.iter().map(|&f| segment_files(&group_dir(&c, f)).len()).collect();
