@@ -440,11 +440,8 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
                 dir.display()
             ));
         }
-        let abs = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        if crate::tools::doctor::mount_options(&mountinfo, &abs)
-            .is_some_and(|o| o.split(',').any(|x| x == "discard"))
-        {
+        use crate::tools::doctor::{Sys, mount_options_of_dir, online_discard};
+        if mount_options_of_dir(&Sys::host(), &dir).is_some_and(|o| online_discard(&o)) {
             warnings.push(format!(
                 "note: {} is mounted with `discard`: each segment deleted is discarded at once, \
                  which slows the writes beside it (corelog doctor).",

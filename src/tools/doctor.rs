@@ -273,6 +273,17 @@ pub fn mount_options(mountinfo: &str, path: &Path) -> Option<String> {
     best.map(|(_, o)| o)
 }
 
+/// The options of the mount that holds `dir` (see [`mount_options`]).
+pub fn mount_options_of_dir(sys: &Sys, dir: &Path) -> Option<String> {
+    let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    mount_options(&sys.read("proc/self/mountinfo")?, &abs)
+}
+
+/// Whether mount `options` turn on online discard.
+pub fn online_discard(options: &str) -> bool {
+    options.split(',').any(|x| x == "discard")
+}
+
 /// Online discard (`discard` mount option): every block freed is discarded at once. A log that
 /// deletes segments then makes the device discard 64 MiB at a time, and on the test VM that
 /// slowed the writes and flushes queued beside it to 16-29 ms. Trimmed segments are reused
@@ -281,7 +292,7 @@ pub fn check_discard(options: Option<&str>) -> Check {
     let Some(o) = options else {
         return Check::new("online discard", "off", "unknown (no mount found)", Verdict::Skip);
     };
-    if o.split(',').any(|x| x == "discard") {
+    if online_discard(o) {
         Check::new("online discard", "off", "discard", Verdict::Warn).hint(
             "deleted segments are discarded at once and stall writes beside them; mount without \
              `discard` and run fstrim periodically (fstrim.timer)",
@@ -816,9 +827,7 @@ pub fn checks(sys: &Sys, t: &Target) -> Vec<Check> {
         Err(e) => e.clone(),
     };
     out.push(check_fs(&fs, &source));
-    let abs = std::fs::canonicalize(&t.dir).unwrap_or_else(|_| t.dir.clone());
-    let mountinfo = sys.read("proc/self/mountinfo").unwrap_or_default();
-    out.push(check_discard(mount_options(&mountinfo, &abs).as_deref()));
+    out.push(check_discard(mount_options_of_dir(sys, &t.dir).as_deref()));
     out.push(check_direct_io(&probe_direct_io(&t.dir)));
 
     let disks: Vec<String> = dev.as_ref().map(|d| d.disks.clone()).unwrap_or_default();
