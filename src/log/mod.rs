@@ -97,6 +97,11 @@ pub struct LogStats {
     pub segments_recycled: u64,
     /// Most flushes that were in flight at once.
     pub peak_flushes_in_flight: u64,
+    /// Frames that reads took from disk (the rest came from memory).
+    pub frames_read_from_disk: u64,
+    /// Reads that found a frame neither in memory nor durable and waited for its flush
+    /// (expected to stay 0: a buffer in flight stays in memory until its write completes).
+    pub reads_waited_for_flush: u64,
     /// Time of each flush (write, plus fdatasync where used), nanoseconds.
     pub flush_latency_ns: Histogram<u64>,
     /// Bytes written by each flush (whole blocks).
@@ -114,6 +119,8 @@ impl LogStats {
             segments_activated: 0,
             segments_zero_filled: 0,
             peak_flushes_in_flight: 0,
+            frames_read_from_disk: 0,
+            reads_waited_for_flush: 0,
             segments_recycled: 0,
             flush_latency_ns: Histogram::new_with_bounds(1_000, 60_000_000_000, 3)
                 .expect("valid histogram bounds"),
@@ -473,9 +480,15 @@ impl State {
         }
     }
 
+    /// Drops the oldest cached buffers beyond the budget, but never the buffer of a flush in
+    /// flight: until its write completes, memory is the only place its frames are (the newest
+    /// `inflight.len()` entries are those buffers; they are bounded by `flushes_in_flight_max`,
+    /// outside this budget).
     fn evict(&mut self) {
         let cap = self.buf_cap();
-        while self.recent_bytes > self.cfg.recent_cache_bytes && !self.recent.is_empty() {
+        while self.recent_bytes > self.cfg.recent_cache_bytes
+            && self.recent.len() > self.inflight.len()
+        {
             let old = self.recent.pop_front().expect("non-empty");
             self.recent_bytes -= old.charge(cap);
         }
@@ -1229,6 +1242,11 @@ impl Log {
     /// Reads the entries `lo..=hi`, at most about `max_bytes` of frames (at least one frame).
     /// Recent frames come from memory, older ones from disk (verified again on the way in).
     pub async fn read(&self, lo: u64, hi: u64, max_bytes: usize) -> LogResult<Vec<ReadFrame>> {
+        enum Plan {
+            Memory(ReadFrame),
+            Wait(u64),
+            Disk(Rc<DmaFile>, PathBuf, Vec<FrameLoc>, usize),
+        }
         let mut out = Vec::new();
         let mut next = lo;
         let mut bytes = 0usize;
@@ -1246,7 +1264,8 @@ impl Log {
                 };
                 let loc = st.frames[pos];
                 let want_hi = hi.min(loc.last_index());
-                // 1. Memory: the open buffer, or a buffer in flight or recently flushed.
+                // 1. Memory: the open buffer, or a buffer in flight or recently flushed, or
+                //    the pieces of a frame that a pipelined flush cut in two.
                 if let Some(mem) = st.in_memory(&loc) {
                     let bytes = match mem {
                         InMemory::Open(b) => FrameBytes::Owned(b.to_vec()),
@@ -1254,9 +1273,19 @@ impl Log {
                             FrameBytes::Cached(c.data.clone(), start, loc.len as usize)
                         }
                     };
-                    Err(ReadFrame { bytes, lo: next, hi: want_hi })
+                    Plan::Memory(ReadFrame { bytes, lo: next, hi: want_hi })
+                } else if let Some(copy) = st.assemble(&loc) {
+                    let bytes = FrameBytes::Cached(CacheData::Heap(copy), 0, loc.len as usize);
+                    Plan::Memory(ReadFrame { bytes, lo: next, hi: want_hi })
+                } else if loc.last_index() > st.durable_index {
+                    // Not in memory and perhaps not yet written: never read the disk there
+                    // (it holds zeros or a recycled segment's old frames). Buffers in flight
+                    // are never evicted, so this is not expected; wait rather than misread.
+                    debug_assert!(false, "frame {loc:?} neither in memory nor durable");
+                    Plan::Wait(loc.last_index())
                 } else {
-                    // 2. Disk: read this frame and the contiguous frames after it in one go.
+                    // 2. Disk: read this frame and the contiguous durable frames after it in
+                    //    one go (frames past the durable index may not be written yet).
                     let seg = st.segment(loc.segment).expect("frame's segment");
                     let mut span: Vec<FrameLoc> = vec![loc];
                     let mut span_bytes = loc.len as usize;
@@ -1264,6 +1293,7 @@ impl Log {
                         let prev = span.last().expect("non-empty");
                         if f.segment != loc.segment
                             || f.first_index > hi
+                            || f.last_index() > st.durable_index
                             || f.offset != prev.offset + u64::from(prev.len)
                             || bytes + span_bytes + f.len as usize > max_bytes.max(loc.len as usize)
                             || span_bytes >= 1 << 20
@@ -1273,16 +1303,25 @@ impl Log {
                         span_bytes += f.len as usize;
                         span.push(*f);
                     }
-                    Ok((seg.file.clone(), seg.path.clone(), span, span_bytes, st.cfg.frame_limits))
+                    Plan::Disk(seg.file.clone(), seg.path.clone(), span, span_bytes)
                 }
             };
             match plan {
-                Err(frame) => {
+                Plan::Memory(frame) => {
                     bytes += frame.bytes().len();
                     next = frame.hi + 1;
                     out.push(frame);
                 }
-                Ok((file, path, span, span_bytes, limits)) => {
+                Plan::Wait(index) => {
+                    self.shared.st.borrow_mut().stats.reads_waited_for_flush += 1;
+                    self.wait_durable(index).await?
+                }
+                Plan::Disk(file, path, span, span_bytes) => {
+                    let limits = {
+                        let mut st = self.shared.st.borrow_mut();
+                        st.stats.frames_read_from_disk += span.len() as u64;
+                        st.cfg.frame_limits
+                    };
                     let first = span[0];
                     let data = io::read_at(&file, &path, first.offset, span_bytes).await?;
                     if data.len() < span_bytes {

@@ -561,6 +561,12 @@ impl NodeSnapshot {
                 "Trimmed segments kept for reuse instead of being deleted.",
                 Box::new(|g| g.log.segments_recycled),
             ),
+            (
+                "corelog_log_frames_read_from_disk_total",
+                "counter",
+                "Frames that reads (followers catching up, tails, clients) took from disk, not memory.",
+                Box::new(|g| g.log.frames_read_from_disk),
+            ),
         ];
         for (name, kind, help, f) in &figures {
             let values = per_group(f.as_ref());
