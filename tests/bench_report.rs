@@ -204,6 +204,40 @@ fn a_fixed_rate_skips_saturation_and_sizes_follow_the_distribution() {
     assert!((1200.0..1900.0).contains(&mean), "mean entry {mean} bytes");
 }
 
+/// `--compare` measures the disk and loopback first, then the disk under the replicas' own
+/// pattern of the saturation phase (one writer per replica at their mean flush size), and
+/// states the cluster's bandwidth as a fraction of each.
+#[test]
+fn compare_measures_the_disk_under_the_replicas_own_pattern() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (out, data) = (tmp.path().join("out"), tmp.path().join("data"));
+    let stdout = bench(&out, &data, &["--warmup", "0s", "--concurrency", "64", "--compare"]);
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let limits = &j["limits"];
+    assert_eq!(limits["disk"].as_array().expect("disk points").len(), 3, "{limits}");
+    let same = &limits["same_pattern"];
+    assert_eq!(same["writers"], 3, "{limits}");
+    let size = same["write_bytes"].as_u64().expect("write size");
+    assert!((4096..=1 << 20).contains(&size) && size.is_multiple_of(4096), "{same}");
+    assert!(same["mib_per_sec"].as_f64().unwrap() > 0.0, "{same}");
+    assert!(stdout.contains(&format!("write + fdatasync of {size:>7} B x 3 writers")), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("of what this disk does under their pattern"))
+        .unwrap_or_else(|| panic!("no same-pattern line:\n{stdout}"));
+    assert!(line.contains(&format!("3 writers x {} KiB", size >> 10)), "{line}");
+    // Written by the replicas: their appends' MiB/s three times.
+    let mib = summary_field(&stdout, "mib_per_sec");
+    let wrote: f64 = line
+        .split("wrote ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!((wrote - mib * 3.0).abs() < 0.5, "{line}\n{stdout}");
+}
+
 /// Against a cluster that is already running (`--addresses`), the bench takes the stage
 /// breakdown and the trace from the nodes' metrics endpoints (`--metrics`): the same leader
 /// stages as for its own local cluster, and sampled appends with their stages.

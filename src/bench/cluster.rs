@@ -516,7 +516,23 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
     let stages_now = || {
         if local { node_stages(&nodes) } else { remote_stages(&args.metrics) }
     };
-    let result = run_phases(args, &addresses, data_dir.as_deref(), &stages_now);
+    // Flushes and bytes written so far by the local replicas (for `--compare`'s same-pattern
+    // disk probe).
+    let flushes_now = || {
+        local.then(|| {
+            let (mut flushes, mut bytes) = (0u64, 0u64);
+            for n in &nodes {
+                for c in n.snapshot(false).ok()?.cores {
+                    for g in c.groups {
+                        flushes += g.log.flushes;
+                        bytes += g.log.bytes_written;
+                    }
+                }
+            }
+            Some((flushes, bytes))
+        })?
+    };
+    let result = run_phases(args, &addresses, data_dir.as_deref(), &stages_now, &flushes_now);
     if let (Some(path), Ok(_)) = (&args.trace, &result) {
         let mut samples = Vec::new();
         for n in &nodes {
@@ -534,7 +550,26 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
     for n in nodes {
         n.shutdown()?;
     }
-    let (phases, stages, checkpoints) = result?;
+    let (phases, stages, checkpoints, sat_flushes) = result?;
+    // `--compare` on a local cluster: the disk under the replicas' own pattern of the
+    // saturation phase (their mean flush size, one writer per replica), measured now that the
+    // load has stopped.
+    if let (Some(l), Some(dir), Some((flushes, bytes))) = (&mut limits, &data_dir, sat_flushes)
+        && flushes > 0
+    {
+        let size = ((bytes / flushes) as usize).clamp(4096, 1 << 20);
+        eprintln!(
+            "compare: measuring the disk under the replicas' pattern ({} x {} KiB writes)...",
+            args.replicas,
+            size.next_multiple_of(4096) >> 10
+        );
+        l.same_pattern = Some(compare::disk_probe_concurrent(
+            dir,
+            size,
+            args.replicas as usize,
+            Duration::from_secs(1),
+        )?);
+    }
     let replicas = if local { args.replicas } else { args.addresses.len() as u64 };
     let reports: Vec<PhaseReport> = phases.iter().map(|p| phase_report(p, replicas)).collect();
     let sat = reports.iter().find(|p| p.offered_per_sec.is_none()).unwrap_or(&reports[0]);
@@ -635,7 +670,11 @@ fn run_phases(
     addresses: &[SocketAddr],
     data_dir: Option<&std::path::Path>,
     node_stages: &dyn Fn() -> Option<Vec<(String, Histogram<u64>)>>,
-) -> Result<(Vec<PhaseResult>, Vec<(String, Histogram<u64>)>, Option<CheckpointStats>), String> {
+    flushes_now: &dyn Fn() -> Option<(u64, u64)>,
+) -> Result<
+    (Vec<PhaseResult>, Vec<(String, Histogram<u64>)>, Option<CheckpointStats>, Option<(u64, u64)>),
+    String,
+> {
     // The closed loop keeps `concurrency` in flight by itself; the bound of the clients is
     // the open loop's, with room for a backlog (four times the closed loop's) so that the
     // pacers are not held back by the window while the cluster keeps up.
@@ -661,6 +700,7 @@ fn run_phases(
     };
     let mut progress = Progress::new(args.quiet);
     let mut phases = Vec::new();
+    let mut sat_flushes = None;
     let rate = match args.rate {
         Some(r) => {
             // A closed-loop warm-up at the same concurrency, not reported.
@@ -677,6 +717,7 @@ fn run_phases(
             r
         }
         None => {
+            let flushes_before = flushes_now();
             let sat = gen_.closed_loop(
                 "saturation",
                 args.concurrency,
@@ -686,6 +727,9 @@ fn run_phases(
             );
             let r = sat.appends_per_sec() * args.load_fraction;
             phases.push(sat);
+            sat_flushes = flushes_before
+                .zip(flushes_now())
+                .map(|((f0, b0), (f1, b1))| (f1.saturating_sub(f0), b1.saturating_sub(b0)));
             if r < 1.0 {
                 gen_.close();
                 checkpointer.map(Checkpointer::finish);
@@ -717,7 +761,7 @@ fn run_phases(
         _ => stages.push(("cluster: sent → acknowledged".to_string(), open.service.clone())),
     }
     phases.push(open);
-    Ok((phases, stages, checkpoints))
+    Ok((phases, stages, checkpoints, sat_flushes))
 }
 
 /// The stage histograms of the local nodes (nanoseconds), summed over the nodes (only a
@@ -794,6 +838,18 @@ fn compare_lines(l: &compare::Limits, r: &ClusterReport, local: bool) -> Vec<Str
                 best.mib_per_sec
             ));
         }
+    }
+    if let (Some(same), true) = (&l.same_pattern, local) {
+        let written = r.mib_per_sec * r.replicas as f64;
+        v.push(format!(
+            "corelog   the replicas wrote {:.1} MiB/s = {:.0}% of what this disk does under their pattern \
+             of the saturation phase ({} writers x {} KiB write + fdatasync, one after another: {:.1} MiB/s)",
+            written,
+            written / same.mib_per_sec * 100.0,
+            same.writers,
+            same.write_bytes >> 10,
+            same.mib_per_sec
+        ));
     }
     if let Some(small) = l.disk.iter().find(|d| d.write_bytes == 4096) {
         let floor = small.p50_us + l.loopback_rtt_p50_us;

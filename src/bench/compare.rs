@@ -5,6 +5,9 @@
 //!   (the `io-uring` crate directly, no runtime; `corelog disk-check`'s probe), into a file
 //!   preallocated and written once (as corelog's segments are, so an fdatasync does not also
 //!   commit extent metadata). Measured at the flush sizes given: bandwidth, and the fdatasync latency.
+//!   For a local cluster, also after the run under the replicas' own pattern: one writer per
+//!   replica, each at the replicas' mean flush size of the saturation phase. When the cluster
+//!   gets far less than that, the disk is not what holds it back.
 //! - The network: the round trip of a 64-byte message over loopback TCP (`TCP_NODELAY`), the
 //!   least a replicated commit pays once, and the client's request pays once more.
 //!
@@ -24,6 +27,9 @@ use crate::tools::disk_check::Probe;
 #[derive(Debug, Clone, Serialize)]
 pub struct DiskPoint {
     pub write_bytes: usize,
+    /// Writers at once, each sequential in its own file (the figures are their sum; latencies
+    /// are of every writer's writes).
+    pub writers: usize,
     pub writes_per_sec: f64,
     pub mib_per_sec: f64,
     /// Write + fdatasync, µs.
@@ -37,6 +43,9 @@ pub struct DiskPoint {
 #[derive(Debug, Clone, Serialize)]
 pub struct Limits {
     pub disk: Vec<DiskPoint>,
+    /// The disk under corelog's own write pattern of the run, measured after it: one writer
+    /// per replica, each writing the replicas' mean flush size of the saturation phase.
+    pub same_pattern: Option<DiskPoint>,
     pub loopback_rtt_p50_us: u64,
     pub loopback_rtt_p99_us: u64,
 }
@@ -71,6 +80,7 @@ pub fn disk_probe(
     let secs = start.elapsed().as_secs_f64();
     Ok(DiskPoint {
         write_bytes,
+        writers: 1,
         writes_per_sec: n as f64 / secs,
         mib_per_sec: n as f64 * write_bytes as f64 / secs / (1 << 20) as f64,
         p50_us: both.value_at_quantile(0.5),
@@ -111,6 +121,58 @@ pub fn loopback_probe(time: Duration) -> Result<Histogram<u64>, String> {
     Ok(h)
 }
 
+/// [`disk_probe`] with `writers` threads at once, each in its own file: how the disk serves
+/// several logs flushing side by side (the replicas of a local cluster share one disk).
+pub fn disk_probe_concurrent(
+    dir: &Path,
+    write_bytes: usize,
+    writers: usize,
+    time: Duration,
+) -> Result<DiskPoint, String> {
+    let write_bytes = write_bytes.next_multiple_of(4096);
+    let file_bytes = (64 << 20).max(write_bytes * 8);
+    // Per writer: writes, seconds, write + fdatasync latencies, fdatasync latencies.
+    type Writer = (u64, f64, Histogram<u64>, Histogram<u64>);
+    let results: Vec<Result<Writer, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..writers.max(1))
+            .map(|_| {
+                s.spawn(move || {
+                    let mut probe = Probe::open(dir, file_bytes)?;
+                    let (mut both, mut fsync) = (latency_histogram(), latency_histogram());
+                    let (start, mut n) = (Instant::now(), 0u64);
+                    while start.elapsed() < time {
+                        let (pair, sync) = probe.write_then_fdatasync(write_bytes)?;
+                        both.saturating_record(pair.as_micros() as u64);
+                        fsync.saturating_record(sync.as_micros() as u64);
+                        n += 1;
+                    }
+                    Ok((n, start.elapsed().as_secs_f64(), both, fsync))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("a disk probe thread panicked".into())))
+            .collect()
+    });
+    let (mut rate, mut both, mut fsync) = (0.0, latency_histogram(), latency_histogram());
+    for r in results {
+        let (n, secs, b, f) = r?;
+        rate += n as f64 / secs;
+        both.add(&b).map_err(|e| e.to_string())?;
+        fsync.add(&f).map_err(|e| e.to_string())?;
+    }
+    Ok(DiskPoint {
+        write_bytes,
+        writers: writers.max(1),
+        writes_per_sec: rate,
+        mib_per_sec: rate * write_bytes as f64 / (1 << 20) as f64,
+        p50_us: both.value_at_quantile(0.5),
+        p99_us: both.value_at_quantile(0.99),
+        fdatasync_p50_us: fsync.value_at_quantile(0.5),
+    })
+}
+
 /// Runs the probes: the disk under `dir` at each of `write_sizes`, then loopback TCP.
 pub fn measure(dir: &Path, write_sizes: &[usize], time_each: Duration) -> Result<Limits, String> {
     let mut disk = Vec::new();
@@ -120,6 +182,7 @@ pub fn measure(dir: &Path, write_sizes: &[usize], time_each: Duration) -> Result
     let rtt = loopback_probe(time_each)?;
     Ok(Limits {
         disk,
+        same_pattern: None,
         loopback_rtt_p50_us: rtt.value_at_quantile(0.5),
         loopback_rtt_p99_us: rtt.value_at_quantile(0.99),
     })
@@ -128,10 +191,11 @@ pub fn measure(dir: &Path, write_sizes: &[usize], time_each: Duration) -> Result
 /// The limits as lines for stdout.
 pub fn describe(l: &Limits) -> Vec<String> {
     let mut v = Vec::new();
-    for d in &l.disk {
+    for d in l.disk.iter().chain(&l.same_pattern) {
         v.push(format!(
-            "disk      O_DIRECT write + fdatasync of {:>7} B: {:>8.0} /s {:>8.1} MiB/s, p50 {} (fdatasync alone {}), p99 {}",
+            "disk      O_DIRECT write + fdatasync of {:>7} B{}: {:>8.0} /s {:>8.1} MiB/s, p50 {} (fdatasync alone {}), p99 {}",
             d.write_bytes,
+            if d.writers > 1 { format!(" x {} writers", d.writers) } else { String::new() },
             d.writes_per_sec,
             d.mib_per_sec,
             super::progress::human_us(d.p50_us),
@@ -161,6 +225,13 @@ mod tests {
         let d = disk_probe(dir.path(), 4096, 1 << 20, Duration::from_millis(100)).unwrap();
         assert!(d.writes_per_sec > 0.0 && d.p50_us > 0, "{d:?}");
         assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "probe file removed");
+        assert_eq!(d.writers, 1);
+        let c = disk_probe_concurrent(dir.path(), 8192, 3, Duration::from_millis(100)).unwrap();
+        assert_eq!((c.writers, c.write_bytes), (3, 8192));
+        assert!(c.writes_per_sec > 0.0 && c.p50_us > 0, "{c:?}");
+        let want = c.writes_per_sec * 8192.0 / (1 << 20) as f64;
+        assert!((c.mib_per_sec - want).abs() < 1e-6, "{c:?}");
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "probe files removed");
         let h = loopback_probe(Duration::from_millis(50)).unwrap();
         assert!(!h.is_empty());
     }

@@ -278,7 +278,10 @@ impl Probe {
     pub(crate) fn open(dir: &Path, file_bytes: usize) -> Result<Probe, String> {
         use std::os::unix::fs::OpenOptionsExt;
         let file_bytes = (file_bytes.max(BUF_BYTES) / BUF_BYTES * BUF_BYTES) as u64;
-        let path = dir.join(format!(".corelog-disk-check-{}", std::process::id()));
+        // Unique per probe: several may run at once in one process.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!(".corelog-disk-check-{}-{n}", std::process::id()));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
