@@ -224,13 +224,13 @@ fn compare_measures_the_disk_under_the_replicas_own_pattern() {
     assert!(stdout.contains(&format!("write + fdatasync of {size:>7} B x 3 writers")), "{stdout}");
     let line = stdout
         .lines()
-        .find(|l| l.contains("of what this disk does under their pattern"))
+        .find(|l| l.contains("of what this disk does under the replicas' pattern"))
         .unwrap_or_else(|| panic!("no same-pattern line:\n{stdout}"));
     assert!(line.contains(&format!("3 writers x {} KiB", size >> 10)), "{line}");
     // Written by the replicas: their appends' MiB/s three times.
     let mib = summary_field(&stdout, "mib_per_sec");
     let wrote: f64 = line
-        .split("wrote ")
+        .split("appends x 3 replicas = ")
         .nth(1)
         .and_then(|t| t.split_whitespace().next())
         .and_then(|n| n.parse().ok())

@@ -842,8 +842,10 @@ fn compare_lines(l: &compare::Limits, r: &ClusterReport, local: bool) -> Vec<Str
     if let (Some(same), true) = (&l.same_pattern, local) {
         let written = r.mib_per_sec * r.replicas as f64;
         v.push(format!(
-            "corelog   the replicas wrote {:.1} MiB/s = {:.0}% of what this disk does under their pattern \
-             of the saturation phase ({} writers x {} KiB write + fdatasync, one after another: {:.1} MiB/s)",
+            "corelog   appends x {} replicas = {:.1} MiB/s = {:.0}% of what this disk does under the \
+             replicas' pattern of the saturation phase ({} writers x {} KiB write + fdatasync, one after \
+             another: {:.1} MiB/s)",
+            r.replicas,
             written,
             written / same.mib_per_sec * 100.0,
             same.writers,
