@@ -494,18 +494,23 @@ impl Generator {
         self.collect(name, None, duration, rows, window)
     }
 
-    /// An open-loop phase at `rate` appends/s for `duration`.
+    /// An open-loop phase at `rate` appends/s for `warmup + duration`, figures from the last
+    /// `duration` (appends due in the warm-up are not counted, whenever they complete).
+    /// `on_measure` is called when the warm-up ends.
     pub fn open_loop(
         &self,
         name: &str,
         rate: f64,
+        warmup: Duration,
         duration: Duration,
         progress: &mut super::progress::Progress,
+        on_measure: &mut dyn FnMut(),
     ) -> PhaseResult {
         self.reset();
         let n = self.clients.len();
         let start = Instant::now() + Duration::from_millis(20);
-        let stop_at = start + duration;
+        let measure_from = start + warmup;
+        let stop_at = measure_from + duration;
         let interval = Duration::from_secs_f64(n as f64 / rate.max(1e-3));
         let sleep_min = (interval * PACER_APPENDS_PER_WAKE).clamp(PACER_SLEEP_MIN, PACER_SLEEP_MAX);
         let mut pacers = Vec::new();
@@ -518,11 +523,15 @@ impl Generator {
             let h = std::thread::Builder::new()
                 .name(PACER_THREAD.into())
                 .spawn(move || {
-                    let cpu0 = thread_cpu_time();
+                    // CPU counted from the end of the warm-up (read when first past it).
+                    let mut cpu0 = None;
                     let mut rng = SplitMix64::new(seed);
                     let mut due = first;
                     let mut i: u32 = 0;
                     while due < stop_at {
+                        if cpu0.is_none() && Instant::now() >= measure_from {
+                            cpu0 = Some(thread_cpu_time());
+                        }
                         // Sleep at least `sleep_min`: the appends due meanwhile go out
                         // together, in one write (their lag is measured, and counts in their
                         // latency).
@@ -540,7 +549,8 @@ impl Generator {
                                 let rec = r.clone();
                                 let sent = Instant::now();
                                 let res = c.append_with(group, &data[off..off + len], move |res| {
-                                    record_done(&rec, res, len, intended, sent, (start, stop_at));
+                                    let window = (measure_from, stop_at);
+                                    record_done(&rec, res, len, intended, sent, window);
                                 });
                                 if let Err(e) = res {
                                     tracing::debug!(error = %e, "bench: submit failed");
@@ -555,13 +565,15 @@ impl Generator {
                             break;
                         }
                     }
-                    thread_cpu_time().saturating_sub(cpu0)
+                    thread_cpu_time().saturating_sub(cpu0.unwrap_or_else(thread_cpu_time))
                 })
                 .expect("spawn a pacer thread");
             pacers.push(h);
         }
-        progress.phase(name, Duration::ZERO, duration);
-        let (rows, mut window) = self.tick_until(name, start, stop_at, progress);
+        progress.phase(name, warmup, duration);
+        std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
+        on_measure();
+        let (rows, mut window) = self.tick_until(name, measure_from, stop_at, progress);
         for p in pacers {
             window.generator_cpu += p.join().unwrap_or_default();
         }
