@@ -413,6 +413,15 @@ impl GroupDriver {
     fn observe(&mut self) {
         let (role, leader) = (self.node.role(), self.node.leader());
         if role != self.seen.0 {
+            // Rare and telling (an election stalls the group's appends): always logged.
+            tracing::info!(
+                node = self.cfg.node_id,
+                group = self.group,
+                term = self.node.term(),
+                "{:?} -> {:?}",
+                self.seen.0,
+                role
+            );
             if role == Role::Candidate {
                 CoreMetrics::add(&self.metrics.elections, 1);
             }
