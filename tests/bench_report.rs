@@ -132,6 +132,13 @@ fn default_phases_write_every_report_and_the_page_renders() {
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     assert_eq!(rows.iter().filter(|r| r[0] == "saturation").count(), 1, "{csv}");
     assert_eq!(rows.iter().filter(|r| r[0].starts_with("open loop")).count(), 1, "{csv}");
+    // Each second names its slowest flush (a local cluster): some flush took a positive time.
+    assert!(csv.lines().next().unwrap().ends_with(",errors,flush_max_us"), "{csv}");
+    for r in &rows {
+        let us: u64 = r[9].parse().unwrap_or_else(|_| panic!("flush_max_us in {r:?}"));
+        assert!(us > 0, "{csv}");
+    }
+    assert_eq!(stdout.matches("  flushes    slowest ").count(), 2, "{stdout}");
 
     // report.html: the charts, as the browser sees them.
     let page = out.join("report.html");

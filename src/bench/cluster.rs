@@ -234,6 +234,10 @@ pub struct PhaseReport {
     /// padding to blocks, segment preparation, file-system metadata, other writers).
     pub disk_write_mib_per_sec: Option<f64>,
     pub disk_write_per_replicated_byte: Option<f64>,
+    /// A local cluster: the slowest flush (write + fdatasync) of any replica in the phase, µs,
+    /// and the second it completed in (1-based); the other seconds' are in timeseries.csv.
+    pub slowest_flush_us: Option<u64>,
+    pub slowest_flush_second: Option<u64>,
 }
 
 /// The figures of one run.
@@ -269,6 +273,8 @@ fn phase_report(p: &PhaseResult, replicas: u64) -> PhaseReport {
     let replicated = (p.bytes * replicas) as f64;
     let secs = p.duration.as_secs_f64();
     let n = p.completed.max(1) as f64;
+    let slowest =
+        p.seconds.iter().filter(|r| r.flush_max_us.is_some()).max_by_key(|r| r.flush_max_us);
     PhaseReport {
         name: p.name.clone(),
         mode: if p.offered_per_sec.is_some() { "open loop" } else { "closed loop" }.into(),
@@ -297,6 +303,8 @@ fn phase_report(p: &PhaseResult, replicas: u64) -> PhaseReport {
             .disk_written
             .filter(|_| replicated > 0.0)
             .map(|b| b as f64 / replicated),
+        slowest_flush_us: slowest.map(|r| r.flush_max_us.unwrap_or(0)),
+        slowest_flush_second: slowest.map(|r| r.second),
     }
 }
 
@@ -376,6 +384,13 @@ fn print_phase(p: &PhaseReport) {
         println!(
             "  disk       wrote {mib:.1} MiB/s = {x:.2} x the replicas' payload (the rest: headers, \
              padding, segment preparation, metadata, other writers)"
+        );
+    }
+    if let (Some(us), Some(second)) = (p.slowest_flush_us, p.slowest_flush_second) {
+        println!(
+            "  flushes    slowest {} (second {second}; each second's slowest in timeseries.csv): \
+             a stall of the disk shows here, beside the latency it caused",
+            human_us(us)
         );
     }
 }
@@ -533,7 +548,9 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
             Some((flushes, bytes))
         })?
     };
-    let result = run_phases(args, &addresses, data_dir.as_deref(), &stages_now, &flushes_now);
+    let probe = local.then(|| flush_probe(nodes.iter().map(|n| n.scraper()).collect()));
+    let result =
+        run_phases(args, &addresses, data_dir.as_deref(), &stages_now, &flushes_now, probe);
     if let (Some(path), Ok(_)) = (&args.trace, &result) {
         let mut samples = Vec::new();
         for n in &nodes {
@@ -672,6 +689,7 @@ fn run_phases(
     data_dir: Option<&std::path::Path>,
     node_stages: &dyn Fn() -> Option<Vec<(String, Histogram<u64>)>>,
     flushes_now: &dyn Fn() -> Option<(u64, u64)>,
+    flush_probe: Option<super::load::FlushProbe>,
 ) -> Result<
     (Vec<PhaseResult>, Vec<(String, Histogram<u64>)>, Option<CheckpointStats>, Option<(u64, u64)>),
     String,
@@ -690,6 +708,9 @@ fn run_phases(
     )?;
     if let Some(dir) = data_dir {
         gen_.measure_disk_of(dir);
+    }
+    if let Some(p) = flush_probe {
+        gen_.probe_flushes(p);
     }
     gen_.wait_ready(Duration::from_secs(10))
         .map_err(|e| format!("the cluster does not accept appends: {e}"))?;
@@ -757,6 +778,37 @@ fn run_phases(
     }
     phases.push(open);
     Ok((phases, stages, checkpoints, sat_flushes))
+}
+
+/// For each second of a phase, the slowest flush any local replica's log completed in it, µs
+/// (from the logs' flush-latency histograms, which count since start: each call subtracts
+/// the previous one's).
+fn flush_probe(scrapers: Vec<std::sync::Arc<node::metrics::Scraper>>) -> super::load::FlushProbe {
+    let mut prev: Vec<Option<Histogram<u64>>> = vec![None; scrapers.len()];
+    Box::new(move || {
+        let mut max_ns = None;
+        for (s, prev) in scrapers.iter().zip(prev.iter_mut()) {
+            let mut all: Option<Histogram<u64>> = None;
+            for c in s.snapshot(false).ok()?.cores {
+                for g in c.groups {
+                    match &mut all {
+                        None => all = Some(g.log.flush_latency_ns.clone()),
+                        Some(h) => h.add(&g.log.flush_latency_ns).ok()?,
+                    }
+                }
+            }
+            let all = all?;
+            let mut since = all.clone();
+            if let Some(p) = prev.as_ref() {
+                since.subtract(p).ok()?;
+            }
+            *prev = Some(all);
+            if !since.is_empty() {
+                max_ns = max_ns.max(Some(since.max()));
+            }
+        }
+        Some(max_ns.map_or(0, |ns| ns / 1000))
+    })
 }
 
 /// The stage histograms of the local nodes (nanoseconds), summed over the nodes (only a
@@ -923,13 +975,22 @@ fn write_outputs(
         write("latency-saturation.hgrm", &report::hgrm(&p.latency))?;
     }
     let mut csv = String::from(
-        "phase,second,appends,appends_per_sec,mib_per_sec,p50_us,p99_us,max_us,errors\n",
+        "phase,second,appends,appends_per_sec,mib_per_sec,p50_us,p99_us,max_us,errors,flush_max_us\n",
     );
     let rows: Vec<_> = phases.iter().flat_map(|p| p.seconds.iter()).cloned().collect();
     for s in &rows {
         csv.push_str(&format!(
-            "{},{},{},{},{:.3},{},{},{},{}\n",
-            s.phase, s.second, s.appends, s.appends, s.mib, s.p50_us, s.p99_us, s.max_us, s.errors
+            "{},{},{},{},{:.3},{},{},{},{},{}\n",
+            s.phase,
+            s.second,
+            s.appends,
+            s.appends,
+            s.mib,
+            s.p50_us,
+            s.p99_us,
+            s.max_us,
+            s.errors,
+            s.flush_max_us.map(|v| v.to_string()).unwrap_or_default()
         ));
     }
     write("timeseries.csv", &csv)?;

@@ -159,6 +159,9 @@ pub struct SecondRow {
     pub p99_us: u64,
     pub max_us: u64,
     pub errors: u64,
+    /// The slowest flush (write + fdatasync) that any replica's log completed in this second,
+    /// µs (a local cluster only): a disk stall shows here.
+    pub flush_max_us: Option<u64>,
 }
 
 /// What the machine did during a phase's measured window.
@@ -213,7 +216,13 @@ pub struct Generator {
     seed: u64,
     /// The local cluster's disk, whose writes each phase reports.
     disk: Option<super::DiskWrites>,
+    /// Called after each second's row: the slowest flush of that second (see
+    /// [`SecondRow::flush_max_us`]).
+    flush_probe: Mutex<Option<FlushProbe>>,
 }
+
+/// Gives the slowest flush completed since its previous call, µs.
+pub type FlushProbe = Box<dyn FnMut() -> Option<u64> + Send>;
 
 /// Settings shared by the callbacks of one closed-loop phase.
 struct ClosedCtx {
@@ -315,6 +324,7 @@ impl Generator {
             data: Arc::new(data),
             seed,
             disk: None,
+            flush_probe: Mutex::new(None),
         })
     }
 
@@ -322,6 +332,11 @@ impl Generator {
     /// data directory); nothing when `dir` is not on a block device.
     pub fn measure_disk_of(&mut self, dir: &std::path::Path) {
         self.disk = super::DiskWrites::of_dir(dir);
+    }
+
+    /// Reports each second's slowest flush from `probe` (see [`SecondRow::flush_max_us`]).
+    pub fn probe_flushes(&mut self, probe: FlushProbe) {
+        self.flush_probe = Mutex::new(Some(probe));
     }
 
     /// Waits until every group takes an append (a leader everywhere), up to `within`.
@@ -368,6 +383,7 @@ impl Generator {
             p99_us: if h.is_empty() { 0 } else { h.value_at_quantile(0.99) },
             max_us: h.max(),
             errors: errors - prev.2,
+            flush_max_us: None,
         };
         *prev = (done, bytes, errors);
         row
@@ -423,12 +439,20 @@ impl Generator {
         let mut rows = Vec::new();
         let cpu0 = (super::process_cpu_time(), generator_cpu_time());
         let disk0 = self.disk.as_ref().and_then(|d| d.bytes());
+        if let Some(p) = self.flush_probe.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            let _ = p(); // The baseline: the first second starts now.
+        }
         let mut next = measure_from + Duration::from_secs(1);
         let mut second = 0;
         while next <= stop_at + Duration::from_millis(1) {
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
             second += 1;
-            let row = self.take_second(phase, second, &mut prev);
+            let mut row = self.take_second(phase, second, &mut prev);
+            // After the row's boundary, so its counts stay exact: the probe asks the nodes
+            // (each answers within a tick), so its second ends a few ms later.
+            if let Some(p) = self.flush_probe.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                row.flush_max_us = p();
+            }
             progress.second(&row);
             rows.push(row);
             next += Duration::from_secs(1);

@@ -199,6 +199,12 @@ impl NodeHandle {
         self.scraper.snapshot(trace)
     }
 
+    /// A handle that takes [`NodeHandle::snapshot`]s from another thread, as long as the node
+    /// runs (an error after it stopped).
+    pub(crate) fn scraper(&self) -> Arc<metrics::Scraper> {
+        self.scraper.clone()
+    }
+
     /// Where the latency of this node's appends (as leader) went: `(stage, nanoseconds)` per
     /// stage of [`stages::STAGES`], merged over the cores.
     pub fn stages(&self) -> Result<Vec<(String, hdrhistogram::Histogram<u64>)>, String> {
