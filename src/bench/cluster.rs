@@ -388,8 +388,7 @@ fn print_phase(p: &PhaseReport) {
     }
     if let (Some(us), Some(second)) = (p.slowest_flush_us, p.slowest_flush_second) {
         println!(
-            "  flushes    slowest {} (second {second}; each second's slowest in timeseries.csv): \
-             a stall of the disk shows here, beside the latency it caused",
+            "  flushes    slowest {} (in second {second}; each second's in timeseries.csv)",
             human_us(us)
         );
     }
