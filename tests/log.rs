@@ -358,12 +358,7 @@ fn with_frames_gives_a_frame_that_a_pipelined_flush_cut_in_two() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        let cfg = LogConfig {
-            pipeline_bytes: 4096,
-            flushes_in_flight_max: 4,
-            recent_cache_bytes: 1 << 20,
-            ..small_config()
-        };
+        let cfg = pipelining_config(1 << 20);
         let (log, _) = Log::open(&path, cfg).await.unwrap();
         // One frame of 4 entries of 3000 bytes (about 12 KB): the first flush is cut at
         // 8192 bytes, inside it.
@@ -509,12 +504,7 @@ fn a_frame_cut_in_two_by_a_flush_in_flight_reads_whole() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        let cfg = LogConfig {
-            pipeline_bytes: 4096,
-            flushes_in_flight_max: 4,
-            recent_cache_bytes: 1 << 20,
-            ..small_config()
-        };
+        let cfg = pipelining_config(1 << 20);
         let (log, _) = Log::open(&path, cfg).await.unwrap();
         for round in 0..10u64 {
             // A frame of 4 entries of 3000 bytes: the flush is cut at a block boundary inside it.
@@ -539,12 +529,7 @@ fn a_tiny_recent_cache_keeps_the_buffers_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        let cfg = LogConfig {
-            pipeline_bytes: 4096,
-            flushes_in_flight_max: 4,
-            recent_cache_bytes: 4096,
-            ..small_config()
-        };
+        let cfg = pipelining_config(4096);
         let (log, _) = Log::open(&path, cfg).await.unwrap();
         for _ in 0..10 {
             let first = log.last_index() + 1;
@@ -562,4 +547,15 @@ fn a_tiny_recent_cache_keeps_the_buffers_in_flight() {
         assert_eq!(stats.frames_read_from_disk, 0, "the frames in flight came from memory");
         log.close().await.unwrap();
     });
+}
+
+/// Flushes cut at every block boundary past 4 KiB gathered, up to 4 in flight, with a recent
+/// cache of `recent_cache_bytes`.
+fn pipelining_config(recent_cache_bytes: usize) -> LogConfig {
+    LogConfig {
+        pipeline_bytes: 4096,
+        flushes_in_flight_max: 4,
+        recent_cache_bytes,
+        ..small_config()
+    }
 }
