@@ -415,19 +415,19 @@ impl State {
     /// buffer in flight and the next one. `None` when a piece is no longer in memory.
     fn assemble(&self, loc: &FrameLoc) -> Option<Rc<[u8]>> {
         let end = loc.offset + u64::from(loc.len);
+        // Every piece must be in memory; checked before anything is allocated, since a read
+        // asks this of each frame it then finds on disk only.
+        let mut at = loc.offset;
+        while at < end {
+            let (base, bytes) = self.piece_at(loc.segment, at)?;
+            at = base + bytes.len() as u64;
+        }
         // Allocated once, at its final size (an `Rc` from a `Vec` would copy the frame again).
         let mut copy: Rc<[u8]> = std::iter::repeat_n(0u8, loc.len as usize).collect();
         let out = Rc::get_mut(&mut copy).expect("just made");
         let mut at = loc.offset;
         while at < end {
-            let piece = self
-                .open
-                .as_ref()
-                .filter(|o| o.segment == loc.segment)
-                .map(|o| (o.base, &o.buf.as_bytes()[..o.len]))
-                .filter(|(base, b)| *base <= at && at < base + b.len() as u64)
-                .or_else(|| self.cached_at(loc.segment, at).map(|c| (c.base, c.data.bytes())))?;
-            let (base, bytes) = piece;
+            let (base, bytes) = self.piece_at(loc.segment, at).expect("checked above");
             let from = (at - base) as usize;
             let to = ((end - base) as usize).min(bytes.len());
             let into = (at - loc.offset) as usize;
@@ -435,6 +435,17 @@ impl State {
             at = base + to as u64;
         }
         Some(copy)
+    }
+
+    /// The bytes in memory that hold the byte at `at` of `segment`, and the offset where they
+    /// begin: the open buffer's filled part, or the newest cached buffer that holds it.
+    fn piece_at(&self, segment: u64, at: u64) -> Option<(u64, &[u8])> {
+        self.open
+            .as_ref()
+            .filter(|o| o.segment == segment)
+            .map(|o| (o.base, &o.buf.as_bytes()[..o.len]))
+            .filter(|(base, b)| *base <= at && at < base + b.len() as u64)
+            .or_else(|| self.cached_at(segment, at).map(|c| (c.base, c.data.bytes())))
     }
 
     fn term_of(&self, index: u64) -> Option<u64> {
