@@ -273,8 +273,7 @@ fn phase_report(p: &PhaseResult, replicas: u64) -> PhaseReport {
     let replicated = (p.bytes * replicas) as f64;
     let secs = p.duration.as_secs_f64();
     let n = p.completed.max(1) as f64;
-    let slowest =
-        p.seconds.iter().filter(|r| r.flush_max_us.is_some()).max_by_key(|r| r.flush_max_us);
+    let slowest = p.seconds.iter().filter_map(|r| Some((r.flush_max_us?, r.second))).max();
     PhaseReport {
         name: p.name.clone(),
         mode: if p.offered_per_sec.is_some() { "open loop" } else { "closed loop" }.into(),
@@ -303,8 +302,8 @@ fn phase_report(p: &PhaseResult, replicas: u64) -> PhaseReport {
             .disk_written
             .filter(|_| replicated > 0.0)
             .map(|b| b as f64 / replicated),
-        slowest_flush_us: slowest.map(|r| r.flush_max_us.unwrap_or(0)),
-        slowest_flush_second: slowest.map(|r| r.second),
+        slowest_flush_us: slowest.map(|(us, _)| us),
+        slowest_flush_second: slowest.map(|(_, second)| second),
     }
 }
 
@@ -537,11 +536,9 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
         local.then(|| {
             let (mut flushes, mut bytes) = (0u64, 0u64);
             for n in &nodes {
-                for c in n.snapshot(false).ok()?.cores {
-                    for g in c.groups {
-                        flushes += g.log.flushes;
-                        bytes += g.log.bytes_written;
-                    }
+                for log in n.snapshot(false).ok()?.logs() {
+                    flushes += log.flushes;
+                    bytes += log.bytes_written;
                 }
             }
             Some((flushes, bytes))
@@ -787,16 +784,12 @@ fn flush_probe(scrapers: Vec<std::sync::Arc<node::metrics::Scraper>>) -> super::
     Box::new(move || {
         let mut max_ns = None;
         for (s, prev) in scrapers.iter().zip(prev.iter_mut()) {
-            let mut all: Option<Histogram<u64>> = None;
-            for c in s.snapshot(false).ok()?.cores {
-                for g in c.groups {
-                    match &mut all {
-                        None => all = Some(g.log.flush_latency_ns.clone()),
-                        Some(h) => h.add(&g.log.flush_latency_ns).ok()?,
-                    }
-                }
+            let snapshot = s.snapshot(false).ok()?;
+            let mut logs = snapshot.logs();
+            let mut all = logs.next()?.flush_latency_ns.clone();
+            for log in logs {
+                all.add(&log.flush_latency_ns).ok()?;
             }
-            let all = all?;
             let mut since = all.clone();
             if let Some(p) = prev.as_ref() {
                 since.subtract(p).ok()?;

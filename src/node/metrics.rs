@@ -339,6 +339,11 @@ impl NodeSnapshot {
         r
     }
 
+    /// The log figures of every group on every core.
+    pub fn logs(&self) -> impl Iterator<Item = &LogStats> {
+        self.cores.iter().flat_map(|c| &c.groups).map(|g| &g.log)
+    }
+
     /// The sampled appends of all cores.
     pub fn trace_samples(&self) -> Vec<TraceSample> {
         self.cores.iter().flat_map(|c| c.trace.iter().cloned()).collect()
