@@ -233,21 +233,33 @@ impl SideRing {
         }
     }
 
-    /// Enters the ring (nothing to submit) and reaps: the kernel runs this thread's pending
-    /// completion work for the ring on the way out (see [`POKE_AFTER`]).
+    /// Enters the ring (nothing to submit) and reaps, without waiting for the reaper task (see
+    /// [`POKE_AFTER`]).
     fn poke(&self) {
         let _ = self.inner.ring.borrow_mut().submit_and_wait(0);
         reap(&self.inner);
     }
 }
 
-/// How long a flush waits for its chain before it enters the ring itself. Under CPU pressure
-/// (two busy loops beside `tests/log.rs`'s pipelined test on this project's VM), chains
-/// stalled for good about once in 150-260 runs: writes and fdatasyncs the kernel had finished
-/// were not completed until the executor thread entered the kernel (a signal from an attached
-/// debugger released them), while the executor slept in the runtime's ring. Entering this ring
-/// every few milliseconds while a flush waits bounds such a stall; with it, 0 stalls in 2,964
-/// runs. The cause (the kernel's or the runtime's) is not found yet.
+/// How long a flush waits for its chain before it reaps the ring itself.
+///
+/// Why a flush cannot simply wait for the reaper: glommio 0.9's executor can go to sleep with
+/// a task it has just woken still unrun. Its loop polls the rings (waking tasks), then runs
+/// the task queues, but `run_task_queues` stops before running anything when `need_preempt()`
+/// is true, and that is true whenever the latency ring's completion queue is not empty. A late
+/// completion of the runtime's own cancelled preemption timer (`-ECANCELED`, posted by kernel
+/// task work on the executor thread) can land there in between; the loop then takes "nothing
+/// ran" for "idle", consumes that completion (which wakes nobody) and parks, leaving the woken
+/// reaper in its queue until some unrelated event arrives. Under CPU pressure (two busy loops
+/// beside `tests/log.rs`'s pipelined test on this project's 2-vCPU VM) that happened in about
+/// 1 run of 600: every chain complete in this ring's completion queue, the notification bytes
+/// unread in the socket, the executor asleep in the runtime's ring for good (an `ftrace` of the
+/// `io_uring` events showed the sequence). With `run_task_queues` changed to report "ran" when
+/// it stops for preemption with tasks queued, the same stress gave 0 stalls in 3,000 runs; that
+/// two-line change belongs in the runtime, not here. Until then, a flush that has waited this
+/// long reaps the ring itself (and enters it, which runs any completion work queued to this
+/// thread), so such a stall costs a few milliseconds instead of forever. Other tasks of a node
+/// are bounded the same way by the consensus tick.
 const POKE_AFTER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Takes every completion from the ring and wakes the waiters whose chains are done.
