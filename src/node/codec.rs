@@ -107,17 +107,38 @@ pub fn encode_append_frames(
     frames: &[&[u8]],
     tail: &[Entry],
 ) {
-    debug_assert!(matches!(m.body, Body::Append { .. }), "frames only travel in appends");
-    let start = out.len();
-    wire::encode(out, Kind::Raft, group, m.from, meta_of(m).as_bytes(), 0);
-    let payload_start = out.len();
-    encode_entries(out, group, head);
+    let mut post = Vec::new();
+    encode_append_around(out, &mut post, group, m, head, frames, tail);
     for f in frames {
         out.extend_from_slice(f);
     }
-    encode_entries(out, group, tail);
-    let frames_len = out.len() - payload_start;
-    wire::set_frames_len(&mut out[start..], frames_len);
+    out.extend_from_slice(&post);
+}
+
+/// The same message as [`encode_append_frames`], without the frames: appends to `pre` what
+/// goes before them (envelope, meta, `head`) and to `post` what follows them (`tail`), so that
+/// `pre`, the frames and `post` sent one after the other are that message (a vectored send
+/// needs no copy of the frames).
+pub fn encode_append_around(
+    pre: &mut Vec<u8>,
+    post: &mut Vec<u8>,
+    group: u64,
+    m: &Message,
+    head: &[Entry],
+    frames: &[&[u8]],
+    tail: &[Entry],
+) {
+    debug_assert!(matches!(m.body, Body::Append { .. }), "frames only travel in appends");
+    let start = pre.len();
+    wire::encode(pre, Kind::Raft, group, m.from, meta_of(m).as_bytes(), 0);
+    let payload_start = pre.len();
+    encode_entries(pre, group, head);
+    let post_start = post.len();
+    encode_entries(post, group, tail);
+    let frames_len = (pre.len() - payload_start)
+        + frames.iter().map(|f| f.len()).sum::<usize>()
+        + (post.len() - post_start);
+    wire::set_frames_len(&mut pre[start..], frames_len);
 }
 
 /// The fixed part of `m`.

@@ -226,8 +226,7 @@ impl GroupGauges {
 /// What a core knows outside [`CoreMetrics`] (its connection count and peer links).
 pub(crate) struct CoreExtra {
     pub client_connections: u64,
-    /// (peer, link up, messages dropped).
-    pub peers: Vec<(u64, bool, u64)>,
+    pub peers: Vec<super::peer::LinkState>,
 }
 
 /// A copy of one group's figures.
@@ -272,8 +271,7 @@ pub struct CoreSnapshot {
     pub stages: StageRecorder,
     pub groups: Vec<GroupSnapshot>,
     pub client_connections: u64,
-    /// (peer, link up, messages dropped).
-    pub peers: Vec<(u64, bool, u64)>,
+    pub peers: Vec<super::peer::LinkState>,
     /// Sampled appends (only when asked for).
     pub trace: Vec<TraceSample>,
 }
@@ -475,32 +473,47 @@ impl NodeSnapshot {
             "Open client connections.",
             &[("", sum(|c| c.client_connections))],
         );
-        let peers: Vec<(u64, bool, u64)> =
+        let peers: Vec<super::peer::LinkState> =
             self.cores.iter().flat_map(|c| c.peers.clone()).collect();
-        let mut ids: Vec<u64> = peers.iter().map(|p| p.0).collect();
+        let mut ids: Vec<u64> = peers.iter().map(|p| p.peer).collect();
         ids.sort_unstable();
         ids.dedup();
-        let per_peer = |f: fn(&(u64, bool, u64)) -> u64| -> Vec<(String, u64)> {
+        let per_peer = |f: fn(&super::peer::LinkState) -> u64| -> Vec<(String, u64)> {
             ids.iter()
                 .map(|id| {
-                    let n = peers.iter().filter(|p| p.0 == *id).map(f).sum();
+                    let n = peers.iter().filter(|p| p.peer == *id).map(f).sum();
                     (format!("peer=\"{id}\""), n)
                 })
                 .collect()
         };
-        let up = per_peer(|p| u64::from(p.1));
+        let up = per_peer(|p| u64::from(p.up));
         gauge(
             &mut out,
             "corelog_peer_links_up",
             "Outbound peer links connected (one per core and peer).",
             &up.iter().map(|(l, n)| (l.as_str(), *n)).collect::<Vec<_>>(),
         );
-        let dropped = per_peer(|p| p.2);
+        let dropped = per_peer(|p| p.dropped);
         counter(
             &mut out,
             "corelog_peer_messages_dropped_total",
             "Consensus messages dropped because the link was down or its queue full.",
             &dropped.iter().map(|(l, n)| (l.as_str(), *n)).collect::<Vec<_>>(),
+        );
+        let direct = per_peer(|p| p.direct_sends);
+        counter(
+            &mut out,
+            "corelog_peer_direct_sends_total",
+            "Appends with large frames sent straight from the leader's log in one vectored send \
+             (no copy into the link's queue).",
+            &direct.iter().map(|(l, n)| (l.as_str(), *n)).collect::<Vec<_>>(),
+        );
+        let partial = per_peer(|p| p.direct_partial);
+        counter(
+            &mut out,
+            "corelog_peer_direct_sends_partial_total",
+            "Direct sends the socket took only in part (the rest went through the link's queue).",
+            &partial.iter().map(|(l, n)| (l.as_str(), *n)).collect::<Vec<_>>(),
         );
         let groups: Vec<&GroupSnapshot> = self.cores.iter().flat_map(|c| &c.groups).collect();
         let per_group = |f: &dyn Fn(&GroupSnapshot) -> u64| -> Vec<(String, u64)> {

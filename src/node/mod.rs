@@ -59,6 +59,7 @@ use std::time::{Duration, Instant};
 
 pub use config::{NodeConfig, PeerConfig};
 use group::{GroupDriver, GroupHandle, Input};
+pub use peer::LinkState;
 use peer::Peers;
 
 /// What one core shares among its tasks.

@@ -45,6 +45,14 @@ struct HelloMeta {
 /// Bytes queued for one peer before further messages are dropped.
 const LINK_QUEUE_BYTES_MAX: usize = 64 << 20;
 
+/// Appends whose frames come to at least this many bytes are sent straight from the leader's
+/// log (see [`Peers::send_frames`]); smaller ones are copied into the queue, where they join
+/// whatever else goes out in the link's next write.
+const DIRECT_SEND_MIN_BYTES: usize = 16 << 10;
+
+/// Most slices in one vectored send (the kernel allows 1,024).
+const DIRECT_SEND_MAX_SLICES: usize = 64;
+
 struct Link {
     peer: u64,
     addr: SocketAddr,
@@ -52,6 +60,27 @@ struct Link {
     waker: Cell<Option<Waker>>,
     connected: Cell<bool>,
     dropped: Cell<u64>,
+    /// The connected socket, while the link task holds it (cleared before it is closed, so a
+    /// reused descriptor number is never written to).
+    fd: Cell<Option<std::os::fd::RawFd>>,
+    /// The link task is writing bytes it took from `queue`.
+    writing: Cell<bool>,
+    /// Appends sent straight from the log, and those of them the socket took only in part.
+    direct_sends: Cell<u64>,
+    direct_partial: Cell<u64>,
+}
+
+/// What the metrics show of one outbound link.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkState {
+    pub peer: u64,
+    pub up: bool,
+    /// Messages dropped because the link was down or its queue full.
+    pub dropped: u64,
+    /// Appends sent straight from the leader's log (no copy into the queue).
+    pub direct_sends: u64,
+    /// Those of them the socket took only in part (the rest went through the queue).
+    pub direct_partial: u64,
 }
 
 /// The outbound links of one core.
@@ -81,6 +110,10 @@ impl Peers {
                 waker: Cell::new(None),
                 connected: Cell::new(false),
                 dropped: Cell::new(0),
+                fd: Cell::new(None),
+                writing: Cell::new(false),
+                direct_sends: Cell::new(0),
+                direct_partial: Cell::new(0),
             });
             let hello = HelloMeta {
                 cluster_id: U64::new(ctx_cfg.cluster_id),
@@ -103,6 +136,12 @@ impl Peers {
 
     /// Queues the append `m` whose entries are `head`, the leader's log frames `frames` (sent
     /// as they are), and `tail` (see [`super::codec::encode_append_frames`]).
+    ///
+    /// Large frames are not copied: when nothing is queued or being written on the link, the
+    /// message goes to the socket at once in one vectored, non-blocking send from the log's
+    /// own memory (the kernel copies it into the socket buffer, as any send does), and only
+    /// what the socket did not take is copied into the queue for the link task. Order is kept:
+    /// a direct send happens only when nothing sent before it is still waiting.
     pub fn send_frames(
         &self,
         group: u64,
@@ -111,7 +150,51 @@ impl Peers {
         frames: &[&[u8]],
         tail: &[Entry],
     ) {
-        self.queue(m.to, |q| super::codec::encode_append_frames(q, group, m, head, frames, tail));
+        let direct = frames.len() + 2 <= DIRECT_SEND_MAX_SLICES
+            && frames.iter().map(|f| f.len()).sum::<usize>() >= DIRECT_SEND_MIN_BYTES;
+        if !direct {
+            self.queue(m.to, |q| {
+                super::codec::encode_append_frames(q, group, m, head, frames, tail)
+            });
+            return;
+        }
+        let Some(link) = self.links.get(&m.to) else {
+            return;
+        };
+        let fd = match link.fd.get() {
+            Some(fd) if link.connected.get() && !link.writing.get() => fd,
+            _ => {
+                self.queue(m.to, |q| {
+                    super::codec::encode_append_frames(q, group, m, head, frames, tail)
+                });
+                return;
+            }
+        };
+        if !link.queue.borrow().is_empty() {
+            self.queue(m.to, |q| {
+                super::codec::encode_append_frames(q, group, m, head, frames, tail)
+            });
+            return;
+        }
+        let (mut pre, mut post) = (Vec::new(), Vec::new());
+        super::codec::encode_append_around(&mut pre, &mut post, group, m, head, frames, tail);
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(frames.len() + 2);
+        parts.push(&pre);
+        parts.extend_from_slice(frames);
+        parts.push(&post);
+        let sent = send_vectored(fd, &parts);
+        link.direct_sends.set(link.direct_sends.get() + 1);
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if sent == total {
+            return;
+        }
+        // The socket is full (or failed: the link task's next write finds out): the rest goes
+        // through the queue, in order, ahead of anything queued later.
+        link.direct_partial.set(link.direct_partial.get() + 1);
+        queue_unsent(&parts, sent, &mut link.queue.borrow_mut());
+        if let Some(w) = link.waker.take() {
+            w.wake();
+        }
     }
 
     fn queue(&self, to: u64, encode: impl FnOnce(&mut Vec<u8>)) {
@@ -134,9 +217,18 @@ impl Peers {
         }
     }
 
-    /// (peer, link up, messages dropped) of every link, for the metrics.
-    pub fn link_states(&self) -> Vec<(u64, bool, u64)> {
-        self.links.values().map(|l| (l.peer, l.connected.get(), l.dropped.get())).collect()
+    /// The state of every link, for the metrics.
+    pub fn link_states(&self) -> Vec<LinkState> {
+        self.links
+            .values()
+            .map(|l| LinkState {
+                peer: l.peer,
+                up: l.connected.get(),
+                dropped: l.dropped.get(),
+                direct_sends: l.direct_sends.get(),
+                direct_partial: l.direct_partial.get(),
+            })
+            .collect()
     }
 
     /// Wakes every link task (at shutdown).
@@ -145,6 +237,44 @@ impl Peers {
             if let Some(w) = l.waker.take() {
                 w.wake();
             }
+        }
+    }
+}
+
+/// Appends to `q` what follows the first `sent` bytes of `parts` (taken one after the other).
+fn queue_unsent(parts: &[&[u8]], sent: usize, q: &mut Vec<u8>) {
+    let mut skip = sent;
+    for p in parts {
+        if skip >= p.len() {
+            skip -= p.len();
+            continue;
+        }
+        q.extend_from_slice(&p[skip..]);
+        skip = 0;
+    }
+}
+
+/// One non-blocking vectored send of `parts` on `fd`; returns how many bytes the socket took
+/// (0 when it took none or failed: the caller queues the rest for the link task, whose write
+/// reports a failure).
+fn send_vectored(fd: std::os::fd::RawFd, parts: &[&[u8]]) -> usize {
+    let iov: Vec<libc::iovec> = parts
+        .iter()
+        .map(|p| libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() })
+        .collect();
+    // SAFETY: an all-zero msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len() as _;
+    loop {
+        // SAFETY: every iovec points into a slice borrowed for this call; the kernel only reads
+        // them, and `fd` is the link's open socket (cleared before the socket is closed).
+        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return n as usize;
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return 0;
         }
     }
 }
@@ -159,6 +289,7 @@ async fn drive_link(link: Rc<Link>, hello: HelloMeta, stop: Rc<Cell<bool>>, _run
         {
             Ok(mut stream) => {
                 backoff = Duration::from_millis(20);
+                link.fd.set(Some(std::os::fd::AsRawFd::as_raw_fd(&stream)));
                 link.connected.set(true);
                 tracing::debug!(peer = link.peer, addr = %link.addr, "peer link up");
                 loop {
@@ -177,13 +308,17 @@ async fn drive_link(link: Rc<Link>, hello: HelloMeta, stop: Rc<Cell<bool>>, _run
                     }
                     // Everything queued goes in one write.
                     std::mem::swap(&mut *link.queue.borrow_mut(), &mut spare);
+                    link.writing.set(true);
                     let r = stream.write_all(&spare).await;
+                    link.writing.set(false);
                     spare.clear();
                     if let Err(e) = r {
                         tracing::debug!(peer = link.peer, error = %e, "peer link lost");
                         break;
                     }
                 }
+                link.fd.set(None);
+                link.writing.set(false);
                 link.connected.set(false);
                 link.queue.borrow_mut().clear();
                 let _ = stream.close().await;
@@ -629,5 +764,74 @@ mod tests {
             .unwrap()
             .join()
             .unwrap();
+    }
+}
+
+#[cfg(test)]
+mod direct_send_tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+
+    /// A vectored send into a socket that cannot take it all, then the rest through a queue:
+    /// the receiver gets exactly the parts, in order.
+    #[test]
+    fn a_partial_direct_send_queues_exactly_the_rest() {
+        let (tx, mut rx) = std::os::unix::net::UnixStream::pair().unwrap();
+        let small: libc::c_int = 4096;
+        // SAFETY: setting an integer socket option on a socket we own.
+        let r = unsafe {
+            libc::setsockopt(
+                tx.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&small as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        let pre: Vec<u8> = (0..100u32).map(|i| i as u8).collect();
+        let frames: Vec<Vec<u8>> =
+            (0..5u32).map(|f| (0..70_000u32).map(|i| (i * 7 + f) as u8).collect()).collect();
+        let post = vec![0xAB; 33];
+        let mut parts: Vec<&[u8]> = vec![&pre];
+        parts.extend(frames.iter().map(|f| f.as_slice()));
+        parts.push(&post);
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let sent = send_vectored(tx.as_raw_fd(), &parts);
+        assert!(sent > 0 && sent < total, "the socket took {sent} of {total}");
+        let mut rest = Vec::new();
+        queue_unsent(&parts, sent, &mut rest);
+        assert_eq!(sent + rest.len(), total);
+        // Nothing is waiting on a full socket in this test: the rest goes blocking, from a
+        // thread, while this one reads.
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut tx = tx;
+            tx.write_all(&rest).unwrap();
+        });
+        let mut got = vec![0u8; total];
+        rx.read_exact(&mut got).unwrap();
+        writer.join().unwrap();
+        assert_eq!(got, parts.concat());
+        // Cut exactly at a part's end, and at nothing.
+        let mut q = Vec::new();
+        queue_unsent(&parts, pre.len(), &mut q);
+        assert_eq!(q, parts[1..].concat());
+        q.clear();
+        queue_unsent(&parts, 0, &mut q);
+        assert_eq!(q, parts.concat());
+        q.clear();
+        queue_unsent(&parts, total, &mut q);
+        assert!(q.is_empty());
+    }
+
+    /// A send on a socket whose other end is gone takes nothing (the link task's next write
+    /// reports the failure).
+    #[test]
+    fn a_direct_send_to_a_closed_socket_takes_nothing() {
+        let (tx, rx) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(rx);
+        assert_eq!(send_vectored(tx.as_raw_fd(), &[b"abc", b"def"]), 0);
     }
 }
