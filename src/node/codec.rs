@@ -9,7 +9,9 @@
 //!
 //! Copies: an append whose entries are whole frames of the leader's log goes out as those
 //! frames ([`encode_append_frames`]: one plain copy into the send queue, no framing, no
-//! checksum); any other append is framed here ([`encode`]: one copy, checksummed). The
+//! checksum; or, for large frames, none: [`encode_append_around`] encodes only what goes
+//! around them for a vectored send); any other append is framed here ([`encode`]: one copy,
+//! checksummed). The
 //! receiver verifies each frame's checksum once ([`decode_with_frames`]) and gets the core's
 //! entries as slices of the receive buffer plus the frames themselves, which its log then
 //! takes as they are.

@@ -14,23 +14,28 @@
 //! Copies of an appended payload, from the client's socket to a follower's disk, and where the
 //! checksum is computed:
 //! 1. the kernel copies it into the client connection's read buffer (one read takes many
-//!    pipelined requests), and the request is copied from there into a buffer of its own:
-//!    copy 1; the client's frame is verified there, and the core's entries are slices of that
+//!    pipelined requests), and the request is copied from there into a buffer it shares with
+//!    the requests that arrived whole with it: copy 1; the client's frame is verified there, and the core's entries are slices of that
 //!    buffer (no copy);
 //! 2. the leader builds the log frame once, in its log's aligned write buffer: copy 2 and the
 //!    one checksum of the frame;
-//! 3. that frame, as it is, goes into each follower's send queue: copy 3 (one per follower; a
-//!    plain copy, no framing, no checksum; see [`codec::encode_append_frames`] and
-//!    `Log::with_frames`); the kernel copies the queue to the socket;
+//! 3. that frame, as it is, goes to each follower: when its link has nothing queued and the
+//!    frames come to 16 KiB or more, in one vectored non-blocking `sendmsg` straight from the
+//!    log's memory (no copy in user space; only what the socket does not take is copied into
+//!    the link's queue); otherwise it is copied into the send queue: copy 3 (one per follower;
+//!    a plain copy, no framing, no checksum; see [`codec::encode_append_frames`],
+//!    `Peers::send_frames` and `Log::with_frames`); the kernel copies it to the socket;
 //! 4. the follower receives the message straight into one buffer (no read buffer between,
 //!    and the buffer is not zeroed first), verifies each frame's checksum, and writes those
 //!    very bytes into its log's write buffer: copy 4 (see `GroupDriver::write_entries`).
 //!
-//! So four copies in user space, none per entry in the protocol core, and the payload is
-//! checksummed once where it is built and once where it is received. Copy 1 buys one read
-//! system call for many small requests. Copy 3 is there because glommio 0.9 has no vectored
-//! send: with `writev`/`sendmsg` over the log's buffers it would go. Copy 4 would go if the
-//! follower received straight into its log's buffer. One frame per
+//! So three or four copies in user space, none per entry in the protocol core, and the payload
+//! is checksummed once where it is built and once where it is received. Copy 1 buys one read
+//! system call for many small requests (the requests that arrived whole are copied out in one
+//! piece and split, each sharing it). Copy 3 stays for small appends, which join other
+//! messages in one write (glommio 0.9 has no vectored send of its own; the direct send goes
+//! around it on the link's socket). Copy 4 would go if the follower received straight into
+//! its log's buffer. One frame per
 //! pipelined flush, the one that the flush's block-aligned cut splits between two buffers, is
 //! copied whole once more (for all followers) the first time it is sent. Entries of an
 //! append that are not in a whole frame in memory (an append that starts or ends inside a
