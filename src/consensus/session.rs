@@ -36,6 +36,14 @@ impl SessionHasherBuilder {
     pub fn new(key: u64) -> Self {
         Self { key: key | 1 }
     }
+
+    /// A hasher keyed by a random key (from the standard library's per-process randomness),
+    /// for maps keyed by ids that clients choose (sessions, request ids) outside the
+    /// deterministic core.
+    pub fn random() -> Self {
+        use std::hash::BuildHasher as _;
+        Self::new(std::collections::hash_map::RandomState::new().hash_one(0x5E55_u64))
+    }
 }
 
 impl BuildHasher for SessionHasherBuilder {

@@ -22,6 +22,7 @@ use super::peer::Peers;
 use super::proto::{ResponseMeta, Status};
 use super::server::ClientConn;
 use super::stages::Timeline;
+use crate::consensus::session::SessionHasherBuilder;
 use crate::consensus::{
     self, Entry, EntryKind as CoreKind, Membership, Message, Node, Proposed, Ready, Reply,
     RestartState, Role, SessionRecord, Snapshot,
@@ -149,7 +150,9 @@ pub(crate) struct GroupDriver {
     snapshot_meta: Option<(u64, u64, Membership)>,
     handle: Rc<GroupHandle>,
     peers: Rc<Peers>,
-    pending: HashMap<(u64, u64), (Rc<PendingAppend>, usize)>,
+    /// Appends waiting for their commit, by (session, sequence): keyed by ids that clients
+    /// choose, so with a keyed hasher (SipHash cost a few per cent of the leader's CPU).
+    pending: HashMap<(u64, u64), (Rc<PendingAppend>, usize), SessionHasherBuilder>,
     commit: u64,
     metrics: Rc<CoreMetrics>,
     gauges: Rc<GroupGauges>,
@@ -372,7 +375,7 @@ impl GroupDriver {
             snapshot_meta,
             handle,
             peers,
-            pending: HashMap::new(),
+            pending: HashMap::with_hasher(SessionHasherBuilder::random()),
             commit,
             metrics,
             gauges,

@@ -32,6 +32,7 @@ use super::group::{GroupHandle, Input, ReplyTo};
 use super::peer::{ReadError, read_message_after};
 use super::proto::{MemberChange, Op, RequestMeta, ResponseMeta, Status};
 use super::{ACCEPT_STOP_CHECK, STOP_CHECK, TaskCount, sleep_unless_stopped, until_stopped};
+use crate::consensus::session::SessionHasherBuilder;
 use crate::frame::{Frame, FrameLimits};
 use crate::wire::{self, ENVELOPE_LEN, Kind};
 
@@ -53,7 +54,8 @@ pub(crate) struct ClientConn {
     abort: Cell<bool>,
     writing: Cell<usize>,
     reserved: Cell<usize>,
-    reservations: RefCell<HashMap<u64, usize>>,
+    /// Bytes reserved per request id (ids chosen by the client: a keyed hasher).
+    reservations: RefCell<HashMap<u64, usize, SessionHasherBuilder>>,
     queue_max: usize,
     /// Tails running on this connection (a connection with one is never idle).
     tails: Cell<usize>,
@@ -111,7 +113,7 @@ impl ClientConn {
             abort: Cell::new(false),
             writing: Cell::new(0),
             reserved: Cell::new(0),
-            reservations: RefCell::new(HashMap::new()),
+            reservations: RefCell::new(HashMap::with_hasher(SessionHasherBuilder::random())),
             queue_max,
             tails: Cell::new(0),
             tail_wakers: RefCell::new(Vec::new()),
