@@ -61,11 +61,13 @@ struct Link {
     connected: Cell<bool>,
     dropped: Cell<u64>,
     /// The connected socket, while the link task holds it (cleared before it is closed, so a
-    /// reused descriptor number is never written to).
+    /// reused descriptor number is never written to). The task is only ever dropped midway when
+    /// the executor is torn down, after the group drivers, so nothing sends after that.
     fd: Cell<Option<std::os::fd::RawFd>>,
     /// The link task is writing bytes it took from `queue`.
     writing: Cell<bool>,
-    /// Appends sent straight from the log, and those of them the socket took only in part.
+    /// Appends sent straight from the log (the socket took at least a byte), and those of them
+    /// the socket took only in part.
     direct_sends: Cell<u64>,
     direct_partial: Cell<u64>,
 }
@@ -77,7 +79,8 @@ pub struct LinkState {
     pub up: bool,
     /// Messages dropped because the link was down or its queue full.
     pub dropped: u64,
-    /// Appends sent straight from the leader's log (no copy into the queue).
+    /// Appends sent straight from the leader's log (no copy into the queue; a send the socket
+    /// took nothing of went through the queue and is not counted).
     pub direct_sends: u64,
     /// Those of them the socket took only in part (the rest went through the queue).
     pub direct_partial: u64,
@@ -183,14 +186,18 @@ impl Peers {
         parts.extend_from_slice(frames);
         parts.push(&post);
         let sent = send_vectored(fd, &parts);
-        link.direct_sends.set(link.direct_sends.get() + 1);
+        if sent > 0 {
+            link.direct_sends.set(link.direct_sends.get() + 1);
+        }
         let total: usize = parts.iter().map(|p| p.len()).sum();
         if sent == total {
             return;
         }
         // The socket is full (or failed: the link task's next write finds out): the rest goes
         // through the queue, in order, ahead of anything queued later.
-        link.direct_partial.set(link.direct_partial.get() + 1);
+        if sent > 0 {
+            link.direct_partial.set(link.direct_partial.get() + 1);
+        }
         queue_unsent(&parts, sent, &mut link.queue.borrow_mut());
         if let Some(w) = link.waker.take() {
             w.wake();
