@@ -187,16 +187,7 @@ fn the_parser_rejects_what_is_not_exposition() {
 #[test]
 fn a_running_cluster_exposes_metrics_that_move() {
     let dir = tempfile::tempdir().unwrap();
-    let cfgs = common::local_configs(dir.path(), 3, 4 << 20, |c| {
-        c.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-    });
-    let addrs: Vec<SocketAddr> = cfgs[0].members.iter().map(|m| m.client_addr).collect();
-    let nodes: Vec<_> = cfgs.iter().cloned().map(|c| node::start(c).expect("start")).collect();
-    let endpoints: Vec<SocketAddr> =
-        nodes.iter().map(|n| n.metrics_addr().expect("metrics endpoint")).collect();
-    let mut client = Client::new(ClientConfig::new(addrs.clone())).unwrap();
-    client.append(0, b"first").expect("append");
-    let leader = single_leader(&endpoints);
+    let Cluster { nodes, addrs, endpoints, mut client, leader } = metrics_cluster(dir.path());
     let before: Vec<Scrape> = endpoints.iter().map(|a| Scrape::of(*a)).collect();
     let n = 60;
     for i in 0..n {
@@ -279,6 +270,29 @@ fn a_running_cluster_exposes_metrics_that_move() {
     }
 }
 
+/// A 3-node cluster with metrics endpoints, one entry appended, and the index of its leader.
+struct Cluster {
+    nodes: Vec<node::NodeHandle>,
+    addrs: Vec<SocketAddr>,
+    endpoints: Vec<SocketAddr>,
+    client: Client,
+    leader: usize,
+}
+
+fn metrics_cluster(dir: &std::path::Path) -> Cluster {
+    let cfgs = common::local_configs(dir, 3, 4 << 20, |c| {
+        c.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    });
+    let addrs: Vec<SocketAddr> = cfgs[0].members.iter().map(|m| m.client_addr).collect();
+    let nodes: Vec<_> = cfgs.iter().cloned().map(|c| node::start(c).expect("start")).collect();
+    let endpoints: Vec<SocketAddr> =
+        nodes.iter().map(|n| n.metrics_addr().expect("metrics endpoint")).collect();
+    let mut client = Client::new(ClientConfig::new(addrs.clone())).unwrap();
+    client.append(0, b"first").expect("append");
+    let leader = single_leader(&endpoints);
+    Cluster { nodes, addrs, endpoints, client, leader }
+}
+
 /// The index of the one node whose metrics say it leads group 0, waiting up to 10 s.
 fn single_leader(endpoints: &[SocketAddr]) -> usize {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -358,16 +372,7 @@ fn a_follower_behind_the_entry_cache_catches_up_from_the_log() {
 #[test]
 fn large_frames_go_to_the_followers_straight_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let cfgs = common::local_configs(dir.path(), 3, 4 << 20, |c| {
-        c.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-    });
-    let addrs: Vec<SocketAddr> = cfgs[0].members.iter().map(|m| m.client_addr).collect();
-    let nodes: Vec<_> = cfgs.iter().cloned().map(|c| node::start(c).expect("start")).collect();
-    let endpoints: Vec<SocketAddr> =
-        nodes.iter().map(|n| n.metrics_addr().expect("metrics endpoint")).collect();
-    let mut client = Client::new(ClientConfig::new(addrs.clone())).unwrap();
-    client.append(0, b"first").expect("append");
-    let leader = single_leader(&endpoints);
+    let Cluster { nodes, addrs, endpoints, mut client, leader } = metrics_cluster(dir.path());
     // 40 KiB each, every byte depending on the entry and its offset.
     let payload = |i: usize| -> Vec<u8> {
         (0..40 << 10).map(|k: usize| (k.wrapping_mul(31) ^ i.wrapping_mul(131)) as u8).collect()

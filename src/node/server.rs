@@ -399,85 +399,77 @@ where
                 futures_lite::AsyncBufReadExt::consume(&mut rd, whole);
             }
         }
-        if !ready.is_empty() {
+        let buf = if !ready.is_empty() {
             let env = wire::check_envelope(&ready, max).expect("checked when it was buffered");
-            let buf = ready.split_to(wire::message_len(env));
-            match wire::verify(&buf, max) {
-                Ok(msg) if msg.kind == Kind::Request => handle_request(&ctx, &conn, &buf, &msg),
-                Ok(msg) => {
-                    conn.fail(&format!("expected a request, not {:?}", msg.kind));
+            ready.split_to(wire::message_len(env))
+        } else {
+            // The first byte: a silent connection is closed after the timeout, unless it waits
+            // for answers to its requests (a commit may take longer than the timeout).
+            let read = async {
+                let mut first = [0u8; 1];
+                let mut next = std::pin::pin!(rd.read(&mut first));
+                let mut silent_since = Instant::now();
+                loop {
+                    let tick = async {
+                        glommio::timer::sleep(timeout.min(STOP_CHECK)).await;
+                        None
+                    };
+                    match futures_lite::future::or(async { Some((&mut next).await) }, tick).await {
+                        Some(Ok(0)) => {
+                            let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+                            return Some(Err(ReadError::Io(eof)));
+                        }
+                        Some(Ok(_)) => break,
+                        Some(Err(e)) => return Some(Err(ReadError::Io(e))),
+                        None if ctx.stop.get() => return Some(Err(ReadError::Stopped)),
+                        None if conn.reserved.get() > 0 || conn.tails.get() > 0 => {
+                            silent_since = Instant::now();
+                        }
+                        None if silent_since.elapsed() < timeout => {}
+                        None => return Some(Err(ReadError::Timeout(timeout))),
+                    }
+                }
+                Some(
+                    read_message_after(&mut rd, Some(first[0]), max, timeout, Some(&ctx.stop))
+                        .await,
+                )
+            };
+            let Some(read) = futures_lite::future::or(read, async {
+                closed(&conn, |c| &c.reader_waker).await;
+                None
+            })
+            .await
+            else {
+                break;
+            };
+            match read {
+                Ok(b) => b,
+                Err(ReadError::Io(e)) => {
+                    tracing::debug!(error = %e, "client connection closed");
+                    break;
+                }
+                Err(ReadError::Stopped) => {
+                    conn.say_and_close("the node is stopping");
+                    break;
+                }
+                Err(ReadError::Wire(e @ wire::WireError::TooLarge { .. }, env))
+                    if env[6] == Kind::Request as u8 =>
+                {
+                    // A request too large to read: a final answer to it (the client must not
+                    // retry it), then the close (its body is not read, so the stream is lost).
+                    let group = u64::from_le_bytes(env[16..24].try_into().expect("8 bytes"));
+                    let id = u64::from_le_bytes(env[24..32].try_into().expect("8 bytes"));
+                    let meta = ResponseMeta::new(Status::TooLarge, 0, 0, 0);
+                    conn.respond(group, id, meta, e.to_string().as_bytes());
+                    conn.close(false);
                     break;
                 }
                 Err(e) => {
+                    // Garbage, an oversized length, a silent or stalled client: say why, close.
+                    tracing::debug!(error = %e, "closing a client connection");
                     conn.fail(&e.to_string());
                     break;
                 }
-            }
-            continue;
-        }
-        // The first byte: a silent connection is closed after the timeout, unless it waits
-        // for answers to its requests (a commit may take longer than the timeout).
-        let read = async {
-            let mut first = [0u8; 1];
-            let mut next = std::pin::pin!(rd.read(&mut first));
-            let mut silent_since = Instant::now();
-            loop {
-                let tick = async {
-                    glommio::timer::sleep(timeout.min(STOP_CHECK)).await;
-                    None
-                };
-                match futures_lite::future::or(async { Some((&mut next).await) }, tick).await {
-                    Some(Ok(0)) => {
-                        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
-                        return Some(Err(ReadError::Io(eof)));
-                    }
-                    Some(Ok(_)) => break,
-                    Some(Err(e)) => return Some(Err(ReadError::Io(e))),
-                    None if ctx.stop.get() => return Some(Err(ReadError::Stopped)),
-                    None if conn.reserved.get() > 0 || conn.tails.get() > 0 => {
-                        silent_since = Instant::now();
-                    }
-                    None if silent_since.elapsed() < timeout => {}
-                    None => return Some(Err(ReadError::Timeout(timeout))),
-                }
-            }
-            Some(read_message_after(&mut rd, Some(first[0]), max, timeout, Some(&ctx.stop)).await)
-        };
-        let Some(read) = futures_lite::future::or(read, async {
-            closed(&conn, |c| &c.reader_waker).await;
-            None
-        })
-        .await
-        else {
-            break;
-        };
-        let buf = match read {
-            Ok(b) => b,
-            Err(ReadError::Io(e)) => {
-                tracing::debug!(error = %e, "client connection closed");
-                break;
-            }
-            Err(ReadError::Stopped) => {
-                conn.say_and_close("the node is stopping");
-                break;
-            }
-            Err(ReadError::Wire(e @ wire::WireError::TooLarge { .. }, env))
-                if env[6] == Kind::Request as u8 =>
-            {
-                // A request too large to read: a final answer to it (the client must not
-                // retry it), then the close (its body is not read, so the stream is lost).
-                let group = u64::from_le_bytes(env[16..24].try_into().expect("8 bytes"));
-                let id = u64::from_le_bytes(env[24..32].try_into().expect("8 bytes"));
-                let meta = ResponseMeta::new(Status::TooLarge, 0, 0, 0);
-                conn.respond(group, id, meta, e.to_string().as_bytes());
-                conn.close(false);
-                break;
-            }
-            Err(e) => {
-                // Garbage, an oversized length, a silent or stalled client: say why, close.
-                tracing::debug!(error = %e, "closing a client connection");
-                conn.fail(&e.to_string());
-                break;
             }
         };
         let msg = match wire::verify(&buf, max) {
