@@ -67,48 +67,7 @@ pub fn disk_probe(
     time: Duration,
 ) -> Result<DiskPoint, String> {
     let write_bytes = write_bytes.next_multiple_of(4096);
-    let w = one_writer(dir, write_bytes, file_bytes.max(write_bytes), time)?;
-    Ok(point(write_bytes, 1, w.0 as f64 / w.1, &w.2, &w.3))
-}
-
-/// What one writer measured: writes, seconds, write + fdatasync latencies, fdatasync latencies.
-type Writer = (u64, f64, Histogram<u64>, Histogram<u64>);
-
-/// Write + fdatasync of `write_bytes` in a loop for `time`, in a scratch file of `file_bytes`.
-fn one_writer(
-    dir: &Path,
-    write_bytes: usize,
-    file_bytes: usize,
-    time: Duration,
-) -> Result<Writer, String> {
-    let mut probe = Probe::open(dir, file_bytes)?;
-    let (mut both, mut fsync) = (latency_histogram(), latency_histogram());
-    let (start, mut n) = (Instant::now(), 0u64);
-    while start.elapsed() < time {
-        let (pair, sync) = probe.write_then_fdatasync(write_bytes)?;
-        both.saturating_record(pair.as_micros() as u64);
-        fsync.saturating_record(sync.as_micros() as u64);
-        n += 1;
-    }
-    Ok((n, start.elapsed().as_secs_f64(), both, fsync))
-}
-
-fn point(
-    write_bytes: usize,
-    writers: usize,
-    writes_per_sec: f64,
-    both: &Histogram<u64>,
-    fsync: &Histogram<u64>,
-) -> DiskPoint {
-    DiskPoint {
-        write_bytes,
-        writers,
-        writes_per_sec,
-        mib_per_sec: writes_per_sec * write_bytes as f64 / (1 << 20) as f64,
-        p50_us: both.value_at_quantile(0.5),
-        p99_us: both.value_at_quantile(0.99),
-        fdatasync_p50_us: fsync.value_at_quantile(0.5),
-    }
+    probe_writers(dir, write_bytes, file_bytes.max(write_bytes), 1, time)
 }
 
 /// [`disk_probe`] with `writers` threads at once, each in its own file: how the disk serves
@@ -120,12 +79,34 @@ pub fn disk_probe_concurrent(
     time: Duration,
 ) -> Result<DiskPoint, String> {
     let write_bytes = write_bytes.next_multiple_of(4096);
-    let file_bytes = (64 << 20).max(write_bytes * 8);
-    let writers = writers.max(1);
+    probe_writers(dir, write_bytes, (64 << 20).max(write_bytes * 8), writers.max(1), time)
+}
+
+/// `writers` threads, each writing `write_bytes` + fdatasync in a loop for `time` in a scratch
+/// file of `file_bytes` of its own; their rates summed, their latencies merged.
+fn probe_writers(
+    dir: &Path,
+    write_bytes: usize,
+    file_bytes: usize,
+    writers: usize,
+    time: Duration,
+) -> Result<DiskPoint, String> {
+    // Per writer: writes, seconds, write + fdatasync latencies, fdatasync latencies.
+    type Writer = (u64, f64, Histogram<u64>, Histogram<u64>);
+    let one = move || -> Result<Writer, String> {
+        let mut probe = Probe::open(dir, file_bytes)?;
+        let (mut both, mut fsync) = (latency_histogram(), latency_histogram());
+        let (start, mut n) = (Instant::now(), 0u64);
+        while start.elapsed() < time {
+            let (pair, sync) = probe.write_then_fdatasync(write_bytes)?;
+            both.saturating_record(pair.as_micros() as u64);
+            fsync.saturating_record(sync.as_micros() as u64);
+            n += 1;
+        }
+        Ok((n, start.elapsed().as_secs_f64(), both, fsync))
+    };
     let results: Vec<Result<Writer, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..writers)
-            .map(|_| s.spawn(move || one_writer(dir, write_bytes, file_bytes, time)))
-            .collect();
+        let handles: Vec<_> = (0..writers).map(|_| s.spawn(one)).collect();
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| Err("a disk probe thread panicked".into())))
@@ -138,7 +119,15 @@ pub fn disk_probe_concurrent(
         both.add(&b).map_err(|e| e.to_string())?;
         fsync.add(&f).map_err(|e| e.to_string())?;
     }
-    Ok(point(write_bytes, writers, rate, &both, &fsync))
+    Ok(DiskPoint {
+        write_bytes,
+        writers,
+        writes_per_sec: rate,
+        mib_per_sec: rate * write_bytes as f64 / (1 << 20) as f64,
+        p50_us: both.value_at_quantile(0.5),
+        p99_us: both.value_at_quantile(0.99),
+        fdatasync_p50_us: fsync.value_at_quantile(0.5),
+    })
 }
 
 /// Round trips of a 64-byte message over loopback TCP for `time`.

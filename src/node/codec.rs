@@ -11,10 +11,9 @@
 //! frames ([`encode_append_frames`]: one plain copy into the send queue, no framing, no
 //! checksum; or, for large frames, none: [`encode_append_around`] encodes only what goes
 //! around them for a vectored send); any other append is framed here ([`encode`]: one copy,
-//! checksummed). The
-//! receiver verifies each frame's checksum once ([`decode_with_frames`]) and gets the core's
-//! entries as slices of the receive buffer plus the frames themselves, which its log then
-//! takes as they are.
+//! checksummed). The receiver verifies each frame's checksum once ([`decode_with_frames`])
+//! and gets the core's entries as slices of the receive buffer plus the frames themselves,
+//! which its log then takes as they are.
 
 use bytes::Bytes;
 use zerocopy::byteorder::little_endian::{U32, U64};

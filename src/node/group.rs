@@ -153,6 +153,9 @@ pub(crate) struct GroupDriver {
     /// Appends waiting for their commit, by (session, sequence): keyed by ids that clients
     /// choose, so with a keyed hasher (SipHash cost a few per cent of the leader's CPU).
     pending: HashMap<(u64, u64), (Rc<PendingAppend>, usize), SessionHasherBuilder>,
+    /// The answer to an append, built here and copied into the connection's queue (reused,
+    /// so answering allocates nothing).
+    answer: Vec<u8>,
     commit: u64,
     metrics: Rc<CoreMetrics>,
     gauges: Rc<GroupGauges>,
@@ -376,6 +379,7 @@ impl GroupDriver {
             handle,
             peers,
             pending: HashMap::with_hasher(SessionHasherBuilder::random()),
+            answer: Vec::new(),
             commit,
             metrics,
             gauges,
@@ -705,18 +709,10 @@ impl GroupDriver {
         pa.remaining.set(pa.remaining.get() - 1);
         if pa.remaining.get() == 0 {
             let positions = pa.positions.borrow();
-            // Most requests carry a few entries: their answer is built on the stack.
-            let mut small = [0u8; 16 * 8];
-            let mut large = Vec::new();
-            let payload: &mut [u8] = if positions.len() <= 8 {
-                &mut small[..positions.len() * 16]
-            } else {
-                large.resize(positions.len() * 16, 0);
-                &mut large
-            };
-            for ((i, t), out) in positions.iter().zip(payload.chunks_exact_mut(16)) {
-                out[..8].copy_from_slice(&i.to_le_bytes());
-                out[8..].copy_from_slice(&t.to_le_bytes());
+            self.answer.clear();
+            for (i, t) in positions.iter() {
+                self.answer.extend_from_slice(&i.to_le_bytes());
+                self.answer.extend_from_slice(&t.to_le_bytes());
             }
             pa.reply.send(
                 self.group,
@@ -726,7 +722,7 @@ impl GroupDriver {
                     self.commit,
                     positions.len() as u64,
                 ),
-                payload,
+                &self.answer,
             );
             if self.timeline.enabled() {
                 let first = positions.iter().map(|p| p.0).min().unwrap_or(0);

@@ -229,6 +229,9 @@ pub(crate) struct CoreExtra {
     pub peers: Vec<super::peer::LinkState>,
 }
 
+/// One figure of a peer link, summed over the cores for the exposition.
+type PeerFigure = fn(&super::peer::LinkState) -> u64;
+
 /// A copy of one group's figures.
 #[derive(Debug, Clone)]
 pub struct GroupSnapshot {
@@ -478,7 +481,7 @@ impl NodeSnapshot {
         let mut ids: Vec<u64> = peers.iter().map(|p| p.peer).collect();
         ids.sort_unstable();
         ids.dedup();
-        let per_peer = |f: fn(&super::peer::LinkState) -> u64| -> Vec<(String, u64)> {
+        let per_peer = |f: PeerFigure| -> Vec<(String, u64)> {
             ids.iter()
                 .map(|id| {
                     let n = peers.iter().filter(|p| p.peer == *id).map(f).sum();
@@ -493,28 +496,34 @@ impl NodeSnapshot {
             "Outbound peer links connected (one per core and peer).",
             &up.iter().map(|(l, n)| (l.as_str(), *n)).collect::<Vec<_>>(),
         );
-        let dropped = per_peer(|p| p.dropped);
-        counter(
-            &mut out,
-            "corelog_peer_messages_dropped_total",
-            "Consensus messages dropped because the link was down or its queue full.",
-            &dropped.iter().map(|(l, n)| (l.as_str(), *n)).collect::<Vec<_>>(),
-        );
-        let direct = per_peer(|p| p.direct_sends);
-        counter(
-            &mut out,
-            "corelog_peer_direct_sends_total",
-            "Appends with large frames sent straight from the leader's log in one vectored send \
-             (no copy into the link's queue).",
-            &direct.iter().map(|(l, n)| (l.as_str(), *n)).collect::<Vec<_>>(),
-        );
-        let partial = per_peer(|p| p.direct_partial);
-        counter(
-            &mut out,
-            "corelog_peer_direct_sends_partial_total",
-            "Direct sends the socket took only in part (the rest went through the link's queue).",
-            &partial.iter().map(|(l, n)| (l.as_str(), *n)).collect::<Vec<_>>(),
-        );
+        let peer_counters: [(&str, &str, PeerFigure); 3] = [
+            (
+                "corelog_peer_messages_dropped_total",
+                "Consensus messages dropped because the link was down or its queue full.",
+                |p| p.dropped,
+            ),
+            (
+                "corelog_peer_direct_sends_total",
+                "Appends with large frames sent straight from the leader's log in one vectored \
+                 send (no copy into the link's queue).",
+                |p| p.direct_sends,
+            ),
+            (
+                "corelog_peer_direct_sends_partial_total",
+                "Direct sends the socket took only in part (the rest went through the link's \
+                 queue).",
+                |p| p.direct_partial,
+            ),
+        ];
+        for (name, help, f) in peer_counters {
+            let values = per_peer(f);
+            counter(
+                &mut out,
+                name,
+                help,
+                &values.iter().map(|(l, n)| (l.as_str(), *n)).collect::<Vec<_>>(),
+            );
+        }
         let groups: Vec<&GroupSnapshot> = self.cores.iter().flat_map(|c| &c.groups).collect();
         let per_group = |f: &dyn Fn(&GroupSnapshot) -> u64| -> Vec<(String, u64)> {
             groups.iter().map(|g| (format!("group=\"{}\"", g.group), f(g))).collect()

@@ -15,8 +15,8 @@
 //! checksum is computed:
 //! 1. the kernel copies it into the client connection's read buffer (one read takes many
 //!    pipelined requests), and the request is copied from there into a buffer it shares with
-//!    the requests that arrived whole with it: copy 1; the client's frame is verified there, and the core's entries are slices of that
-//!    buffer (no copy);
+//!    the requests that arrived whole with it: copy 1; the client's frame is verified there,
+//!    and the core's entries are slices of that buffer (no copy);
 //! 2. the leader builds the log frame once, in its log's aligned write buffer: copy 2 and the
 //!    one checksum of the frame;
 //! 3. that frame, as it is, goes to each follower: when its link has nothing queued and the
@@ -35,12 +35,11 @@
 //! piece and split, each sharing it). Copy 3 stays for small appends, which join other
 //! messages in one write (glommio 0.9 has no vectored send of its own; the direct send goes
 //! around it on the link's socket). Copy 4 would go if the follower received straight into
-//! its log's buffer. One frame per
-//! pipelined flush, the one that the flush's block-aligned cut splits between two buffers, is
-//! copied whole once more (for all followers) the first time it is sent. Entries of an
-//! append that are not in a whole frame in memory (an append that starts or ends inside a
-//! frame, frames evicted past `entry_cache_bytes_max`) are framed anew, around the run of
-//! whole frames; `corelog_peer_entries_sent_total` and
+//! its log's buffer. One frame per pipelined flush, the one that the flush's block-aligned
+//! cut splits between two buffers, is copied whole once more (for all followers) the first
+//! time it is sent. Entries of an append that are not in a whole frame in memory (an append
+//! that starts or ends inside a frame, frames evicted past `entry_cache_bytes_max`) are
+//! framed anew, around the run of whole frames; `corelog_peer_entries_sent_total` and
 //! `corelog_follower_entries_written_total` count both paths, and
 //! `corelog_leader_entries_fetched_total` the entries a leader had to read back from disk.
 

@@ -153,32 +153,14 @@ impl Peers {
         frames: &[&[u8]],
         tail: &[Entry],
     ) {
-        let direct = frames.len() + 2 <= DIRECT_SEND_MAX_SLICES
+        let large = frames.len() + 2 <= DIRECT_SEND_MAX_SLICES
             && frames.iter().map(|f| f.len()).sum::<usize>() >= DIRECT_SEND_MIN_BYTES;
-        if !direct {
+        let Some((link, fd)) = large.then(|| self.idle_link(m.to)).flatten() else {
             self.queue(m.to, |q| {
                 super::codec::encode_append_frames(q, group, m, head, frames, tail)
             });
             return;
-        }
-        let Some(link) = self.links.get(&m.to) else {
-            return;
         };
-        let fd = match link.fd.get() {
-            Some(fd) if link.connected.get() && !link.writing.get() => fd,
-            _ => {
-                self.queue(m.to, |q| {
-                    super::codec::encode_append_frames(q, group, m, head, frames, tail)
-                });
-                return;
-            }
-        };
-        if !link.queue.borrow().is_empty() {
-            self.queue(m.to, |q| {
-                super::codec::encode_append_frames(q, group, m, head, frames, tail)
-            });
-            return;
-        }
         let (mut pre, mut post) = (Vec::new(), Vec::new());
         super::codec::encode_append_around(&mut pre, &mut post, group, m, head, frames, tail);
         let mut parts: Vec<&[u8]> = Vec::with_capacity(frames.len() + 2);
@@ -202,6 +184,15 @@ impl Peers {
         if let Some(w) = link.waker.take() {
             w.wake();
         }
+    }
+
+    /// The link to `to` and its socket, when it is connected with nothing queued and nothing
+    /// being written: a send on the socket now keeps the order of the link's messages.
+    fn idle_link(&self, to: u64) -> Option<(&Link, std::os::fd::RawFd)> {
+        let link = self.links.get(&to)?;
+        let fd = link.fd.get()?;
+        let idle = link.connected.get() && !link.writing.get() && link.queue.borrow().is_empty();
+        idle.then_some((&**link, fd))
     }
 
     fn queue(&self, to: u64, encode: impl FnOnce(&mut Vec<u8>)) {
