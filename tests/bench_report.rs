@@ -51,7 +51,7 @@ fn default_phases_write_every_report_and_the_page_renders() {
     let stdout = bench(
         &out,
         &data,
-        &["--warmup", "500ms", "--concurrency", "64", "--trace", trace.to_str().unwrap()],
+        &["--warmup", "500ms", "--concurrency", "32,64", "--trace", trace.to_str().unwrap()],
     );
     // The trace: Chrome trace-event JSON with spans of the sampled appends on the leader and
     // on the followers (one process per node).
@@ -88,7 +88,23 @@ fn default_phases_write_every_report_and_the_page_renders() {
     for k in ["appends_per_sec", "mib_per_sec", "p50_us", "p99_us", "p999_us", "max_us"] {
         assert!(j[k].is_number(), "summary.json lacks {k}: {j}");
     }
-    assert_eq!(j["settings"]["concurrency"], 64);
+    // The sweep: a short closed loop at 32 in flight, then at 64; the saturation phase runs at
+    // 64 only if it gained at least 5% over 32.
+    let sweep = j["sweep"].as_array().expect("sweep");
+    assert_eq!(sweep.len(), 2, "{sweep:?}");
+    let rate = |i: usize| sweep[i]["appends_per_sec"].as_f64().unwrap();
+    assert_eq!(
+        (sweep[0]["concurrency"].as_u64(), sweep[1]["concurrency"].as_u64()),
+        (Some(32), Some(64))
+    );
+    assert!(rate(0) > 0.0 && rate(1) > 0.0, "{sweep:?}");
+    let chosen = if rate(1) >= rate(0) * 1.05 { 64 } else { 32 };
+    assert_eq!(j["settings"]["concurrency"], chosen, "{sweep:?}");
+    assert_eq!(summary_field(&stdout, "concurrency"), chosen as f64);
+    assert!(
+        stdout.contains(&format!("; saturation at {chosen} in flight")),
+        "no sweep line:\n{stdout}"
+    );
     assert_eq!(j["settings"]["replicas"], 3);
     assert_eq!(j["phases"].as_array().unwrap().len(), 2);
     assert_eq!(j["appends_per_sec"].as_f64().unwrap().round(), sat);
@@ -143,6 +159,7 @@ fn default_phases_write_every_report_and_the_page_renders() {
     // report.html: the charts, as the browser sees them.
     let page = out.join("report.html");
     let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("in flight -&gt; appends/s"), "no sweep row in report.html");
     for id in ["latency-percentiles", "throughput-timeseries", "p99-timeseries", "stage-shares"] {
         assert!(html.contains(&format!("<svg id=\"{id}\"")), "{id} missing");
     }

@@ -5,10 +5,16 @@
 //! with `--addresses` it loads an existing cluster instead. The load comes from a few
 //! connections with many appends in flight on each ([`super::load`]). Phases:
 //!
-//! 1. warm-up, closed loop (excluded from every figure);
-//! 2. saturation, closed loop with `--concurrency` appends in flight: the sustained throughput;
-//! 3. open loop at `--load-fraction` of that throughput (or at `--rate`, which skips 2): the
-//!    latency, measured from each append's due time (no coordinated omission).
+//! 1. the sweep (when `--concurrency` lists several levels, as by default: 512 to 4096): a
+//!    short closed loop at each level, stopping when one gains less than 5% over the best
+//!    before it. A closed loop with too few appends in flight measures the latency of the
+//!    replication pipeline, not the cluster's throughput: on the 2-core dev VM 512 in flight
+//!    left a third of the CPU idle and gave 100-135k appends/s where 2048 gave 155-185k
+//!    (`docs/measurements/2026-11-27-sweep.md`). etcd's peak, which corelog is compared with,
+//!    was found the same way (the best of a sweep of client counts);
+//! 2. warm-up, then saturation, closed loop at the best level: the sustained throughput;
+//! 3. open loop at `--load-fraction` of that throughput (or at `--rate`, which skips 1 and 2):
+//!    the latency, measured from each append's due time (no coordinated omission).
 //!
 //! It prints a header (build, host, data directory, O_DIRECT) and loud warnings when the
 //! figures cannot be trusted, one progress line per second on stderr, the figures of each
@@ -50,10 +56,12 @@ pub struct ClusterArgs {
     /// Bytes per entry: a size (`1KiB`) or a distribution (`uniform:128..4096`).
     #[arg(long, default_value = "1KiB", value_parser = EntrySize::parse)]
     pub entry_size: EntrySize,
-    /// Appends in flight in the closed loop (all connections together); the open loop allows
-    /// four times as many.
-    #[arg(long, default_value_t = 512)]
-    pub concurrency: usize,
+    /// Appends in flight in the closed loop (all connections together). A list sweeps to find
+    /// the peak: a short closed loop at each level in turn (stopping at the first that gains
+    /// less than 5% over the best before it), then the saturation phase at the best level.
+    /// The open loop allows four times the largest level in flight.
+    #[arg(long, value_delimiter = ',', default_value = "512,1024,2048,4096")]
+    pub concurrency: Vec<usize>,
     /// Open-loop rate in appends/s. Given, the saturation phase is skipped.
     #[arg(long)]
     pub rate: Option<f64>,
@@ -240,11 +248,48 @@ pub struct PhaseReport {
     pub slowest_flush_second: Option<u64>,
 }
 
+/// One level of the concurrency sweep: a short closed loop.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepStep {
+    pub concurrency: usize,
+    pub appends_per_sec: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub errors: u64,
+}
+
+/// A sweep step is kept only if it gains at least this much over the best level before it;
+/// the first that does not ends the sweep (the run-to-run noise of a short closed loop here
+/// is about as large, so a smaller gain is no evidence of a higher peak).
+const SWEEP_MIN_GAIN: f64 = 1.05;
+
+/// The sweep's choice so far: the best level, and whether the next level is worth trying.
+#[derive(Debug, Default)]
+struct SweepChoice {
+    best_rate: f64,
+    best: Option<usize>,
+}
+
+impl SweepChoice {
+    /// Takes one level's throughput; false when the sweep should stop (the level gained less
+    /// than [`SWEEP_MIN_GAIN`] over the best, or completed nothing).
+    fn offer(&mut self, concurrency: usize, rate: f64) -> bool {
+        if rate <= 0.0 || rate < self.best_rate * SWEEP_MIN_GAIN {
+            return false;
+        }
+        (self.best_rate, self.best) = (rate, Some(concurrency));
+        true
+    }
+}
+
 /// The figures of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterReport {
     pub replicas: u64,
+    /// Appends in flight in the saturation phase (the best level of the sweep).
     pub concurrency: usize,
+    /// The concurrency sweep before the saturation phase (empty with one level or `--rate`).
+    pub sweep: Vec<SweepStep>,
     pub connections: usize,
     pub entry_size: String,
     pub phases: Vec<PhaseReport>,
@@ -395,7 +440,7 @@ fn print_phase(p: &PhaseReport) {
 
 /// Runs the benchmark, prints the figures and writes the output directory.
 pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
-    if args.concurrency == 0 || args.connections == 0 {
+    if args.concurrency.is_empty() || args.concurrency.contains(&0) || args.connections == 0 {
         return Err("--concurrency and --connections must be at least 1".into());
     }
     if !(args.load_fraction > 0.0 && args.load_fraction <= 1.5) {
@@ -564,7 +609,7 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
     for n in nodes {
         n.shutdown()?;
     }
-    let (phases, stages, checkpoints, sat_flushes) = result?;
+    let Phases { phases, stages, checkpoints, sat_flushes, sweep, concurrency } = result?;
     // `--compare` on a local cluster: the disk under the replicas' own pattern of the
     // saturation phase (their mean flush size, one writer per replica), measured now that the
     // load has stopped.
@@ -590,7 +635,8 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
     let open = reports.iter().find(|p| p.offered_per_sec.is_some()).unwrap_or(&reports[0]);
     let r = ClusterReport {
         replicas,
-        concurrency: args.concurrency,
+        concurrency,
+        sweep,
         connections: args.connections,
         entry_size: args.entry_size.to_string(),
         appends_per_sec: sat.appends_per_sec,
@@ -614,11 +660,14 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
         "settings  {} B entries ({}), {} in flight over {} connections, {} replica(s), seed {}",
         args.entry_size.mean().round(),
         args.entry_size,
-        args.concurrency,
+        r.concurrency,
         args.connections,
         r.replicas,
         args.seed
     );
+    if let Some(text) = sweep_text(args, &r) {
+        println!("sweep     {text}");
+    }
     match &r.checkpoints {
         Some(c) => println!(
             "trim      every {:?} behind the commit index, as a checkpointing database would: {} \
@@ -675,10 +724,49 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
     Ok(r)
 }
 
-/// The phases: warm-up + saturation (unless `--rate`), then the open loop, with the
-/// checkpointer trimming behind them. Returns the phases, the stage breakdown of the open loop
-/// and what the checkpointer did.
-#[allow(clippy::type_complexity)]
+/// The sweep in one line: each level's figures, then the level chosen.
+fn sweep_text(args: &ClusterArgs, r: &ClusterReport) -> Option<String> {
+    if r.sweep.is_empty() {
+        return None;
+    }
+    let steps: Vec<String> = r
+        .sweep
+        .iter()
+        .map(|s| {
+            format!("{} -> {:.0}/s (p50 {})", s.concurrency, s.appends_per_sec, human_us(s.p50_us))
+        })
+        .collect();
+    let (warm, measure) = sweep_step_duration(args);
+    Some(format!(
+        "in flight -> appends/s ({warm:?} warm-up + {measure:?} each): {}; saturation at {} in \
+         flight",
+        steps.join(", "),
+        r.concurrency
+    ))
+}
+
+/// What [`run_phases`] measured.
+struct Phases {
+    /// Saturation (unless `--rate`), then the open loop.
+    phases: Vec<PhaseResult>,
+    /// The stage breakdown of the open loop.
+    stages: Vec<(String, Histogram<u64>)>,
+    checkpoints: Option<CheckpointStats>,
+    /// Flushes and bytes the local replicas wrote in the saturation phase.
+    sat_flushes: Option<(u64, u64)>,
+    sweep: Vec<SweepStep>,
+    /// The saturation phase's appends in flight.
+    concurrency: usize,
+}
+
+/// Warm-up and measured time of one sweep step: short, since the saturation phase measures
+/// the chosen level again in full.
+fn sweep_step_duration(args: &ClusterArgs) -> (Duration, Duration) {
+    (args.warmup.min(Duration::from_secs(1)), args.duration.min(Duration::from_secs(2)))
+}
+
+/// The phases: the concurrency sweep and saturation (unless `--rate`), then the open loop,
+/// with the checkpointer trimming behind them.
 fn run_phases(
     args: &ClusterArgs,
     addresses: &[SocketAddr],
@@ -686,14 +774,12 @@ fn run_phases(
     node_stages: &dyn Fn() -> Option<Vec<(String, Histogram<u64>)>>,
     flushes_now: &dyn Fn() -> Option<(u64, u64)>,
     flush_probe: Option<super::load::FlushProbe>,
-) -> Result<
-    (Vec<PhaseResult>, Vec<(String, Histogram<u64>)>, Option<CheckpointStats>, Option<(u64, u64)>),
-    String,
-> {
+) -> Result<Phases, String> {
     // The closed loop keeps `concurrency` in flight by itself; the bound of the clients is
-    // the open loop's, with room for a backlog (four times the closed loop's) so that the
-    // pacers are not held back by the window while the cluster keeps up.
-    let per_conn = args.concurrency.div_ceil(args.connections) * OPEN_LOOP_WINDOW_FACTOR;
+    // the open loop's, with room for a backlog (four times the closed loop's largest level)
+    // so that the pacers are not held back by the window while the cluster keeps up.
+    let most = args.concurrency.iter().copied().max().unwrap_or(1);
+    let per_conn = most.div_ceil(args.connections) * OPEN_LOOP_WINDOW_FACTOR;
     let mut gen_ = Generator::new(
         addresses,
         args.connections,
@@ -719,14 +805,42 @@ fn run_phases(
     let mut progress = Progress::new(args.quiet);
     let mut phases = Vec::new();
     let mut sat_flushes = None;
+    let mut sweep = Vec::new();
+    let mut concurrency = most;
     let rate = match args.rate {
         // The open loop warms up at its own rate (below).
         Some(r) => r,
         None => {
+            // With several levels: find the peak as a closed-loop peak is found for any
+            // system (etcd's in docs/measurements was the best of a sweep of client counts):
+            // a fixed number in flight that cannot fill the pipeline measures the latency of
+            // the pipeline, not the cluster's throughput.
+            if args.concurrency.len() > 1 {
+                let (warm, measure) = sweep_step_duration(args);
+                let mut choice = SweepChoice::default();
+                for &c in &args.concurrency {
+                    let step =
+                        gen_.closed_loop(&format!("sweep {c}"), c, warm, measure, &mut progress);
+                    let rate = step.appends_per_sec();
+                    sweep.push(SweepStep {
+                        concurrency: c,
+                        appends_per_sec: rate,
+                        p50_us: q(&step.latency, 0.5),
+                        p99_us: q(&step.latency, 0.99),
+                        errors: step.errors.values().sum(),
+                    });
+                    if !choice.offer(c, rate) {
+                        break;
+                    }
+                }
+                concurrency = choice.best.unwrap_or(args.concurrency[0]);
+            } else {
+                concurrency = args.concurrency[0];
+            }
             let flushes_before = flushes_now();
             let sat = gen_.closed_loop(
                 "saturation",
-                args.concurrency,
+                concurrency,
                 args.warmup,
                 args.duration,
                 &mut progress,
@@ -773,7 +887,7 @@ fn run_phases(
         _ => stages.push(("cluster: sent → acknowledged".to_string(), open.service.clone())),
     }
     phases.push(open);
-    Ok((phases, stages, checkpoints, sat_flushes))
+    Ok(Phases { phases, stages, checkpoints, sat_flushes, sweep, concurrency })
 }
 
 /// For each second of a phase, the slowest flush any local replica's log completed in it, µs
@@ -924,7 +1038,8 @@ fn write_outputs(
         "warmup_s": args.warmup.as_secs_f64(),
         "entry_size": args.entry_size.to_string(),
         "entry_size_mean": args.entry_size.mean(),
-        "concurrency": args.concurrency,
+        "concurrency": r.concurrency,
+        "concurrency_levels": args.concurrency,
         "rate": args.rate,
         "load_fraction": args.load_fraction,
         "connections": args.connections,
@@ -952,6 +1067,7 @@ fn write_outputs(
         "host": header,
         "warnings": warnings,
         "phases": r.phases,
+        "sweep": r.sweep,
         "limits": r.limits,
         "checkpoints": r.checkpoints,
     });
@@ -986,7 +1102,8 @@ fn write_outputs(
         ));
     }
     write("timeseries.csv", &csv)?;
-    let mut summary_rows = Vec::new();
+    let mut summary_rows: Vec<(String, String)> =
+        sweep_text(args, r).map(|t| ("sweep".to_string(), t)).into_iter().collect();
     for p in &r.phases {
         let label = match p.offered_per_sec {
             Some(o) => format!("{} (offered {o:.0}/s)", p.name),
@@ -1022,4 +1139,31 @@ fn write_outputs(
         notes: notes.to_vec(),
     });
     write("report.html", &html)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SweepChoice;
+
+    fn sweep(steps: &[(usize, f64)]) -> (Option<usize>, usize) {
+        let mut choice = SweepChoice::default();
+        let tried = steps.iter().take_while(|&&(c, rate)| choice.offer(c, rate)).count();
+        (choice.best, tried)
+    }
+
+    #[test]
+    fn the_sweep_keeps_the_best_level_and_stops_when_the_gain_is_small() {
+        // Rising, then flat: 2048 gains 3% over 1024, so the sweep stops there at 1024.
+        assert_eq!(
+            sweep(&[(512, 100e3), (1024, 150e3), (2048, 154e3), (4096, 200e3)]),
+            (Some(1024), 2)
+        );
+        // Rising all the way: the last level.
+        assert_eq!(sweep(&[(512, 100e3), (1024, 120e3), (2048, 130e3)]), (Some(2048), 3));
+        // Falling: the first.
+        assert_eq!(sweep(&[(512, 100e3), (1024, 90e3)]), (Some(512), 1));
+        // A level that completed nothing stops the sweep; the earlier best stands.
+        assert_eq!(sweep(&[(512, 100e3), (1024, 0.0)]), (Some(512), 1));
+        assert_eq!(sweep(&[(512, 0.0)]), (None, 0));
+    }
 }
