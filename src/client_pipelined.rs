@@ -35,9 +35,13 @@
 //!
 //! Redirects: `NotLeader` with the leader's address moves the group to that node, `WrongCore`
 //! to the port of the core that serves the group. An attempt with no answer within
-//! `attempt_timeout` closes its connection (its other requests are resent elsewhere); an
-//! append whose `deadline` passes fails with [`ClientError::Timeout`] (its outcome is then
-//! unknown, as with any timed-out write).
+//! `attempt_timeout`, on a connection that has answered nothing else for as long, closes that
+//! connection (its other requests are resent elsewhere); a connection that keeps answering is
+//! left alone however old its oldest attempt, since resending a long queue to a cluster that is
+//! only slow adds load where there is too much (every request the server accepts is answered:
+//! committed, refused, or `Retry` when leadership changes first). An append whose `deadline`
+//! passes fails with [`ClientError::Timeout`] (its outcome is then unknown, as with any
+//! timed-out write).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -110,7 +114,8 @@ pub struct PipelinedConfig {
     pub max_in_flight: usize,
     /// How long one append may take, retries included.
     pub deadline: Duration,
-    /// How long an attempt may go unanswered before its connection is given up.
+    /// How long an attempt may go unanswered, on a connection that answers nothing else,
+    /// before that connection is given up.
     pub attempt_timeout: Duration,
 }
 
@@ -158,6 +163,9 @@ struct Conn {
     stream: TcpStream,
     out: Mutex<ConnOut>,
     broken: AtomicBool,
+    /// When the last answer arrived (or the connection was made): a connection that answers
+    /// is alive, however long its queue.
+    answered: Mutex<Instant>,
 }
 
 struct ConnOut {
@@ -551,6 +559,7 @@ impl Shared {
             stream: s,
             out: Mutex::new(ConnOut { buf: Vec::new(), spare: Vec::new(), writing: false }),
             broken: AtomicBool::new(false),
+            answered: Mutex::new(Instant::now()),
         });
         let (shared, c) = (self.clone(), conn.clone());
         let h = std::thread::Builder::new()
@@ -735,6 +744,9 @@ fn read_loop(shared: &Arc<Shared>, conn: &Arc<Conn>, mut rd: TcpStream) {
         };
         end += n;
         let mut fatal = false;
+        if end - start >= ENVELOPE_LEN {
+            *conn.answered.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        }
         while end - start >= ENVELOPE_LEN {
             let env = match wire::check_envelope(&buf[start..end], 1 << 30) {
                 Ok(e) => e,
@@ -837,8 +849,22 @@ fn maintain(shared: &Arc<Shared>) {
             st.free.push(r.slot);
             finished.push(r);
         }
-        let stale_conns: Vec<Arc<Conn>> =
-            stale.iter().filter_map(|a| st.conns.get(a).cloned()).collect();
+        // A connection is given up only when it has also been silent for `attempt_timeout`:
+        // one that keeps answering is alive, and its old attempts are queued behind others
+        // (an overloaded cluster answers late but answers). Resending everything in flight on
+        // a busy connection would only add load where there is too much already: with 16 KiB
+        // appends and 16k in flight, that retry storm cut what a 3-replica cluster completed
+        // from 19k to 7k appends/s (docs/measurements/2026-11-27-sweep.md).
+        stale.sort_unstable();
+        stale.dedup();
+        let stale_conns: Vec<Arc<Conn>> = stale
+            .iter()
+            .filter_map(|a| st.conns.get(a).cloned())
+            .filter(|c| {
+                let answered = *c.answered.lock().unwrap_or_else(|e| e.into_inner());
+                now.saturating_duration_since(answered) >= shared.cfg.attempt_timeout
+            })
+            .collect();
         drop(st);
         if !finished.is_empty() {
             shared.slot_free.notify_all();
@@ -907,5 +933,111 @@ impl std::future::Future for PendingAppend {
                 Poll::Pending
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A fake node: counts connections and requests, and answers each append `Ok` after
+    /// `answer_every` (one at a time, in order), or never (`None`).
+    struct FakeNode {
+        addr: SocketAddr,
+        connections: Arc<AtomicUsize>,
+        requests: Arc<AtomicUsize>,
+    }
+
+    impl FakeNode {
+        fn start(answer_every: Option<Duration>) -> FakeNode {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let (connections, requests) =
+                (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let (c, r) = (connections.clone(), requests.clone());
+            std::thread::spawn(move || {
+                for s in l.incoming() {
+                    let Ok(s) = s else { return };
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let r = r.clone();
+                    std::thread::spawn(move || serve(s, answer_every, &r));
+                }
+            });
+            FakeNode { addr, connections, requests }
+        }
+    }
+
+    fn serve(mut s: TcpStream, answer_every: Option<Duration>, requests: &AtomicUsize) {
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 64 << 10];
+        let mut index = 0;
+        loop {
+            let n = match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            while let Ok(env) = wire::check_envelope(&buf, 1 << 30) {
+                let total = wire::message_len(env);
+                if buf.len() < total {
+                    break;
+                }
+                let (group, id) = (env.group.get(), env.id.get());
+                buf.drain(..total);
+                requests.fetch_add(1, Ordering::SeqCst);
+                let Some(every) = answer_every else { continue };
+                std::thread::sleep(every);
+                index += 1;
+                let mut out = Vec::new();
+                let meta = ResponseMeta::new(Status::Ok, 1, 0, 0);
+                wire::encode(&mut out, Kind::Response, group, id, meta.as_bytes(), 16);
+                out.extend_from_slice(&u64::to_le_bytes(index));
+                out.extend_from_slice(&u64::to_le_bytes(1));
+                if s.write_all(&out).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn client(node: &FakeNode) -> PipelinedClient {
+        let mut cfg = PipelinedConfig::new(vec![node.addr]);
+        cfg.max_in_flight = 64;
+        cfg.attempt_timeout = Duration::from_millis(300);
+        cfg.deadline = Duration::from_secs(20);
+        PipelinedClient::new(cfg).unwrap()
+    }
+
+    /// 60 appends queued on a node that answers one every 25 ms: the last waits 1.5 s, five
+    /// attempt timeouts, but the connection answers all along, so it is kept and nothing is
+    /// sent twice.
+    #[test]
+    fn a_connection_that_keeps_answering_is_kept_however_long_its_queue() {
+        let node = FakeNode::start(Some(Duration::from_millis(25)));
+        let c = client(&node);
+        let pending: Vec<_> = (0..60).map(|_| c.append(0, b"x").unwrap()).collect();
+        let indexes: Vec<u64> = pending.into_iter().map(|p| p.wait().unwrap().index).collect();
+        assert_eq!(indexes, (1..=60).collect::<Vec<_>>());
+        assert_eq!(node.connections.load(Ordering::SeqCst), 1, "the connection was given up");
+        assert_eq!(node.requests.load(Ordering::SeqCst), 60, "requests were resent");
+        c.close();
+    }
+
+    /// A node that reads but never answers: the connection is given up after the attempt
+    /// timeout and the append resent on a new one.
+    #[test]
+    fn a_silent_connection_is_given_up() {
+        let node = FakeNode::start(None);
+        let c = client(&node);
+        let _pending = c.append(0, b"x").unwrap();
+        let t = Instant::now();
+        while node.connections.load(Ordering::SeqCst) < 2 {
+            assert!(t.elapsed() < Duration::from_secs(10), "never reconnected");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(node.requests.load(Ordering::SeqCst) >= 1);
+        c.close();
     }
 }
