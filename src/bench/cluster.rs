@@ -59,7 +59,8 @@ pub struct ClusterArgs {
     /// Appends in flight in the closed loop (all connections together). A list sweeps to find
     /// the peak: a short closed loop at each level in turn (stopping at the first that gains
     /// less than 5% over the best before it), then the saturation phase at the best level.
-    /// The open loop allows four times the largest level in flight.
+    /// The open loop allows four times the saturation phase's level in flight (with `--rate`,
+    /// four times the largest level).
     #[arg(long, value_delimiter = ',', default_value = "512,1024,2048,4096")]
     pub concurrency: Vec<usize>,
     /// Open-loop rate in appends/s. Given, the saturation phase is skipped.
@@ -389,6 +390,17 @@ fn print_phase(p: &PhaseReport) {
             "{} ({}, {:.0}s): achieved {:.0}/s",
             p.name, p.mode, p.duration_s, p.appends_per_sec
         ),
+    }
+    if let Some(r) = p.offered_per_sec
+        && p.appends_per_sec < r * 0.95
+    {
+        println!(
+            "  WARNING: the open loop fell behind ({:.0}% of the offered rate completed): the \
+             cluster did not sustain this rate, and the latency below is that of a growing \
+             backlog. A closed-loop peak can overstate the sustainable rate; try a lower \
+             --load-fraction or --rate.",
+            p.appends_per_sec / r * 100.0
+        );
     }
     println!("  appends/s  {:>12.0}", p.appends_per_sec);
     println!("  MiB/s      {:>12.1}", p.mib_per_sec);
@@ -775,9 +787,9 @@ fn run_phases(
     flushes_now: &dyn Fn() -> Option<(u64, u64)>,
     flush_probe: Option<super::load::FlushProbe>,
 ) -> Result<Phases, String> {
-    // The closed loop keeps `concurrency` in flight by itself; the bound of the clients is
-    // the open loop's, with room for a backlog (four times the closed loop's largest level)
-    // so that the pacers are not held back by the window while the cluster keeps up.
+    // The closed loop keeps `concurrency` in flight by itself; the open loop is bounded by a
+    // window with room for a backlog (four times the saturation phase's level, so that the
+    // pacers are not held back while the cluster keeps up), within the clients' bound.
     let most = args.concurrency.iter().copied().max().unwrap_or(1);
     let per_conn = most.div_ceil(args.connections) * OPEN_LOOP_WINDOW_FACTOR;
     let mut gen_ = Generator::new(
@@ -867,9 +879,11 @@ fn run_phases(
     // this rate. Of 97 open-loop seconds with a p99 above 50 ms in one day's runs without
     // this warm-up, 52 were the phase's first two seconds.
     let mut before = None;
-    let open = gen_.open_loop(&name, rate, args.warmup, args.duration, &mut progress, &mut || {
-        before = node_stages();
-    });
+    let window = concurrency.div_ceil(args.connections) * OPEN_LOOP_WINDOW_FACTOR;
+    let open =
+        gen_.open_loop(&name, rate, window, args.warmup, args.duration, &mut progress, &mut || {
+            before = node_stages()
+        });
     let after = node_stages();
     gen_.close();
     let checkpoints = checkpointer.map(Checkpointer::finish);

@@ -520,11 +520,15 @@ impl Generator {
 
     /// An open-loop phase at `rate` appends/s for `warmup + duration`, figures from the last
     /// `duration` (appends due in the warm-up are not counted, whenever they complete).
-    /// `on_measure` is called when the warm-up ends.
+    /// `on_measure` is called when the warm-up ends. At most `window` appends are in flight per
+    /// connection (and at most the clients' `max_in_flight`): an append due when its
+    /// connection's window is full waits, and the wait counts in its latency.
+    #[allow(clippy::too_many_arguments)]
     pub fn open_loop(
         &self,
         name: &str,
         rate: f64,
+        window: usize,
         warmup: Duration,
         duration: Duration,
         progress: &mut super::progress::Progress,
@@ -564,8 +568,13 @@ impl Generator {
                             std::thread::sleep((due - now).max(sleep_min));
                         }
                         let now = Instant::now();
+                        let mut full = false;
                         let ok = c.corked(|| {
                             while due <= now && due < stop_at {
+                                if c.in_flight() >= window {
+                                    full = true;
+                                    break;
+                                }
                                 let len = size.draw(&mut rng);
                                 let off = rng.below((data.len() - len + 1) as u64) as usize;
                                 let group = rng.below(groups);
@@ -587,6 +596,9 @@ impl Generator {
                         });
                         if !ok {
                             break;
+                        }
+                        if full {
+                            std::thread::sleep(PACER_SLEEP_MIN);
                         }
                     }
                     thread_cpu_time().saturating_sub(cpu0.unwrap_or_else(thread_cpu_time))
