@@ -157,6 +157,28 @@ struct Req {
     attempts: u32,
 }
 
+/// Appends of one group held back after a `Busy` answer: the leader's bound on uncommitted
+/// entries is full, and every append it refuses still costs it a read and a checksum of the
+/// whole entry. Resending each after its own back-off kept thousands of large appends
+/// bouncing off a saturated leader. Instead parked appends are clocked by commits, as TCP's
+/// sends are by acknowledgements: each append of the group that commits (making room for
+/// about one more) lets one parked append go, or two when nothing was refused in the last
+/// [`PARK_PROBE`] (room is growing: a leader that was not ready, or load that eased), so the
+/// leader sees about what it can take and the rest waits here. When nothing commits (none in
+/// flight, or a new leader), a probe lets one go every [`PARK_PROBE`]. New appends of the
+/// group queue behind the parked ones, in order.
+#[derive(Default)]
+struct Parked {
+    queue: std::collections::VecDeque<Req>,
+    /// When a parked append was last let go.
+    released: Option<Instant>,
+    /// When the leader last refused one.
+    refused: Option<Instant>,
+}
+
+/// With appends parked and none committing, one is let go this often.
+const PARK_PROBE: Duration = Duration::from_millis(20);
+
 /// The sending side of one connection.
 struct Conn {
     addr: SocketAddr,
@@ -182,6 +204,9 @@ struct State {
     inflight: BTreeMap<u64, Req>,
     /// Requests waiting to be resent, with when.
     retry: Vec<(Instant, Req)>,
+    /// Per group, requests the leader refused as `Busy` (and those submitted behind them), in
+    /// order, with when one was last let go (see [`Parked`]).
+    parked: HashMap<u64, Parked>,
     conns: HashMap<SocketAddr, Arc<Conn>>,
     leader: HashMap<u64, SocketAddr>,
     core_port: HashMap<(SocketAddr, u64), u16>,
@@ -243,6 +268,7 @@ impl PipelinedClient {
                 next_id: 1,
                 inflight: BTreeMap::new(),
                 retry: Vec::new(),
+                parked: HashMap::new(),
                 conns: HashMap::new(),
                 leader: HashMap::new(),
                 core_port: HashMap::new(),
@@ -361,6 +387,12 @@ impl PipelinedClient {
             sent_at: now,
             attempts: 0,
         };
+        if let Some(p) = st.parked.get_mut(&group)
+            && !p.queue.is_empty()
+        {
+            p.queue.push_back(req);
+            return Ok(());
+        }
         drop(st);
         self.shared.send(req);
         Ok(())
@@ -379,6 +411,7 @@ impl PipelinedClient {
             st.closed = true;
             let mut reqs: Vec<Req> = std::mem::take(&mut st.inflight).into_values().collect();
             reqs.extend(st.retry.drain(..).map(|(_, r)| r));
+            reqs.extend(st.parked.drain().flat_map(|(_, p)| p.queue));
             let conns: Vec<Arc<Conn>> = st.conns.drain().map(|(_, c)| c).collect();
             (reqs, conns)
         };
@@ -654,6 +687,18 @@ impl Shared {
                         st.free.push(req.slot);
                         freed += 1;
                         done.push((req.done, r));
+                        // A commit made room at the leader: parked appends may follow.
+                        if let Some(p) = st.parked.get_mut(&group)
+                            && !p.queue.is_empty()
+                        {
+                            let now = Instant::now();
+                            let growing = p
+                                .refused
+                                .is_none_or(|t| now.saturating_duration_since(t) >= PARK_PROBE);
+                            let n = if growing { 2 } else { 1 };
+                            resend.extend(p.queue.drain(..n.min(p.queue.len())));
+                            p.released = Some(now);
+                        }
                     }
                     Some(Status::WrongCore) => {
                         st.core_port.insert((node, group), meta.a.get() as u16);
@@ -675,10 +720,21 @@ impl Shared {
                             }
                         }
                     }
-                    Some(Status::Busy) | Some(Status::Retry) | Some(Status::Failed) => {
-                        if meta.status != Status::Busy as u8 {
-                            st.leader.remove(&group);
+                    Some(Status::Busy) => {
+                        // Behind those parked before it: they were refused earlier.
+                        let mut req = req;
+                        req.conn = None;
+                        let p = st.parked.entry(group).or_default();
+                        let now = Instant::now();
+                        if p.queue.is_empty() {
+                            p.released = Some(now);
                         }
+                        p.refused = Some(now);
+                        p.queue.push_back(req);
+                        self.work.notify_one();
+                    }
+                    Some(Status::Retry) | Some(Status::Failed) => {
+                        st.leader.remove(&group);
                         let pause = backoff(req.attempts);
                         self.retry_later(&mut st, req, pause);
                     }
@@ -849,6 +905,25 @@ fn maintain(shared: &Arc<Shared>) {
             st.free.push(r.slot);
             finished.push(r);
         }
+        // Parked appends: those past their deadline end; with none committing for a while,
+        // one goes out as a probe.
+        let State { parked, free, .. } = &mut *st;
+        for p in parked.values_mut() {
+            if p.queue.iter().any(|r| now >= r.deadline) {
+                let (gone, kept): (Vec<Req>, Vec<Req>) =
+                    p.queue.drain(..).partition(|r| now >= r.deadline);
+                p.queue.extend(kept);
+                free.extend(gone.iter().map(|r| r.slot));
+                finished.extend(gone);
+            }
+            if p.released.is_none_or(|t| now.saturating_duration_since(t) >= PARK_PROBE)
+                && let Some(r) = p.queue.pop_front()
+            {
+                p.released = Some(now);
+                due.push(r);
+            }
+        }
+        parked.retain(|_, p| !p.queue.is_empty());
         // A connection is given up only when it has also been silent for `attempt_timeout`:
         // one that keeps answering is alive, and its old attempts are queued behind others
         // (an overloaded cluster answers late but answers). Resending everything in flight on
@@ -1000,6 +1075,99 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn response(group: u64, id: u64, status: Status, index: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let meta = ResponseMeta::new(status, 1, 0, 0);
+        let payload_len = if status == Status::Ok { 16 } else { 0 };
+        wire::encode(&mut out, Kind::Response, group, id, meta.as_bytes(), payload_len);
+        if status == Status::Ok {
+            out.extend_from_slice(&u64::to_le_bytes(index));
+            out.extend_from_slice(&u64::to_le_bytes(1));
+        }
+        out
+    }
+
+    /// A fake leader with a bound: it holds at most `room` appends uncommitted and refuses the
+    /// others with `Busy`; one commits every `commit_every`. Returns its address and the
+    /// count of requests it received.
+    fn bounded_node(room: usize, commit_every: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let r = requests.clone();
+        std::thread::spawn(move || {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let w = Arc::new(Mutex::new(s.try_clone().unwrap()));
+            let held = Arc::new(Mutex::new(std::collections::VecDeque::<(u64, u64)>::new()));
+            let (w2, held2) = (w.clone(), held.clone());
+            std::thread::spawn(move || {
+                let mut index = 0;
+                loop {
+                    std::thread::sleep(commit_every);
+                    let Some((group, id)) = held2.lock().unwrap().pop_front() else { continue };
+                    index += 1;
+                    if w2
+                        .lock()
+                        .unwrap()
+                        .write_all(&response(group, id, Status::Ok, index))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            let (mut buf, mut chunk) = (Vec::new(), vec![0u8; 64 << 10]);
+            loop {
+                let n = match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                while let Ok(env) = wire::check_envelope(&buf, 1 << 30) {
+                    let total = wire::message_len(env);
+                    if buf.len() < total {
+                        break;
+                    }
+                    let (group, id) = (env.group.get(), env.id.get());
+                    buf.drain(..total);
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let mut h = held.lock().unwrap();
+                    if h.len() < room {
+                        h.push_back((group, id));
+                    } else {
+                        drop(h);
+                        let busy = response(group, id, Status::Busy, 0);
+                        if w.lock().unwrap().write_all(&busy).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        (addr, requests)
+    }
+
+    /// 300 appends at a leader with room for 16: the refused ones wait in the client and go
+    /// out as appends commit, so the leader receives few more requests than there are
+    /// appends (each refusal costs it a read and a checksum of the whole entry): 466-480 in
+    /// three runs. With each refused append resent after its own back-off instead (the
+    /// client before), 2,325-2,566.
+    #[test]
+    fn appends_refused_as_busy_are_clocked_out_by_commits() {
+        let (addr, requests) = bounded_node(16, Duration::from_millis(2));
+        let mut cfg = PipelinedConfig::new(vec![addr]);
+        cfg.max_in_flight = 300;
+        cfg.deadline = Duration::from_secs(30);
+        let c = PipelinedClient::new(cfg).unwrap();
+        let pending: Vec<_> = (0..300).map(|_| c.append(0, &[7u8; 4096]).unwrap()).collect();
+        let mut indexes: Vec<u64> = pending.into_iter().map(|p| p.wait().unwrap().index).collect();
+        indexes.sort_unstable();
+        assert_eq!(indexes, (1..=300).collect::<Vec<_>>(), "each append committed once");
+        let n = requests.load(Ordering::SeqCst);
+        assert!(n < 700, "{n} requests for 300 appends");
+        c.close();
     }
 
     fn client(node: &FakeNode) -> PipelinedClient {
