@@ -114,3 +114,44 @@ fn a_full_disk_fails_appends_clearly_and_keeps_what_was_acknowledged() {
     });
     drop(m);
 }
+
+/// A node whose log fills its disk stops its group, and from then on answers every append
+/// with the reason at once: a later append's error names the full disk (it is answered, not
+/// left to wait for its deadline behind the connection's other traffic).
+#[test]
+fn a_node_on_a_full_disk_answers_later_appends_with_the_reason() {
+    use corelog::client::{Client, ClientConfig, ClientError};
+    use std::time::Duration;
+    let m = match mount_small_ext4(16) {
+        Ok(m) => m,
+        Err(why) => {
+            println!("SKIPPED node full-disk test: {why}");
+            return;
+        }
+    };
+    let cfgs = local_configs(&m.mountpoint.join("cluster"), 1, 4 << 20, |_| {});
+    let node = corelog::node::start(cfgs[0].clone()).expect("start");
+    let mut cfg = ClientConfig::new(vec![cfgs[0].members[0].client_addr]);
+    cfg.deadline = Duration::from_secs(3);
+    cfg.attempt_timeout = Duration::from_secs(1);
+    let mut client = Client::new(cfg).unwrap();
+    let data = vec![7u8; 64 << 10];
+    let mut acked = 0u64;
+    let first = loop {
+        match client.append(0, &data) {
+            Ok(_) => acked += 1,
+            Err(e) => break e,
+        }
+        assert!(acked < 1000, "a 16 MiB file system must fill up");
+    };
+    println!("first error after {acked} acknowledged appends: {first}");
+    let later = client.append(0, &data).expect_err("the disk is full");
+    let text = match &later {
+        ClientError::Timeout(_, last) | ClientError::Refused { message: last, .. } => last.clone(),
+        other => panic!("unexpected error {other:?}"),
+    };
+    assert!(text.contains("the group stopped after a log failure"), "{later}");
+    assert!(text.contains("no space"), "{later}");
+    node.shutdown().unwrap();
+    drop(m);
+}

@@ -46,6 +46,20 @@ impl ReplyTo {
     }
 }
 
+/// Answers a request to a group that has stopped (internal inputs are dropped).
+fn refuse(group: u64, input: Input, why: &str) {
+    let reply = match input {
+        Input::Append { reply, .. }
+        | Input::Status { reply }
+        | Input::Read { reply, .. }
+        | Input::Trim { reply, .. }
+        | Input::Member { reply, .. } => reply,
+        _ => return,
+    };
+    let why = format!("the group stopped after a log failure: {why}");
+    reply.send(group, ResponseMeta::new(Status::Failed, 0, 0, 0), why.as_bytes());
+}
+
 /// The `corelog_errors_total` kind of a response status other than OK.
 fn error_kind(status: u8) -> &'static str {
     match Status::from_code(status) {
@@ -168,6 +182,9 @@ pub(crate) struct GroupDriver {
     /// Frames of appends received and not yet written, in arrival order: a follower writes
     /// them to its log as they are (see [`GroupDriver::write_entries`]).
     received: VecDeque<VerifiedFrame>,
+    /// Why the group stopped (its log failed): from then on every request is answered
+    /// `Failed` with this reason, none is left without an answer.
+    stopped: Option<String>,
 }
 
 /// Whether `data` lies within `frame` (an entry decoded from that frame's bytes).
@@ -387,17 +404,24 @@ impl GroupDriver {
             seen,
             snapshots_installed: 0,
             received: VecDeque::new(),
+            stopped: None,
         })
     }
 
-    /// Runs until the inbox is closed, then closes the log.
+    /// Runs until the inbox is closed, then closes the log. A group whose log failed stops:
+    /// it closes its log at once and answers every request after that `Failed` until the
+    /// inbox closes (a client connection serves all the groups of a core, so an unanswered
+    /// request would wait for its deadline behind the other groups' answers).
     pub async fn run(mut self) {
         let mut batch = Vec::new();
         while self.handle.inbox.drain_into(&mut batch).await {
             for input in batch.drain(..) {
-                self.handle_input(input).await;
+                match &self.stopped {
+                    Some(why) => refuse(self.group, input, why),
+                    None => self.handle_input(input).await,
+                }
             }
-            loop {
+            while self.stopped.is_none() {
                 let ready = self.node.take_ready();
                 if ready.is_empty() {
                     break;
@@ -405,13 +429,22 @@ impl GroupDriver {
                 if let Err(e) = self.execute(ready).await {
                     tracing::error!(group = self.group, error = %e, "log write failed; the group stops");
                     self.metrics.error("log_io");
-                    self.fail_all(&e.to_string());
-                    let _ = self.log.clone().close().await;
-                    return;
+                    self.stop(e.to_string()).await;
                 }
             }
-            self.observe();
+            if self.stopped.is_none() {
+                self.observe();
+            }
         }
+        if self.stopped.is_none() {
+            let _ = self.log.clone().close().await;
+        }
+    }
+
+    /// Stops the group after a log failure: every pending append fails, the log closes.
+    async fn stop(&mut self, why: String) {
+        self.fail_all(&why);
+        self.stopped = Some(why);
         let _ = self.log.clone().close().await;
     }
 
@@ -527,10 +560,9 @@ impl GroupDriver {
                 self.node.on_entries_durable(index, term)
             }
             Input::Failed(e) => {
-                tracing::error!(group = self.group, error = %e, "a log flush failed");
+                tracing::error!(group = self.group, error = %e, "a log flush failed; the group stops");
                 self.metrics.error("log_io");
-                self.fail_all(&e.to_string());
-                self.handle.inbox.close();
+                self.stop(e.to_string()).await;
             }
             Input::Fetched { lo, entries } => self.node.on_fetched(lo, entries),
             Input::Member { change, reply } => {
