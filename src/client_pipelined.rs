@@ -1066,15 +1066,10 @@ mod tests {
         }
     }
 
-    fn serve(
-        mut s: TcpStream,
-        answer_every: Option<Duration>,
-        silent: Option<u64>,
-        requests: &AtomicUsize,
-    ) {
-        let mut buf = Vec::new();
-        let mut chunk = vec![0u8; 64 << 10];
-        let mut index = 0;
+    /// Reads requests off `s` and calls `on_request(group, id)` for each, until the socket
+    /// closes or `on_request` returns false.
+    fn read_requests(s: &mut TcpStream, mut on_request: impl FnMut(u64, u64) -> bool) {
+        let (mut buf, mut chunk) = (Vec::new(), vec![0u8; 64 << 10]);
         loop {
             let n = match s.read(&mut chunk) {
                 Ok(0) | Err(_) => return,
@@ -1088,20 +1083,28 @@ mod tests {
                 }
                 let (group, id) = (env.group.get(), env.id.get());
                 buf.drain(..total);
-                requests.fetch_add(1, Ordering::SeqCst);
-                let Some(every) = answer_every.filter(|_| silent != Some(group)) else { continue };
-                std::thread::sleep(every);
-                index += 1;
-                let mut out = Vec::new();
-                let meta = ResponseMeta::new(Status::Ok, 1, 0, 0);
-                wire::encode(&mut out, Kind::Response, group, id, meta.as_bytes(), 16);
-                out.extend_from_slice(&u64::to_le_bytes(index));
-                out.extend_from_slice(&u64::to_le_bytes(1));
-                if s.write_all(&out).is_err() {
+                if !on_request(group, id) {
                     return;
                 }
             }
         }
+    }
+
+    fn serve(
+        mut s: TcpStream,
+        answer_every: Option<Duration>,
+        silent: Option<u64>,
+        requests: &AtomicUsize,
+    ) {
+        let mut w = s.try_clone().unwrap();
+        let mut index = 0;
+        read_requests(&mut s, |group, id| {
+            requests.fetch_add(1, Ordering::SeqCst);
+            let Some(every) = answer_every.filter(|_| silent != Some(group)) else { return true };
+            std::thread::sleep(every);
+            index += 1;
+            w.write_all(&response(group, id, Status::Ok, index)).is_ok()
+        });
     }
 
     fn response(group: u64, id: u64, status: Status, index: u64) -> Vec<u8> {
@@ -1145,33 +1148,16 @@ mod tests {
                     }
                 }
             });
-            let (mut buf, mut chunk) = (Vec::new(), vec![0u8; 64 << 10]);
-            loop {
-                let n = match s.read(&mut chunk) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                buf.extend_from_slice(&chunk[..n]);
-                while let Ok(env) = wire::check_envelope(&buf, 1 << 30) {
-                    let total = wire::message_len(env);
-                    if buf.len() < total {
-                        break;
-                    }
-                    let (group, id) = (env.group.get(), env.id.get());
-                    buf.drain(..total);
-                    r.fetch_add(1, Ordering::SeqCst);
-                    let mut h = held.lock().unwrap();
-                    if h.len() < room {
-                        h.push_back((group, id));
-                    } else {
-                        drop(h);
-                        let busy = response(group, id, Status::Busy, 0);
-                        if w.lock().unwrap().write_all(&busy).is_err() {
-                            return;
-                        }
-                    }
+            read_requests(&mut s, |group, id| {
+                r.fetch_add(1, Ordering::SeqCst);
+                let mut h = held.lock().unwrap();
+                if h.len() < room {
+                    h.push_back((group, id));
+                    return true;
                 }
-            }
+                drop(h);
+                w.lock().unwrap().write_all(&response(group, id, Status::Busy, 0)).is_ok()
+            });
         });
         (addr, requests)
     }
