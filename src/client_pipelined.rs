@@ -42,9 +42,9 @@
 //! the server accepts is answered: committed, refused, `Retry` when leadership changes first,
 //! `Failed` when the group has stopped). Silence is judged per group because one connection
 //! serves all the groups of a core, and one of them may stop answering while the others go
-//! on. An append whose `deadline`
-//! passes fails with [`ClientError::Timeout`] (its outcome is then unknown, as with any
-//! timed-out write).
+//! on. An append whose `deadline` passes fails with [`ClientError::Timeout`] (its outcome is
+//! then unknown, as with any timed-out write). Appends refused as `Busy` wait in the client
+//! and go out again as the group's appends commit (see `Parked`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
