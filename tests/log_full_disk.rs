@@ -49,15 +49,15 @@ fn mount_small_ext4(mib: u64) -> Result<Mounted, String> {
     Ok(Mounted { mountpoint, _dir: dir })
 }
 
+/// A small file system for `test`, or `None` (with the reason printed) when it cannot be
+/// mounted here.
+fn small_ext4_or_skip(mib: u64, test: &str) -> Option<Mounted> {
+    mount_small_ext4(mib).map_err(|why| println!("SKIPPED {test}: {why}")).ok()
+}
+
 #[test]
 fn a_full_disk_fails_appends_clearly_and_keeps_what_was_acknowledged() {
-    let m = match mount_small_ext4(12) {
-        Ok(m) => m,
-        Err(why) => {
-            println!("SKIPPED full-disk test: {why}");
-            return;
-        }
-    };
+    let Some(m) = small_ext4_or_skip(12, "full-disk test") else { return };
     let dir: PathBuf = m.mountpoint.join("log");
     let d = dir.clone();
     let acked = run(move || async move {
@@ -122,13 +122,7 @@ fn a_full_disk_fails_appends_clearly_and_keeps_what_was_acknowledged() {
 fn a_node_on_a_full_disk_answers_later_appends_with_the_reason() {
     use corelog::client::{Client, ClientConfig, ClientError};
     use std::time::Duration;
-    let m = match mount_small_ext4(16) {
-        Ok(m) => m,
-        Err(why) => {
-            println!("SKIPPED node full-disk test: {why}");
-            return;
-        }
-    };
+    let Some(m) = small_ext4_or_skip(16, "node full-disk test") else { return };
     let cfgs = local_configs(&m.mountpoint.join("cluster"), 1, 4 << 20, |_| {});
     let node = corelog::node::start(cfgs[0].clone()).expect("start");
     let mut cfg = ClientConfig::new(vec![cfgs[0].members[0].client_addr]);
