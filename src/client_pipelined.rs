@@ -924,12 +924,11 @@ fn maintain(shared: &Arc<Shared>) {
         // one goes out as a probe.
         let State { parked, free, .. } = &mut *st;
         for p in parked.values_mut() {
-            if p.queue.iter().any(|r| now >= r.deadline) {
-                let (gone, kept): (Vec<Req>, Vec<Req>) =
-                    p.queue.drain(..).partition(|r| now >= r.deadline);
-                p.queue.extend(kept);
-                free.extend(gone.iter().map(|r| r.slot));
-                finished.extend(gone);
+            // The queue is in submission order, so by deadline: the expired ones are in front.
+            while p.queue.front().is_some_and(|r| now >= r.deadline) {
+                let r = p.queue.pop_front().expect("a front");
+                free.push(r.slot);
+                finished.push(r);
             }
             if p.released.is_none_or(|t| now.saturating_duration_since(t) >= PARK_PROBE)
                 && let Some(r) = p.queue.pop_front()
@@ -1181,6 +1180,27 @@ mod tests {
         assert_eq!(indexes, (1..=300).collect::<Vec<_>>(), "each append committed once");
         let n = requests.load(Ordering::SeqCst);
         assert!(n < 1200, "{n} requests for 300 appends");
+        c.close();
+    }
+
+    /// A leader that takes one append and never commits: the 199 it refused wait parked in
+    /// the client and end together at their deadline, each with a timeout, their slots freed
+    /// (not one per 20 ms probe: that would take four seconds).
+    #[test]
+    fn parked_appends_end_at_their_deadline() {
+        let (addr, _requests) = bounded_node(1, Duration::from_secs(3600));
+        let mut cfg = PipelinedConfig::new(vec![addr]);
+        cfg.max_in_flight = 200;
+        cfg.deadline = Duration::from_millis(300);
+        cfg.attempt_timeout = Duration::from_secs(30);
+        let c = PipelinedClient::new(cfg).unwrap();
+        let t = Instant::now();
+        let pending: Vec<_> = (0..200).map(|_| c.append(0, b"x").unwrap()).collect();
+        for p in pending {
+            assert!(matches!(p.wait(), Err(ClientError::Timeout(..))));
+        }
+        assert!(t.elapsed() < Duration::from_millis(2500), "took {:?}", t.elapsed());
+        assert_eq!(c.in_flight(), 0);
         c.close();
     }
 

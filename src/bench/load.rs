@@ -568,13 +568,12 @@ impl Generator {
                             std::thread::sleep((due - now).max(sleep_min));
                         }
                         let now = Instant::now();
-                        let mut full = false;
+                        // Room in the window, taken once per wake (completions meanwhile only
+                        // add to it): no lock of the client's state per append.
+                        let mut room = window.saturating_sub(c.in_flight());
                         let ok = c.corked(|| {
-                            while due <= now && due < stop_at {
-                                if c.in_flight() >= window {
-                                    full = true;
-                                    break;
-                                }
+                            while due <= now && due < stop_at && room > 0 {
+                                room -= 1;
                                 let len = size.draw(&mut rng);
                                 let off = rng.below((data.len() - len + 1) as u64) as usize;
                                 let group = rng.below(groups);
@@ -597,7 +596,8 @@ impl Generator {
                         if !ok {
                             break;
                         }
-                        if full {
+                        // The window filled with appends still due: wait for completions.
+                        if room == 0 && due <= now && due < stop_at {
                             std::thread::sleep(PACER_SLEEP_MIN);
                         }
                     }
