@@ -439,3 +439,111 @@ fn large_frames_go_to_the_followers_straight_from_the_log() {
         n.shutdown().unwrap();
     }
 }
+
+/// 3 nodes whose leaders admit 64 KiB of client appends at a time (`uncommitted_bytes_max`),
+/// one append committed, and the leader's index.
+fn bounded_cluster(dir: &std::path::Path) -> (Vec<node::NodeConfig>, Cluster) {
+    let cfgs = common::local_configs(dir, 3, 4 << 20, |c| {
+        c.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.message_bytes_max = 64 << 10;
+        c.uncommitted_bytes_max = 64 << 10;
+    });
+    let addrs: Vec<SocketAddr> = cfgs[0].members.iter().map(|m| m.client_addr).collect();
+    let nodes: Vec<_> = cfgs.iter().cloned().map(|c| node::start(c).expect("start")).collect();
+    let endpoints: Vec<SocketAddr> =
+        nodes.iter().map(|n| n.metrics_addr().expect("metrics endpoint")).collect();
+    let mut client = Client::new(ClientConfig::new(addrs.clone())).unwrap();
+    client.append(0, b"first").expect("append");
+    let leader = single_leader(&endpoints);
+    (cfgs, Cluster { nodes, addrs, endpoints, client, leader })
+}
+
+/// Submits `n` appends of 1 KiB through a pipelined client (1,024 in flight); their outcomes
+/// in submission order.
+fn flood(
+    addrs: &[SocketAddr],
+    n: usize,
+    deadline: Duration,
+) -> Vec<Result<corelog::client::Position, String>> {
+    use corelog::client_pipelined::{PipelinedClient, PipelinedConfig};
+    let mut cfg = PipelinedConfig::new(addrs.to_vec());
+    cfg.max_in_flight = 1024;
+    cfg.deadline = deadline;
+    let client = PipelinedClient::new(cfg).expect("client");
+    let pending: Vec<_> = (0..n)
+        .map(|k| {
+            let mut data = format!("flood-{k}-").into_bytes();
+            data.resize(1024, (k % 251) as u8);
+            client.append(0, &data).expect("submit")
+        })
+        .collect();
+    pending.into_iter().map(|p| p.wait().map_err(|e| e.to_string())).collect()
+}
+
+/// A leader whose admitted appends reach `uncommitted_bytes_max` does not refuse the next ones:
+/// it stops reading their connections until commits make room (TCP backpressure), so a
+/// client with far more in flight than the bound sees no `Busy` at all, and every append
+/// commits once. Afterwards nothing is left admitted on any node.
+#[test]
+fn a_leader_at_its_uncommitted_bound_holds_appends_back_instead_of_refusing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, Cluster { nodes, addrs, endpoints, leader, .. }) = bounded_cluster(dir.path());
+    let before = Scrape::of(endpoints[leader]);
+    // 3 MiB in flight against a 64 KiB bound.
+    let n = 3000;
+    let outcomes = flood(&addrs, n, Duration::from_secs(60));
+    let mut positions = std::collections::HashSet::new();
+    for (k, o) in outcomes.iter().enumerate() {
+        let p = o.as_ref().unwrap_or_else(|e| panic!("append {k}: {e}"));
+        assert!(positions.insert(p.index), "append {k} at index {} twice", p.index);
+    }
+    let after = Scrape::of(endpoints[leader]);
+    let moved =
+        |name: &str, labels: &[(&str, &str)]| after.get(name, labels) - before.get(name, labels);
+    assert_eq!(moved("corelog_errors_total", &[("kind", "busy")]), 0.0, "appends refused");
+    let waits = moved("corelog_append_admission_waits_total", &[]);
+    assert!(waits > 0.0, "no append waited for room: the bound was never reached");
+    assert!(moved("corelog_appends_total", &[]) >= n as f64);
+    for (i, e) in endpoints.iter().enumerate() {
+        let admitted = Scrape::of(*e).get("corelog_admitted_bytes", &[("group", "0")]);
+        assert_eq!(admitted, 0.0, "node {i} holds {admitted} bytes admitted after all answers");
+    }
+    for n in nodes {
+        n.shutdown().unwrap();
+    }
+}
+
+/// Appends waiting for room at a leader that loses its quorum are answered (the leader steps
+/// down, the appends it held are abandoned), their room is given back (a leak would leave
+/// its bound full for good), and once the quorum returns, appends commit again.
+#[test]
+fn admitted_room_comes_back_when_a_leader_loses_its_quorum() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfgs, Cluster { nodes, addrs, endpoints, leader, .. }) = bounded_cluster(dir.path());
+    let mut nodes: Vec<Option<node::NodeHandle>> = nodes.into_iter().map(Some).collect();
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for i in &followers {
+        nodes[*i].take().unwrap().shutdown().unwrap();
+    }
+    // The first of these fill the bound, the rest wait for room; none can commit.
+    let outcomes = flood(&addrs[leader..=leader], 2000, Duration::from_secs(3));
+    assert!(outcomes.iter().any(|o| o.is_err()), "every append committed without a quorum");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let admitted =
+            Scrape::of(endpoints[leader]).get("corelog_admitted_bytes", &[("group", "0")]);
+        if admitted == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{admitted} bytes still admitted without a quorum");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for i in &followers {
+        nodes[*i] = Some(node::start(cfgs[*i].clone()).expect("restart"));
+    }
+    let outcomes = flood(&addrs, 1000, Duration::from_secs(60));
+    assert!(outcomes.iter().all(|o| o.is_ok()), "appends after the quorum returned failed");
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().unwrap();
+    }
+}

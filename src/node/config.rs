@@ -111,7 +111,20 @@ pub struct NodeConfig {
     /// consensus core's entry cache and the log's recent frames (the bytes a leader sends as
     /// they are), so a group may hold about twice this in memory; at most 16 GiB.
     pub entry_cache_bytes_max: u64,
+    /// Bytes of client appends a group's leader takes in before they commit (each entry
+    /// counts its data plus its overhead, and at least 512 bytes). An append beyond it is not
+    /// refused: its connection is not read until commits make room (TCP backpressure on the
+    /// client), for up to `ADMISSION_WAIT`; only then is it answered `Busy`. The consensus
+    /// core's own bounds sit a quarter above, as a backstop.
+    pub uncommitted_bytes_max: u64,
 }
+
+/// Default of `uncommitted_bytes_max`.
+pub const UNCOMMITTED_BYTES_MAX: u64 = 32 << 20;
+
+/// The least an entry counts against `uncommitted_bytes_max`, bytes: with it, the bound on
+/// bytes is also a bound on entries (the consensus core bounds both).
+pub const ADMISSION_ENTRY_MIN_BYTES: u64 = 512;
 
 /// Default of `entry_cache_bytes_max`.
 pub const ENTRY_CACHE_BYTES_MAX: u64 = 32 << 20;
@@ -151,6 +164,7 @@ impl Default for NodeConfig {
             trace_samples_max: 1024,
             peer_handshakes_max: 64,
             entry_cache_bytes_max: ENTRY_CACHE_BYTES_MAX,
+            uncommitted_bytes_max: UNCOMMITTED_BYTES_MAX,
         }
     }
 }
@@ -174,6 +188,15 @@ impl NodeConfig {
             return Err(format!(
                 "entry_cache_bytes_max {} is above {ENTRY_CACHE_BYTES_LIMIT} (16 GiB)",
                 self.entry_cache_bytes_max
+            ));
+        }
+        if self.uncommitted_bytes_max < u64::from(self.message_bytes_max)
+            || self.uncommitted_bytes_max > ENTRY_CACHE_BYTES_LIMIT
+        {
+            return Err(format!(
+                "uncommitted_bytes_max {} must hold the largest message (message_bytes_max {}) \
+                 and be at most 16 GiB",
+                self.uncommitted_bytes_max, self.message_bytes_max
             ));
         }
         for v in &self.voters {
@@ -485,6 +508,13 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Committed entries a leader keeps in memory per group for lagging followers,\n\
               bytes (a group holds up to about twice this: entries and log frames); a\n\
               follower further behind is served from the log on disk. At most 16 GiB.",
+    },
+    Setting {
+        key: "uncommitted_bytes_max",
+        flag: "uncommitted-bytes-max",
+        doc: "Bytes of client appends a group's leader takes in before they commit (an entry\n\
+              counts at least 512). Beyond it a connection is not read until commits make\n\
+              room (TCP backpressure), for up to 2 s; then the append is answered Busy.",
     },
     Setting {
         key: "members",

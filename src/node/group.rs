@@ -107,11 +107,13 @@ pub(crate) enum Input {
         lo: u64,
         entries: Vec<Entry>,
     },
-    /// A client append, read off its connection at `received`.
+    /// A client append, read off its connection at `received`, holding its room in the
+    /// group's admission bound until it is answered.
     Append {
         entries: Vec<(u64, u64, Bytes)>,
         reply: ReplyTo,
         received: Instant,
+        admitted: glommio::sync::StaticPermit,
     },
     Status {
         reply: ReplyTo,
@@ -141,6 +143,9 @@ struct PendingAppend {
     received: Instant,
     /// Handed to the consensus core.
     proposed: Instant,
+    /// Its room in the admission bound, given back when the last entry is answered (or the
+    /// append is dropped: a retry replaced it, the group stopped).
+    _admitted: glommio::sync::StaticPermit,
 }
 
 /// The handle other tasks of the core use to reach a group.
@@ -150,6 +155,9 @@ pub(crate) struct GroupHandle {
     pub commit: super::server::CommitWatch,
     /// The group's log, for tails to read (set once open).
     pub log: RefCell<Option<Log>>,
+    /// Bytes of client appends taken in and not yet answered (`uncommitted_bytes_max`): a
+    /// connection whose append does not fit waits here, in arrival order, unread.
+    pub admission: Rc<glommio::sync::Semaphore>,
 }
 
 pub(crate) struct GroupDriver {
@@ -307,6 +315,20 @@ impl GroupDriver {
             election_tick: cfg.election_ticks,
             heartbeat_tick: cfg.heartbeat_ticks,
             max_cache_bytes: cfg.entry_cache_bytes_max,
+            // Backstops a quarter above the admission bound of the client connections (see
+            // `GroupHandle::admission`), which holds the leader's client appends below them;
+            // they catch entries that come in otherwise (a new leader's predecessors').
+            max_uncommitted_bytes: cfg.uncommitted_bytes_max + cfg.uncommitted_bytes_max / 4,
+            // No entry is larger than the message that carries it.
+            max_entry_bytes: consensus::Config::default()
+                .max_entry_bytes
+                .min(u64::from(cfg.message_bytes_max)),
+            max_pending_proposals: usize::try_from(
+                (cfg.uncommitted_bytes_max + cfg.uncommitted_bytes_max / 4)
+                    / super::config::ADMISSION_ENTRY_MIN_BYTES,
+            )
+            .unwrap_or(usize::MAX)
+            .max(consensus::Config::default().max_pending_proposals),
             ..consensus::Config::default()
         };
         let mut snapshot_meta = None;
@@ -379,7 +401,11 @@ impl GroupDriver {
         };
         let commit = node.commit_index();
         let metrics = CoreMetrics::for_this_core(&cfg, (group % cfg.cores as u64) as usize);
-        let gauges = Rc::new(GroupGauges::new(group, log.clone()));
+        let gauges = Rc::new(GroupGauges::new(
+            group,
+            log.clone(),
+            (handle.admission.clone(), cfg.uncommitted_bytes_max),
+        ));
         metrics.register(gauges.clone());
         let timeline = Timeline::new(metrics.clone(), cfg.node_id, group, cfg.members.len());
         let seen = (node.role(), node.leader());
@@ -583,7 +609,9 @@ impl GroupDriver {
                 let meta = ResponseMeta::new(status.0, self.leader_hint(), 0, 0);
                 reply.send(self.group, meta, status.1.as_bytes());
             }
-            Input::Append { entries, reply, received } => self.propose(entries, reply, received),
+            Input::Append { entries, reply, received, admitted } => {
+                self.propose(entries, reply, received, admitted)
+            }
             Input::Status { reply } => {
                 let text = self.status_json();
                 reply.send(
@@ -682,7 +710,13 @@ impl GroupDriver {
         }))
     }
 
-    fn propose(&mut self, entries: Vec<(u64, u64, Bytes)>, reply: ReplyTo, received: Instant) {
+    fn propose(
+        &mut self,
+        entries: Vec<(u64, u64, Bytes)>,
+        reply: ReplyTo,
+        received: Instant,
+        admitted: glommio::sync::StaticPermit,
+    ) {
         if self.node.role() != Role::Leader {
             self.not_leader(&reply);
             return;
@@ -699,6 +733,7 @@ impl GroupDriver {
             remaining: Cell::new(n),
             received,
             proposed,
+            _admitted: admitted,
         });
         for (k, (session, seq, data)) in entries.into_iter().enumerate() {
             match self.node.propose(session, seq, data) {

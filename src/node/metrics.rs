@@ -68,6 +68,8 @@ pub(crate) struct CoreMetrics {
     trace: RefCell<TraceRing>,
     /// Client append requests taken by a leader.
     pub append_requests: Cell<u64>,
+    /// Client appends that waited for room in their group's admission bound.
+    pub admission_waits: Cell<u64>,
     /// Entries proposed by a leader.
     pub entries_proposed: Cell<u64>,
     /// Entries this node saw committed (commit index advances).
@@ -99,6 +101,7 @@ impl CoreMetrics {
             stages: RefCell::new(StageRecorder::default()),
             trace: RefCell::new(TraceRing::new(cfg.trace_samples_max)),
             append_requests: Cell::new(0),
+            admission_waits: Cell::new(0),
             entries_proposed: Cell::new(0),
             entries_committed: Cell::new(0),
             elections: Cell::new(0),
@@ -151,6 +154,7 @@ impl CoreMetrics {
         CoreSnapshot {
             core: self.core,
             append_requests: self.append_requests.get(),
+            admission_waits: self.admission_waits.get(),
             entries_proposed: self.entries_proposed.get(),
             entries_committed: self.entries_committed.get(),
             elections: self.elections.get(),
@@ -168,6 +172,15 @@ impl CoreMetrics {
             trace: if want_trace { self.trace.borrow().copy() } else { Vec::new() },
         }
     }
+}
+
+/// Counts an append that waits for admission, on this thread's core (nothing outside a core).
+pub(crate) fn count_admission_wait() {
+    CURRENT.with(|c| {
+        if let Some(m) = &*c.borrow() {
+            CoreMetrics::add(&m.admission_waits, 1);
+        }
+    });
 }
 
 /// Counts an error of `kind` on this thread's core (nothing outside a core).
@@ -191,11 +204,19 @@ pub(crate) struct GroupGauges {
     /// Leader only: (follower, entries behind the leader's last index).
     pub follower_lag: RefCell<Vec<(u64, u64)>>,
     pub log: Log,
+    /// The group's admission bound and its size (what is taken of it: the bytes of client
+    /// appends admitted and not yet answered).
+    admission: (Rc<glommio::sync::Semaphore>, u64),
 }
 
 impl GroupGauges {
-    pub fn new(group: u64, log: Log) -> GroupGauges {
+    pub fn new(
+        group: u64,
+        log: Log,
+        admission: (Rc<glommio::sync::Semaphore>, u64),
+    ) -> GroupGauges {
         GroupGauges {
+            admission,
             group,
             term: Cell::new(0),
             commit_index: Cell::new(0),
@@ -219,6 +240,7 @@ impl GroupGauges {
             leader: self.leader.get(),
             follower_lag: self.follower_lag.borrow().clone(),
             log: self.log.stats(),
+            admitted_bytes: self.admission.1.saturating_sub(self.admission.0.available()),
         }
     }
 }
@@ -248,6 +270,8 @@ pub struct GroupSnapshot {
     /// Leader only: (follower, entries behind).
     pub follower_lag: Vec<(u64, u64)>,
     pub log: LogStats,
+    /// Bytes of client appends admitted (`uncommitted_bytes_max`) and not yet answered.
+    pub admitted_bytes: u64,
 }
 
 /// A copy of one core's figures.
@@ -255,6 +279,8 @@ pub struct GroupSnapshot {
 pub struct CoreSnapshot {
     pub core: usize,
     pub append_requests: u64,
+    /// Client appends that waited for room in their group's admission bound.
+    pub admission_waits: u64,
     pub entries_proposed: u64,
     pub entries_committed: u64,
     pub elections: u64,
@@ -399,6 +425,13 @@ impl NodeSnapshot {
             "corelog_append_requests_total",
             "Client append requests taken by a leader.",
             &[("", sum(|c| c.append_requests))],
+        );
+        counter(
+            &mut out,
+            "corelog_append_admission_waits_total",
+            "Client appends whose connection waited, unread, for room in the group's \
+             uncommitted_bytes_max (backpressure instead of Busy).",
+            &[("", sum(|c| c.admission_waits))],
         );
         counter(
             &mut out,
@@ -552,6 +585,13 @@ impl NodeSnapshot {
                 Box::new(|g| u64::from(g.is_leader)),
             ),
             ("corelog_leader_id", "gauge", "The leader's id (0: none).", Box::new(|g| g.leader)),
+            (
+                "corelog_admitted_bytes",
+                "gauge",
+                "Bytes of client appends taken in and not yet answered (bounded by \
+                 uncommitted_bytes_max).",
+                Box::new(|g| g.admitted_bytes),
+            ),
             (
                 "corelog_log_flushes_total",
                 "counter",

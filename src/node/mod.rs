@@ -328,6 +328,7 @@ async fn run_core(
             inbox: Default::default(),
             commit: Default::default(),
             log: RefCell::new(None),
+            admission: Rc::new(glommio::sync::Semaphore::new(cfg.uncommitted_bytes_max)),
         });
         match GroupDriver::open(g, cfg.clone(), handle.clone(), peers.clone()).await {
             Ok(d) => {

@@ -8,6 +8,15 @@
 //! nothing within `read_timeout_secs`, or stops in the middle of a message, is closed; so is
 //! one whose unread responses exceed `client_queue_bytes_max` (a client that never reads).
 //!
+//! Appends are admitted against their group's `uncommitted_bytes_max` (the bytes of client
+//! appends a leader holds unanswered). One that does not fit is not refused: its connection's
+//! reader waits for room, in arrival order with the other connections of the group, and reads
+//! nothing meanwhile, so the client's socket fills and its writes block (TCP backpressure, as
+//! a broker mutes a connection when its memory is spent). Reading and verifying a request that
+//! is then refused would only add work where there is too much, and a refused client resends.
+//! Only after [`ADMISSION_WAIT`] without room (commits stopped) is the append answered `Busy`.
+//! The room is given back when the append is answered, whatever the answer, or dropped.
+//!
 //! A tail (`Op::Tail`) is a task of the connection: it waits on the group's commit index,
 //! reads the newly committed frames from the log (the cache or the disk, as a read does) and
 //! queues them as responses with the tail's id, one batch at a time, never more than the
@@ -483,13 +492,81 @@ where
                 break;
             }
         };
-        handle_request(&ctx, &conn, &buf, &msg);
+        if let Some(waiting) = handle_request(&ctx, &conn, &buf, &msg) {
+            admit(&ctx, &conn, waiting).await;
+        }
     }
     conn.close(false);
     writer.await;
 }
 
-fn handle_request(ctx: &Rc<CoreCtx>, conn: &Rc<ClientConn>, buf: &Bytes, msg: &wire::Message<'_>) {
+/// How long an append waits for room in its group's admission bound (its connection unread
+/// meanwhile) before it is answered `Busy`.
+pub(crate) const ADMISSION_WAIT: Duration = Duration::from_secs(2);
+
+/// An append that found its group's admission bound full: the reader waits for room.
+struct Waiting {
+    g: Rc<GroupHandle>,
+    group: u64,
+    units: u64,
+    /// What its answer may add to the connection's queue (see [`reservation`]).
+    reserve: usize,
+    entries: Vec<(u64, u64, Bytes)>,
+    reply: ReplyTo,
+    received: Instant,
+}
+
+/// What an append counts against `uncommitted_bytes_max`: as the consensus core counts its
+/// entries, and at least `ADMISSION_ENTRY_MIN_BYTES` each; never more than the whole bound
+/// (the largest request still gets in when nothing else is admitted).
+fn admission_units(entries: &[(u64, u64, Bytes)], bound: u64) -> u64 {
+    let per_entry = |len: usize| {
+        (len as u64 + crate::consensus::ENTRY_OVERHEAD_BYTES)
+            .max(super::config::ADMISSION_ENTRY_MIN_BYTES)
+    };
+    entries.iter().map(|(_, _, d)| per_entry(d.len())).sum::<u64>().min(bound)
+}
+
+/// Waits (the connection unread meanwhile) until the group's admission bound has room for
+/// `w`, then hands it to the group; answers it `Busy` after [`ADMISSION_WAIT`] without room,
+/// and drops it if the connection closes or the node stops first.
+async fn admit(ctx: &Rc<CoreCtx>, conn: &Rc<ClientConn>, w: Waiting) {
+    super::metrics::count_admission_wait();
+    let Waiting { g, group, units, reserve, entries, reply, received } = w;
+    let acquire = async { Some(g.admission.acquire_static_permit(units).await.ok()) };
+    let timeout = async {
+        let stopped = sleep_unless_stopped(Some(&ctx.stop), ADMISSION_WAIT, STOP_CHECK).await;
+        (!stopped).then_some(None)
+    };
+    let gone = async {
+        closed(conn, |c| &c.reader_waker).await;
+        None
+    };
+    match futures_lite::future::or(acquire, futures_lite::future::or(timeout, gone)).await {
+        Some(Some(admitted)) => {
+            conn.reserve(reply.id, reserve);
+            g.inbox.push(Input::Append { entries, reply, received, admitted });
+        }
+        Some(None) => {
+            let why = format!(
+                "busy: the leader of group {group} holds uncommitted_bytes_max ({} bytes) of \
+                 appends and none committed to make room within {:?}",
+                ctx.cfg.uncommitted_bytes_max, ADMISSION_WAIT
+            );
+            reply.send(group, ResponseMeta::new(Status::Busy, 0, 0, 0), why.as_bytes());
+        }
+        None => {}
+    }
+}
+
+/// Handles one verified request; an append that must wait for room is returned (see
+/// [`admit`]).
+fn handle_request(
+    ctx: &Rc<CoreCtx>,
+    conn: &Rc<ClientConn>,
+    buf: &Bytes,
+    msg: &wire::Message<'_>,
+) -> Option<Waiting> {
     let group = msg.envelope.group.get();
     let id = msg.envelope.id.get();
     let reply = ReplyTo { conn: conn.clone(), id };
@@ -498,11 +575,11 @@ fn handle_request(ctx: &Rc<CoreCtx>, conn: &Rc<ClientConn>, buf: &Bytes, msg: &w
     };
     let Ok(meta) = RequestMeta::read_from_bytes(msg.meta) else {
         bad(format!("request meta of {} bytes", msg.meta.len()));
-        return;
+        return None;
     };
     let Some(op) = Op::from_code(meta.op) else {
         bad(format!("unknown operation {}", meta.op));
-        return;
+        return None;
     };
     if group >= ctx.cfg.groups {
         reply.send(
@@ -510,7 +587,7 @@ fn handle_request(ctx: &Rc<CoreCtx>, conn: &Rc<ClientConn>, buf: &Bytes, msg: &w
             ResponseMeta::new(Status::UnknownGroup, 0, 0, 0),
             format!("no group {group} (this cluster has {})", ctx.cfg.groups).as_bytes(),
         );
-        return;
+        return None;
     }
     let Some(g) = ctx.group(group) else {
         let core = (group % ctx.cfg.cores as u64) as u16;
@@ -520,7 +597,7 @@ fn handle_request(ctx: &Rc<CoreCtx>, conn: &Rc<ClientConn>, buf: &Bytes, msg: &w
             ResponseMeta::new(Status::WrongCore, 0, u64::from(port), 0),
             format!("group {group} is served on port {port}").as_bytes(),
         );
-        return;
+        return None;
     };
     match op {
         Op::Append => {
@@ -529,33 +606,42 @@ fn handle_request(ctx: &Rc<CoreCtx>, conn: &Rc<ClientConn>, buf: &Bytes, msg: &w
                 Ok(f) => f,
                 Err(e) => {
                     bad(format!("append frame: {e}"));
-                    return;
+                    return None;
                 }
             };
             if frame.len() != msg.frames.len() {
                 bad("an append carries exactly one frame".into());
-                return;
+                return None;
             }
             if frame.group() != group {
                 bad(format!("frame for group {} in a request for group {group}", frame.group()));
-                return;
+                return None;
             }
             let mut entries = Vec::with_capacity(frame.entry_count() as usize);
             for e in frame.entries() {
                 if e.session == 0 || e.seq == 0 {
                     bad("every appended entry needs a session and a sequence (both non-zero)"
                         .into());
-                    return;
+                    return None;
                 }
                 if e.kind != crate::frame::EntryKind::Normal {
                     bad("clients append normal entries only".into());
-                    return;
+                    return None;
                 }
                 let start = e.data.as_ptr() as usize - buf.as_ptr() as usize;
                 entries.push((e.session, e.seq, buf.slice(start..start + e.data.len())));
             }
-            conn.reserve(id, reservation(op, &meta, entries.len(), 0));
-            g.inbox.push(Input::Append { entries, reply, received: std::time::Instant::now() });
+            let units = admission_units(&entries, ctx.cfg.uncommitted_bytes_max);
+            let (received, reserve) = (Instant::now(), reservation(op, &meta, entries.len(), 0));
+            match g.admission.try_acquire_static_permit(units) {
+                Ok(admitted) => {
+                    conn.reserve(id, reserve);
+                    g.inbox.push(Input::Append { entries, reply, received, admitted });
+                }
+                Err(_) => {
+                    return Some(Waiting { g, group, units, reserve, entries, reply, received });
+                }
+            }
         }
         Op::Status => {
             conn.reserve(id, reservation(op, &meta, 0, 0));
@@ -586,7 +672,7 @@ fn handle_request(ctx: &Rc<CoreCtx>, conn: &Rc<ClientConn>, buf: &Bytes, msg: &w
                 Some(MemberChange::AddVoter) => ConfChange::AddVoter { id: node, priority },
                 None => {
                     bad(format!("unknown membership change {}", meta.a.get()));
-                    return;
+                    return None;
                 }
             };
             if !matches!(change, ConfChange::Remove { .. })
@@ -596,7 +682,7 @@ fn handle_request(ctx: &Rc<CoreCtx>, conn: &Rc<ClientConn>, buf: &Bytes, msg: &w
                     "node {node} is not in this node's members (the address book): list it in \
                      every node's configuration first"
                 ));
-                return;
+                return None;
             }
             conn.reserve(id, reservation(op, &meta, 0, 0));
             g.inbox.push(Input::Member { change, reply })
@@ -618,6 +704,7 @@ fn handle_request(ctx: &Rc<CoreCtx>, conn: &Rc<ClientConn>, buf: &Bytes, msg: &w
             .detach();
         }
     }
+    None
 }
 
 /// Streams the committed entries of `group` from `from` on to `conn` (see the module docs).
