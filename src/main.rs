@@ -62,6 +62,9 @@ enum BenchMode {
     /// The local log alone: appends, group commit and fdatasync on one disk, no network.
     Wal(corelog::bench::wal::WalArgs),
     /// A replicated cluster: a local one by default, or `--addresses` of a running one.
+    ///
+    /// The local cluster's nodes take the `CORELOG_*` environment variables that `corelog
+    /// serve` reads (e.g. `CORELOG_FLUSH_BYTES_MAX=2097152`); the header lists those in effect.
     Cluster(corelog::bench::cluster::ClusterArgs),
 }
 

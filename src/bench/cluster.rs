@@ -547,6 +547,20 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
             });
         }
         let cores = (args.groups as usize).clamp(1, cores);
+        // The nodes' other settings: their defaults, or the `CORELOG_*` environment variables
+        // that `corelog serve` reads (e.g. CORELOG_FLUSH_BYTES_MAX), to try a setting here.
+        let base = NodeConfig::resolve(None, &|k| std::env::var(k).ok(), &[])
+            .map_err(|e| format!("the local cluster's settings: {e}"))?;
+        let set: Vec<String> = crate::node::config::SETTINGS
+            .iter()
+            .filter(|s| !["node_id", "data_dir", "members", "groups", "cores"].contains(&s.key))
+            .filter_map(|s| std::env::var(s.env_var()).ok().map(|v| format!("{}={v}", s.env_var())))
+            .collect();
+        if !set.is_empty() {
+            let line = format!("note: the nodes' settings from the environment: {}", set.join(" "));
+            eprintln!("{line}");
+            warnings.push(line);
+        }
         for id in 1..=args.replicas {
             let cfg = NodeConfig {
                 node_id: id,
@@ -554,7 +568,7 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
                 members: members.clone(),
                 groups: args.groups,
                 cores,
-                ..NodeConfig::default()
+                ..base.clone()
             };
             nodes.push(node::start(cfg)?);
         }
@@ -664,9 +678,13 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
         checkpoint_every_s: args.checkpoint_interval().as_secs_f64(),
         checkpoints,
     };
-    // stdout.
-    for line in header.iter().chain(&warnings) {
-        println!("{line}");
+    // stdout. The header and warnings went to stderr at the start; on a terminal that shows
+    // both, once is enough.
+    use std::io::IsTerminal;
+    if !(std::io::stdout().is_terminal() && std::io::stderr().is_terminal()) {
+        for line in header.iter().chain(&warnings) {
+            println!("{line}");
+        }
     }
     println!(
         "settings  {} B entries ({}), {} in flight over {} connections, {} replica(s), seed {}",
