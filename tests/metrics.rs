@@ -280,8 +280,17 @@ struct Cluster {
 }
 
 fn metrics_cluster(dir: &std::path::Path) -> Cluster {
+    metrics_cluster_with(dir, |_| {}).1
+}
+
+/// [`metrics_cluster`] with settings changed by `tweak`; also the nodes' configurations.
+fn metrics_cluster_with(
+    dir: &std::path::Path,
+    tweak: impl Fn(&mut node::NodeConfig),
+) -> (Vec<node::NodeConfig>, Cluster) {
     let cfgs = common::local_configs(dir, 3, 4 << 20, |c| {
         c.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        tweak(c);
     });
     let addrs: Vec<SocketAddr> = cfgs[0].members.iter().map(|m| m.client_addr).collect();
     let nodes: Vec<_> = cfgs.iter().cloned().map(|c| node::start(c).expect("start")).collect();
@@ -290,7 +299,7 @@ fn metrics_cluster(dir: &std::path::Path) -> Cluster {
     let mut client = Client::new(ClientConfig::new(addrs.clone())).unwrap();
     client.append(0, b"first").expect("append");
     let leader = single_leader(&endpoints);
-    Cluster { nodes, addrs, endpoints, client, leader }
+    (cfgs, Cluster { nodes, addrs, endpoints, client, leader })
 }
 
 /// The index of the one node whose metrics say it leads group 0, waiting up to 10 s.
@@ -443,19 +452,10 @@ fn large_frames_go_to_the_followers_straight_from_the_log() {
 /// 3 nodes whose leaders admit 64 KiB of client appends at a time (`uncommitted_bytes_max`),
 /// one append committed, and the leader's index.
 fn bounded_cluster(dir: &std::path::Path) -> (Vec<node::NodeConfig>, Cluster) {
-    let cfgs = common::local_configs(dir, 3, 4 << 20, |c| {
-        c.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    metrics_cluster_with(dir, |c| {
         c.message_bytes_max = 64 << 10;
         c.uncommitted_bytes_max = 64 << 10;
-    });
-    let addrs: Vec<SocketAddr> = cfgs[0].members.iter().map(|m| m.client_addr).collect();
-    let nodes: Vec<_> = cfgs.iter().cloned().map(|c| node::start(c).expect("start")).collect();
-    let endpoints: Vec<SocketAddr> =
-        nodes.iter().map(|n| n.metrics_addr().expect("metrics endpoint")).collect();
-    let mut client = Client::new(ClientConfig::new(addrs.clone())).unwrap();
-    client.append(0, b"first").expect("append");
-    let leader = single_leader(&endpoints);
-    (cfgs, Cluster { nodes, addrs, endpoints, client, leader })
+    })
 }
 
 /// Submits `n` appends of 1 KiB through a pipelined client (1,024 in flight); their outcomes
