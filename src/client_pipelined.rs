@@ -589,7 +589,13 @@ impl Shared {
         let s = TcpStream::connect_timeout(&addr, self.cfg.attempt_timeout)
             .map_err(|e| e.to_string())?;
         s.set_nodelay(true).map_err(|e| e.to_string())?;
-        s.set_write_timeout(Some(self.cfg.attempt_timeout)).map_err(|e| e.to_string())?;
+        // A write may block for a while without the node being gone: a leader at its bound
+        // leaves a connection unread until commits make room (up to 2 s per append). Whether
+        // the node is alive is judged by its answers (`attempt_timeout`, per group), and
+        // giving a connection up shuts its socket, which ends a blocked write; this timeout
+        // is only the last resort.
+        s.set_write_timeout(Some(self.cfg.deadline.max(self.cfg.attempt_timeout)))
+            .map_err(|e| e.to_string())?;
         let rd = s.try_clone().map_err(|e| e.to_string())?;
         let conn = Arc::new(Conn {
             addr,

@@ -547,3 +547,30 @@ fn admitted_room_comes_back_when_a_leader_loses_its_quorum() {
         n.shutdown().unwrap();
     }
 }
+
+/// A leader whose commits stop (both followers gone) while it still leads: appends beyond its
+/// bound wait `admission_wait_ms`, then are answered `Busy` saying why, before the leader
+/// notices the lost quorum (its election timeout, 300 ms here, is longer than the wait).
+#[test]
+fn appends_that_find_no_room_within_the_admission_wait_are_answered_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, Cluster { nodes, addrs, endpoints, leader, .. }) =
+        metrics_cluster_with(dir.path(), |c| {
+            c.message_bytes_max = 64 << 10;
+            c.uncommitted_bytes_max = 64 << 10;
+            c.admission_wait_ms = 50;
+        });
+    let mut nodes: Vec<Option<node::NodeHandle>> = nodes.into_iter().map(Some).collect();
+    for i in (0..3).filter(|i| *i != leader) {
+        nodes[i].take().unwrap().shutdown().unwrap();
+    }
+    let before = Scrape::of(endpoints[leader]);
+    let outcomes = flood(&addrs[leader..=leader], 500, Duration::from_secs(2));
+    assert!(outcomes.iter().all(|o| o.is_err()), "an append committed without a quorum");
+    let busy = Scrape::of(endpoints[leader]).get("corelog_errors_total", &[("kind", "busy")])
+        - before.get("corelog_errors_total", &[("kind", "busy")]);
+    assert!(busy > 0.0, "no append was answered Busy after the admission wait");
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().unwrap();
+    }
+}

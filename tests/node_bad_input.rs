@@ -716,6 +716,37 @@ fn a_client_waiting_for_a_commit_is_not_cut_off_as_idle() {
     c.stop();
 }
 
+/// A client that gave up a connection resends its append on another; the first attempt, read
+/// later or still waiting, must not leave either unanswered: the attempt displaced from the
+/// commit's waiting list is answered `Retry` at once (a retry then finds the entry committed
+/// or waiting). Without that, the displaced one waited for an answer that never came.
+#[test]
+fn two_attempts_of_one_append_are_both_answered() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Commits stop (followers gone) while the leader keeps its role for about 2 s.
+    let mut c = Cluster::start(|cfg| cfg.election_ticks = 200);
+    let leader = c.leader(0);
+    let nodes = std::mem::take(&mut c.nodes);
+    for (i, n) in nodes.into_iter().enumerate() {
+        if i == leader {
+            c.nodes.push(n);
+        } else {
+            n.shutdown().unwrap();
+        }
+    }
+    let append = append_frame(0, 4242, 1, b"sent twice");
+    let mut first = connect(c.client_addr(leader));
+    first.write_all(&append_request(0, 1, &append)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut second = connect(c.client_addr(leader));
+    second.write_all(&append_request(0, 2, &append)).unwrap();
+    first.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    let r = read_reply(&mut first).expect("the first attempt was never answered");
+    let (status, _, text) = r.response();
+    assert_eq!((r.id, status), (1, Status::Retry), "{text}");
+    c.stop();
+}
+
 #[test]
 fn peer_connections_in_their_handshake_are_bounded() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

@@ -114,16 +114,21 @@ pub struct NodeConfig {
     /// Bytes of client appends a group's leader takes in before they commit (each entry
     /// counts its data plus its overhead, and at least 512 bytes). An append beyond it is not
     /// refused: its connection is not read until commits make room (TCP backpressure on the
-    /// client), for up to `ADMISSION_WAIT`; only then is it answered `Busy`. The consensus
+    /// client), for up to `admission_wait_ms`; only then is it answered `Busy`. The consensus
     /// core's own bounds sit a quarter above, as a backstop.
     pub uncommitted_bytes_max: u64,
+    /// How long an append may wait for room under `uncommitted_bytes_max`, its connection
+    /// unread meanwhile, before it is answered `Busy`, milliseconds.
+    pub admission_wait_ms: u64,
 }
 
 /// Default of `uncommitted_bytes_max`.
 pub const UNCOMMITTED_BYTES_MAX: u64 = 32 << 20;
 
 /// The least an entry counts against `uncommitted_bytes_max`, bytes: with it, the bound on
-/// bytes is also a bound on entries (the consensus core bounds both).
+/// bytes is also a bound on entries (the consensus core bounds both), but for one request
+/// of more entries than the whole bound holds, which is let in alone and may be refused by
+/// the consensus core.
 pub const ADMISSION_ENTRY_MIN_BYTES: u64 = 512;
 
 /// Default of `entry_cache_bytes_max`.
@@ -165,6 +170,7 @@ impl Default for NodeConfig {
             peer_handshakes_max: 64,
             entry_cache_bytes_max: ENTRY_CACHE_BYTES_MAX,
             uncommitted_bytes_max: UNCOMMITTED_BYTES_MAX,
+            admission_wait_ms: 2000,
         }
     }
 }
@@ -198,6 +204,9 @@ impl NodeConfig {
                  and be at most 16 GiB",
                 self.uncommitted_bytes_max, self.message_bytes_max
             ));
+        }
+        if !(1..=60_000).contains(&self.admission_wait_ms) {
+            return Err("admission_wait_ms must be within 1..=60000".into());
         }
         for v in &self.voters {
             if !self.members.iter().any(|m| m.id == *v) {
@@ -514,7 +523,13 @@ pub const SETTINGS: &[Setting] = &[
         flag: "uncommitted-bytes-max",
         doc: "Bytes of client appends a group's leader takes in before they commit (an entry\n\
               counts at least 512). Beyond it a connection is not read until commits make\n\
-              room (TCP backpressure), for up to 2 s; then the append is answered Busy.",
+              room (TCP backpressure), for up to admission_wait_ms; then it is answered Busy.",
+    },
+    Setting {
+        key: "admission_wait_ms",
+        flag: "admission-wait-ms",
+        doc: "How long an append may wait for room under uncommitted_bytes_max (its\n\
+              connection unread meanwhile) before it is answered Busy, milliseconds.",
     },
     Setting {
         key: "members",

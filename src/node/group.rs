@@ -738,7 +738,11 @@ impl GroupDriver {
         for (k, (session, seq, data)) in entries.into_iter().enumerate() {
             match self.node.propose(session, seq, data) {
                 Ok(Proposed::Appended { .. }) | Ok(Proposed::Pending { .. }) => {
-                    self.pending.insert((session, seq), (pa.clone(), k));
+                    if let Some((old, _)) = self.pending.insert((session, seq), (pa.clone(), k))
+                        && !Rc::ptr_eq(&old, &pa)
+                    {
+                        self.displaced(old);
+                    }
                 }
                 Ok(Proposed::Duplicate { index, term }) => self.resolve(&pa, k, index, term),
                 Err(e) => {
@@ -766,6 +770,23 @@ impl GroupDriver {
                 }
             }
         }
+    }
+
+    /// Another attempt of an append still waiting for its commit took its place (a client
+    /// retried on another connection, and the old attempt was read later, or the other way
+    /// round): the one displaced is answered `Retry` rather than never, since it may be the
+    /// one its client still waits for; a retry finds the entries committed or waiting.
+    fn displaced(&mut self, old: Rc<PendingAppend>) {
+        if old.remaining.get() == 0 {
+            return;
+        }
+        old.remaining.set(0);
+        self.pending.retain(|_, (p, _)| !Rc::ptr_eq(p, &old));
+        old.reply.send(
+            self.group,
+            ResponseMeta::new(Status::Retry, self.cfg.node_id, 0, 0),
+            b"another attempt of this append is waiting for the same commit; retry",
+        );
     }
 
     fn resolve(&mut self, pa: &Rc<PendingAppend>, k: usize, index: u64, term: u64) {

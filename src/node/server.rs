@@ -14,8 +14,18 @@
 //! nothing meanwhile, so the client's socket fills and its writes block (TCP backpressure, as
 //! a broker mutes a connection when its memory is spent). Reading and verifying a request that
 //! is then refused would only add work where there is too much, and a refused client resends.
-//! Only after [`ADMISSION_WAIT`] without room (commits stopped) is the append answered `Busy`.
-//! The room is given back when the append is answered, whatever the answer, or dropped.
+//! Only after `admission_wait_ms` without room (commits stopped) is the append answered
+//! `Busy`. The room is given back when the append is answered, whatever the answer, or
+//! dropped. Waiters are served about in arrival order (glommio's semaphore wakes those that
+//! fit; one that was woken can be overtaken by a newcomer), and one connection is one waiter
+//! at a time, so a connection's own appends stay in order.
+//!
+//! The price of muting a connection, as a broker does: one connection carries every group of
+//! its core, so while an append for a full group waits, the connection's requests for the
+//! other groups of that core wait behind it. With one group per core (the default) there are
+//! none; with more, a client that must keep groups apart opens a connection per group. The
+//! consensus core can still answer `Busy` itself in a new leader's first moments (entries
+//! inherited uncommitted from the old leader count against its bound, not the admission's).
 //!
 //! A tail (`Op::Tail`) is a task of the connection: it waits on the group's commit index,
 //! reads the newly committed frames from the log (the cache or the disk, as a read does) and
@@ -500,10 +510,6 @@ where
     writer.await;
 }
 
-/// How long an append waits for room in its group's admission bound (its connection unread
-/// meanwhile) before it is answered `Busy`.
-pub(crate) const ADMISSION_WAIT: Duration = Duration::from_secs(2);
-
 /// An append that found its group's admission bound full: the reader waits for room.
 struct Waiting {
     g: Rc<GroupHandle>,
@@ -528,14 +534,15 @@ fn admission_units(entries: &[(u64, u64, Bytes)], bound: u64) -> u64 {
 }
 
 /// Waits (the connection unread meanwhile) until the group's admission bound has room for
-/// `w`, then hands it to the group; answers it `Busy` after [`ADMISSION_WAIT`] without room,
+/// `w`, then hands it to the group; answers it `Busy` after `admission_wait_ms` without room,
 /// and drops it if the connection closes or the node stops first.
 async fn admit(ctx: &Rc<CoreCtx>, conn: &Rc<ClientConn>, w: Waiting) {
     super::metrics::count_admission_wait();
     let Waiting { g, group, units, reserve, entries, reply, received } = w;
     let acquire = async { Some(g.admission.acquire_static_permit(units).await.ok()) };
+    let wait = Duration::from_millis(ctx.cfg.admission_wait_ms);
     let timeout = async {
-        let stopped = sleep_unless_stopped(Some(&ctx.stop), ADMISSION_WAIT, STOP_CHECK).await;
+        let stopped = sleep_unless_stopped(Some(&ctx.stop), wait, STOP_CHECK).await;
         (!stopped).then_some(None)
     };
     let gone = async {
@@ -550,8 +557,8 @@ async fn admit(ctx: &Rc<CoreCtx>, conn: &Rc<ClientConn>, w: Waiting) {
         Some(None) => {
             let why = format!(
                 "busy: the leader of group {group} holds uncommitted_bytes_max ({} bytes) of \
-                 appends and none committed to make room within {:?}",
-                ctx.cfg.uncommitted_bytes_max, ADMISSION_WAIT
+                 appends and none committed to make room within {wait:?}",
+                ctx.cfg.uncommitted_bytes_max
             );
             reply.send(group, ResponseMeta::new(Status::Busy, 0, 0, 0), why.as_bytes());
         }
