@@ -325,3 +325,38 @@ fn an_existing_cluster_gives_its_stages_through_its_metrics_endpoints() {
         n.shutdown().unwrap();
     }
 }
+
+/// The local cluster's nodes take `CORELOG_*` settings from the environment, as `corelog
+/// serve` does: the header lists them and they take effect (stage timing off: no breakdown);
+/// a bad value is refused with the variable's name.
+#[test]
+fn the_local_cluster_takes_node_settings_from_the_environment() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let run = |var: &str, value: &str, sub: &str| {
+        Command::new(env!("CARGO_BIN_EXE_corelog"))
+            .args(["bench", "--quiet", "--duration", "1s", "--warmup", "0s", "--rate", "500"])
+            .arg("--out")
+            .arg(tmp.path().join(format!("out-{sub}")))
+            .arg("--dir")
+            .arg(tmp.path().join(format!("data-{sub}")))
+            .env(var, value)
+            .output()
+            .expect("run corelog bench")
+    };
+    let o = run("CORELOG_STAGE_TIMING", "false", "off");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout
+            .contains("note: the nodes' settings from the environment: CORELOG_STAGE_TIMING=false"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("SUMMARY cluster "), "{stdout}");
+    // The nodes timed nothing: the breakdown has the cluster as one stage, not zeros.
+    assert!(stdout.contains("cluster: sent → acknowledged"), "stage timing still on:\n{stdout}");
+    assert!(!stdout.contains("leader: queue"), "{stdout}");
+    let o = run("CORELOG_TICK_MS", "soon", "bad");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a bad setting was accepted");
+    assert!(stderr.contains("CORELOG_TICK_MS"), "{stderr}");
+}

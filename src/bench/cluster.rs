@@ -916,7 +916,13 @@ fn run_phases(
                 stages.push((format!("leader: {name}"), ns_to_us(&a)));
             }
         }
-        _ => stages.push(("cluster: sent → acknowledged".to_string(), open.service.clone())),
+        _ => {}
+    }
+    // Nodes that time nothing (`stage_timing` off) would show every stage at zero: the
+    // cluster as one stage instead.
+    if stages[1..].iter().all(|(_, h)| h.is_empty()) {
+        stages.truncate(1);
+        stages.push(("cluster: sent → acknowledged".to_string(), open.service.clone()));
     }
     phases.push(open);
     Ok(Phases { phases, stages, checkpoints, sat_flushes, sweep, concurrency })
