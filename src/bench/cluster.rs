@@ -906,17 +906,14 @@ fn run_phases(
     gen_.close();
     let checkpoints = checkpointer.map(Checkpointer::finish);
     let mut stages = vec![("generator: due → sent".to_string(), open.send_lag.clone())];
-    match (before, after) {
-        // A local cluster: the leaders' own stages of the open loop's appends (the counts
-        // since start, less those before the open loop). The network and the client's side
-        // are what the cluster's total below adds to them.
-        (Some(before), Some(after)) => {
-            for ((name, b), (_, mut a)) in before.into_iter().zip(after) {
-                let _ = a.subtract(&b);
-                stages.push((format!("leader: {name}"), ns_to_us(&a)));
-            }
+    // A local cluster: the leaders' own stages of the open loop's appends (the counts since
+    // start, less those before the open loop). The network and the client's side are what
+    // the cluster's total below adds to them.
+    if let (Some(before), Some(after)) = (before, after) {
+        for ((name, b), (_, mut a)) in before.into_iter().zip(after) {
+            let _ = a.subtract(&b);
+            stages.push((format!("leader: {name}"), ns_to_us(&a)));
         }
-        _ => {}
     }
     // Nodes that time nothing (`stage_timing` off) would show every stage at zero: the
     // cluster as one stage instead.
