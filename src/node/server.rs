@@ -10,8 +10,8 @@
 //!
 //! Appends are admitted against their group's `uncommitted_bytes_max` (the bytes of client
 //! appends a leader holds unanswered). One that does not fit is not refused: its connection's
-//! reader waits for room, in arrival order with the other connections of the group, and reads
-//! nothing meanwhile, so the client's socket fills and its writes block (TCP backpressure, as
+//! reader waits for room, beside the other connections of the group, and reads nothing
+//! meanwhile, so the client's socket fills and its writes block (TCP backpressure, as
 //! a broker mutes a connection when its memory is spent). Reading and verifying a request that
 //! is then refused would only add work where there is too much, and a refused client resends.
 //! Only after `admission_wait_ms` without room (commits stopped) is the append answered
