@@ -98,6 +98,20 @@ impl Cluster {
         }
     }
 
+    /// Stops every node but `group`'s leader (its index, returned); `nodes` keeps it alone.
+    fn leave_only_the_leader(&mut self, group: u64) -> usize {
+        let leader = self.leader(group);
+        let nodes = std::mem::take(&mut self.nodes);
+        for (i, n) in nodes.into_iter().enumerate() {
+            if i == leader {
+                self.nodes.push(n);
+            } else {
+                n.shutdown().unwrap();
+            }
+        }
+        leader
+    }
+
     /// A normal client's append, which must succeed.
     fn append(&mut self, group: u64, data: &[u8]) {
         let p = self.client.append(group, data).expect("a normal client's append");
@@ -690,16 +704,8 @@ fn a_client_waiting_for_a_commit_is_not_cut_off_as_idle() {
     // read_timeout_secs = 1; a leader that lost its followers keeps its role for about an
     // election timeout (2 s here), so an append stays in flight for longer than the timeout.
     let mut c = Cluster::start(|cfg| cfg.election_ticks = 200);
-    let leader = c.leader(0);
     // Stop both followers: the leader cannot commit any more.
-    let nodes = std::mem::take(&mut c.nodes);
-    for (i, n) in nodes.into_iter().enumerate() {
-        if i == leader {
-            c.nodes.push(n);
-        } else {
-            n.shutdown().unwrap();
-        }
-    }
+    let leader = c.leave_only_the_leader(0);
     let mut s = connect(c.client_addr(leader));
     s.write_all(&append_request(0, 3, &append_frame(0, 99, 1, b"not committed"))).unwrap();
     // Silent for longer than the read timeout, but waiting for an answer: not closed as idle.
@@ -725,15 +731,7 @@ fn two_attempts_of_one_append_are_both_answered() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // Commits stop (followers gone) while the leader keeps its role for about 2 s.
     let mut c = Cluster::start(|cfg| cfg.election_ticks = 200);
-    let leader = c.leader(0);
-    let nodes = std::mem::take(&mut c.nodes);
-    for (i, n) in nodes.into_iter().enumerate() {
-        if i == leader {
-            c.nodes.push(n);
-        } else {
-            n.shutdown().unwrap();
-        }
-    }
+    let leader = c.leave_only_the_leader(0);
     let append = append_frame(0, 4242, 1, b"sent twice");
     let mut first = connect(c.client_addr(leader));
     first.write_all(&append_request(0, 1, &append)).unwrap();
