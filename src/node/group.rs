@@ -156,7 +156,7 @@ pub(crate) struct GroupHandle {
     /// The group's log, for tails to read (set once open).
     pub log: RefCell<Option<Log>>,
     /// Bytes of client appends taken in and not yet answered (`uncommitted_bytes_max`): a
-    /// connection whose append does not fit waits here, in arrival order, unread.
+    /// connection whose append does not fit waits here, unread (see `server`).
     pub admission: Rc<glommio::sync::Semaphore>,
 }
 
@@ -311,6 +311,7 @@ impl GroupDriver {
         let initial = Membership::with_voters(
             &cfg.initial_voters().iter().map(|&id| (id, 1u8)).collect::<Vec<_>>(),
         );
+        let backstop = cfg.uncommitted_bytes_max + cfg.uncommitted_bytes_max / 4;
         let core_cfg = consensus::Config {
             election_tick: cfg.election_ticks,
             heartbeat_tick: cfg.heartbeat_ticks,
@@ -318,14 +319,13 @@ impl GroupDriver {
             // Backstops a quarter above the admission bound of the client connections (see
             // `GroupHandle::admission`), which holds the leader's client appends below them;
             // they catch entries that come in otherwise (a new leader's predecessors').
-            max_uncommitted_bytes: cfg.uncommitted_bytes_max + cfg.uncommitted_bytes_max / 4,
+            max_uncommitted_bytes: backstop,
             // No entry is larger than the message that carries it.
             max_entry_bytes: consensus::Config::default()
                 .max_entry_bytes
                 .min(u64::from(cfg.message_bytes_max)),
             max_pending_proposals: usize::try_from(
-                (cfg.uncommitted_bytes_max + cfg.uncommitted_bytes_max / 4)
-                    / super::config::ADMISSION_ENTRY_MIN_BYTES,
+                backstop / super::config::ADMISSION_ENTRY_MIN_BYTES,
             )
             .unwrap_or(usize::MAX)
             .max(consensus::Config::default().max_pending_proposals),

@@ -174,22 +174,23 @@ impl CoreMetrics {
     }
 }
 
-/// Counts an append that waits for admission, on this thread's core (nothing outside a core).
-pub(crate) fn count_admission_wait() {
+/// Runs `f` on the figures of this thread's core (nothing outside a core).
+fn on_this_core(f: impl FnOnce(&CoreMetrics)) {
     CURRENT.with(|c| {
         if let Some(m) = &*c.borrow() {
-            CoreMetrics::add(&m.admission_waits, 1);
+            f(m);
         }
     });
 }
 
-/// Counts an error of `kind` on this thread's core (nothing outside a core).
+/// Counts an append that waits for admission, on this thread's core.
+pub(crate) fn count_admission_wait() {
+    on_this_core(|m| CoreMetrics::add(&m.admission_waits, 1));
+}
+
+/// Counts an error of `kind` on this thread's core.
 pub(crate) fn count_error(kind: &'static str) {
-    CURRENT.with(|c| {
-        if let Some(m) = &*c.borrow() {
-            m.error(kind);
-        }
-    });
+    on_this_core(|m| m.error(kind));
 }
 
 /// The gauges of one group, updated by its driver.

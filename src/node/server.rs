@@ -510,7 +510,8 @@ where
     writer.await;
 }
 
-/// An append that found its group's admission bound full: the reader waits for room.
+/// An append on its way to its group: when its group's admission bound is full, the reader
+/// waits for room with it.
 struct Waiting {
     g: Rc<GroupHandle>,
     group: u64,
@@ -520,6 +521,15 @@ struct Waiting {
     entries: Vec<(u64, u64, Bytes)>,
     reply: ReplyTo,
     received: Instant,
+}
+
+impl Waiting {
+    /// Hands the append, with its room, to its group.
+    fn hand_over(self, conn: &ClientConn, admitted: glommio::sync::StaticPermit) {
+        let Waiting { g, reserve, entries, reply, received, .. } = self;
+        conn.reserve(reply.id, reserve);
+        g.inbox.push(Input::Append { entries, reply, received, admitted });
+    }
 }
 
 /// What an append counts against `uncommitted_bytes_max`: as the consensus core counts its
@@ -551,8 +561,7 @@ async fn admit(ctx: &Rc<CoreCtx>, conn: &Rc<ClientConn>, w: Waiting) {
     };
     match futures_lite::future::or(acquire, futures_lite::future::or(timeout, gone)).await {
         Some(Some(admitted)) => {
-            conn.reserve(reply.id, reserve);
-            g.inbox.push(Input::Append { entries, reply, received, admitted });
+            Waiting { g, group, units, reserve, entries, reply, received }.hand_over(conn, admitted)
         }
         Some(None) => {
             let why = format!(
@@ -639,15 +648,11 @@ fn handle_request(
                 entries.push((e.session, e.seq, buf.slice(start..start + e.data.len())));
             }
             let units = admission_units(&entries, ctx.cfg.uncommitted_bytes_max);
-            let (received, reserve) = (Instant::now(), reservation(op, &meta, entries.len(), 0));
-            match g.admission.try_acquire_static_permit(units) {
-                Ok(admitted) => {
-                    conn.reserve(id, reserve);
-                    g.inbox.push(Input::Append { entries, reply, received, admitted });
-                }
-                Err(_) => {
-                    return Some(Waiting { g, group, units, reserve, entries, reply, received });
-                }
+            let reserve = reservation(op, &meta, entries.len(), 0);
+            let w = Waiting { g, group, units, reserve, entries, reply, received: Instant::now() };
+            match w.g.admission.try_acquire_static_permit(units) {
+                Ok(admitted) => w.hand_over(conn, admitted),
+                Err(_) => return Some(w),
             }
         }
         Op::Status => {
