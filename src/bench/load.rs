@@ -551,6 +551,7 @@ impl Generator {
             let h = std::thread::Builder::new()
                 .name(PACER_THREAD.into())
                 .spawn(move || {
+                    precise_sleeps();
                     // CPU counted from the end of the warm-up (read when first past it).
                     let mut cpu0 = None;
                     let mut rng = SplitMix64::new(seed);
@@ -649,6 +650,15 @@ pub fn generator_cpu_time() -> Duration {
         ticks += f(14) + f(15);
     }
     Duration::from_secs_f64(ticks as f64 / tick)
+}
+
+/// Makes the calling thread's sleeps end on time: Linux lets a normal thread's timed sleep run
+/// up to its timer slack late (50 µs by default), which a pacer would add to every latency it
+/// measures (from the due time) while the system under test did nothing. The same is done by
+/// `tools/etcd-load`'s connections, so the two are measured alike.
+fn precise_sleeps() {
+    // SAFETY: PR_SET_TIMERSLACK takes a value in nanoseconds and touches only this thread.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
 }
 
 /// CPU time of the calling thread.
