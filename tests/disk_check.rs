@@ -181,7 +181,7 @@ fn node_config_applies_a_profile() {
     assert!(!NodeConfig::default_toml().contains("disk_profile"));
 }
 
-use common::free_port;
+use common::{free_port, segments_open_dsync};
 
 /// Starts `corelog serve` on a one-node configuration; returns the child once it printed its
 /// log settings, with that line.
@@ -226,31 +226,6 @@ fn serve(dir: &Path, disk_profile: Option<&Path>) -> (std::process::Child, Strin
     let _ = child.kill();
     let _ = child.wait();
     panic!("serve printed no log settings: {seen:?}");
-}
-
-/// Whether the process holds a segment of `data` open with O_DSYNC (from /proc/PID/fdinfo).
-fn segments_open_dsync(pid: u32, data: &Path) -> Vec<bool> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
-        let Ok(target) = std::fs::read_link(e.path()) else { continue };
-        if !target.starts_with(data)
-            || target.is_dir()
-            || target.extension().is_none_or(|x| x != "seg")
-        {
-            continue;
-        }
-        let info = std::fs::read_to_string(format!(
-            "/proc/{pid}/fdinfo/{}",
-            e.file_name().to_string_lossy()
-        ))
-        .unwrap_or_default();
-        let Some(flags) = info.lines().find_map(|l| l.strip_prefix("flags:")) else { continue };
-        let flags = u32::from_str_radix(flags.trim(), 8).unwrap();
-        if flags & libc::O_DIRECT as u32 != 0 {
-            out.push(flags & libc::O_DSYNC as u32 != 0);
-        }
-    }
-    out
 }
 
 fn stop(mut child: std::process::Child) {

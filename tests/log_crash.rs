@@ -1,7 +1,10 @@
 //! Crash test with real processes: a child appends entries of known contents and prints each
 //! durable index; the parent SIGKILLs it at random moments, reopens the log, and checks that
 //! every index reported durable is present, intact and in order, and that nothing after the
-//! cut is garbage. Rounds: 12 by default, `CORELOG_CRASH_ROUNDS` for more.
+//! cut is garbage. Rounds: 12 by default, `CORELOG_CRASH_ROUNDS` for more. Odd rounds write
+//! with `O_DSYNC` segments (`sync = "dsync"`, which `corelog disk-check` may choose), even
+//! rounds with write + fdatasync, on the same log: both ways of making a flush durable are
+//! killed mid-flight, and each reopens what the other wrote.
 
 mod common;
 
@@ -12,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::run;
+
 use corelog::log::Log;
 use corelog::tools::crash_writer::{CrashWriterArgs, config, entry_len, payload};
 
@@ -52,6 +56,7 @@ fn sigkill_at_random_moments_loses_nothing_reported_durable() {
     let a = args(dir.path());
     let mut max_durable_ever = 0u64;
     for round in 0..rounds {
+        let sync = if round % 2 == 1 { "dsync" } else { "fdatasync" };
         let mut child = Command::new(env!("CARGO_BIN_EXE_corelog"))
             .args(["crash-writer", "--dir"])
             .arg(dir.path())
@@ -64,6 +69,8 @@ fn sigkill_at_random_moments_loses_nothing_reported_durable() {
                 "1048576",
                 "--flush-bytes-max",
                 "65536",
+                "--sync",
+                sync,
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -90,6 +97,12 @@ fn sigkill_at_random_moments_loses_nothing_reported_durable() {
             assert!(child.try_wait().unwrap().is_none(), "crash-writer exited early");
             std::thread::sleep(Duration::from_millis(5));
         }
+        let modes = common::segments_open_dsync(child.id(), dir.path());
+        assert!(
+            !modes.is_empty() && modes.iter().all(|&d| d == (sync == "dsync")),
+            "round {round}: segments open with O_DSYNC {modes:?}, expected all {}",
+            sync == "dsync"
+        );
         let wait_ms = 20 + next() % 400;
         std::thread::sleep(Duration::from_millis(wait_ms));
         // SIGKILL: no chance to flush or close anything.

@@ -1052,3 +1052,29 @@ pub fn local_configs(
         })
         .collect()
 }
+
+/// For each segment under `data` that the process holds open with O_DIRECT: whether it is also
+/// open with O_DSYNC (from /proc/PID/fdinfo).
+pub fn segments_open_dsync(pid: u32, data: &Path) -> Vec<bool> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        let Ok(target) = std::fs::read_link(e.path()) else { continue };
+        if !target.starts_with(data)
+            || target.is_dir()
+            || target.extension().is_none_or(|x| x != "seg")
+        {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            e.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        let Some(flags) = info.lines().find_map(|l| l.strip_prefix("flags:")) else { continue };
+        let flags = u32::from_str_radix(flags.trim(), 8).unwrap();
+        if flags & libc::O_DIRECT as u32 != 0 {
+            out.push(flags & libc::O_DSYNC as u32 != 0);
+        }
+    }
+    out
+}
