@@ -128,6 +128,24 @@ fn default_phases_write_every_report_and_the_page_renders() {
         }
     }
     assert!(stdout.contains("  disk       wrote "), "{stdout}");
+    // What each replica's logs wrote: three figures per phase, each at least most of the
+    // payload (every replica writes every append, give or take the flushes in flight at the
+    // window's edges and a follower that is behind), and the frames read back from disk.
+    for p in j["phases"].as_array().unwrap() {
+        let each: Vec<f64> = p["replica_write_mib_per_sec"]
+            .as_array()
+            .expect("replica figures")
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(each.len(), 3, "{p}");
+        let payload = p["mib_per_sec"].as_f64().unwrap();
+        let total: f64 = each.iter().sum();
+        assert!(total >= 2.0 * payload, "replicas wrote {each:?} MiB/s of {payload} MiB/s: {p}");
+        assert!(each.iter().all(|&x| x > 0.0), "{p}");
+        assert!(p["frames_read_back"].is_u64(), "{p}");
+    }
+    assert!(stdout.contains("  replicas   logs wrote "), "{stdout}");
 
     // latency.hgrm: the percentile distribution format.
     let hgrm = std::fs::read_to_string(out.join("latency.hgrm")).unwrap();
@@ -300,6 +318,11 @@ fn an_existing_cluster_gives_its_stages_through_its_metrics_endpoints() {
     assert_eq!(summary_field(&stdout, "errors"), 0.0);
     // Someone else's cluster is never trimmed unless asked.
     assert!(stdout.contains("trim      never"), "{stdout}");
+    // Its replicas' logs are not this process's: no per-replica figures, rather than zeros.
+    assert!(!stdout.contains("  replicas   "), "{stdout}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert!(j["phases"][0]["replica_write_mib_per_sec"].is_null(), "{j}");
     for (stage, _) in corelog::node::stages::STAGES {
         let row = stdout
             .lines()

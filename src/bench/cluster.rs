@@ -247,6 +247,11 @@ pub struct PhaseReport {
     /// and the second it completed in (1-based); the other seconds' are in timeseries.csv.
     pub slowest_flush_us: Option<u64>,
     pub slowest_flush_second: Option<u64>,
+    /// A local cluster: what each replica's logs wrote in the window, MiB/s, in node order
+    /// (a replica well below the others fell behind), and the frames the replicas read back
+    /// from disk (a leader feeding a follower that fell behind its entry cache).
+    pub replica_write_mib_per_sec: Option<Vec<f64>>,
+    pub frames_read_back: Option<u64>,
 }
 
 /// One level of the concurrency sweep: a short closed loop.
@@ -350,6 +355,11 @@ fn phase_report(p: &PhaseResult, replicas: u64) -> PhaseReport {
             .map(|b| b as f64 / replicated),
         slowest_flush_us: slowest.map(|(us, _)| us),
         slowest_flush_second: slowest.map(|(_, second)| second),
+        replica_write_mib_per_sec: p
+            .replicas
+            .as_ref()
+            .map(|r| r.iter().map(|c| c.written as f64 / secs / (1 << 20) as f64).collect()),
+        frames_read_back: p.replicas.as_ref().map(|r| r.iter().map(|c| c.frames_read_back).sum()),
     }
 }
 
@@ -446,6 +456,25 @@ fn print_phase(p: &PhaseReport) {
         println!(
             "  flushes    slowest {} (in second {second}; each second's in timeseries.csv)",
             human_us(us)
+        );
+    }
+    if let (Some(w), Some(back)) = (&p.replica_write_mib_per_sec, p.frames_read_back) {
+        let each: Vec<String> = w.iter().map(|x| format!("{x:.1}")).collect();
+        let ids: Vec<String> = (1..=w.len()).map(|i| i.to_string()).collect();
+        println!(
+            "  replicas   logs wrote {} MiB/s (nodes {}); {}",
+            each.join(" / "),
+            ids.join(" / "),
+            if back == 0 {
+                "no frames read back from disk (every follower kept within its leader's entry \
+                 cache)"
+                    .to_string()
+            } else {
+                format!(
+                    "{back} frames read back from disk (a follower fell behind its leader's entry \
+                     cache and was fed from the leader's disk)"
+                )
+            }
         );
     }
 }
@@ -616,8 +645,16 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
         })?
     };
     let probe = local.then(|| flush_probe(nodes.iter().map(|n| n.scraper()).collect()));
-    let result =
-        run_phases(args, &addresses, data_dir.as_deref(), &stages_now, &flushes_now, probe);
+    let replicas = local.then(|| replica_probe(nodes.iter().map(|n| n.scraper()).collect()));
+    let result = run_phases(
+        args,
+        &addresses,
+        data_dir.as_deref(),
+        &stages_now,
+        &flushes_now,
+        probe,
+        replicas,
+    );
     if let (Some(path), Ok(_)) = (&args.trace, &result) {
         let mut samples = Vec::new();
         for n in &nodes {
@@ -804,6 +841,7 @@ fn run_phases(
     node_stages: &dyn Fn() -> Option<Vec<(String, Histogram<u64>)>>,
     flushes_now: &dyn Fn() -> Option<(u64, u64)>,
     flush_probe: Option<super::load::FlushProbe>,
+    replica_probe: Option<super::load::ReplicaProbe>,
 ) -> Result<Phases, String> {
     // The closed loop keeps `concurrency` in flight by itself; the open loop is bounded by a
     // window with room for a backlog (four times the saturation phase's level, so that the
@@ -823,6 +861,9 @@ fn run_phases(
     }
     if let Some(p) = flush_probe {
         gen_.probe_flushes(p);
+    }
+    if let Some(p) = replica_probe {
+        gen_.probe_replicas(p);
     }
     gen_.wait_ready(Duration::from_secs(10))
         .map_err(|e| format!("the cluster does not accept appends: {e}"))?;
@@ -949,6 +990,26 @@ fn flush_probe(scrapers: Vec<std::sync::Arc<node::metrics::Scraper>>) -> super::
             }
         }
         Some(max_ns.map_or(0, |ns| ns / 1000))
+    })
+}
+
+/// Every local replica's log counters so far (all its groups), in node order.
+fn replica_probe(
+    scrapers: Vec<std::sync::Arc<node::metrics::Scraper>>,
+) -> super::load::ReplicaProbe {
+    Box::new(move || {
+        scrapers
+            .iter()
+            .map(|s| {
+                let snapshot = s.snapshot(false).ok()?;
+                let mut c = super::load::ReplicaCounts::default();
+                for log in snapshot.logs() {
+                    c.written += log.bytes_written;
+                    c.frames_read_back += log.frames_read_from_disk;
+                }
+                Some(c)
+            })
+            .collect()
     })
 }
 

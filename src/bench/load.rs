@@ -171,6 +171,8 @@ pub struct Window {
     pub generator_cpu: Duration,
     /// Bytes the data directory's block device wrote (a local cluster on a block device).
     pub disk_written: Option<u64>,
+    /// What each local replica's logs did in the window (see [`ReplicaProbe`]).
+    pub replicas: Option<Vec<ReplicaCounts>>,
 }
 
 /// The outcome of one phase.
@@ -191,6 +193,8 @@ pub struct PhaseResult {
     pub generator_cpu: Duration,
     /// Bytes the data directory's block device wrote in the window, when known.
     pub disk_written: Option<u64>,
+    /// What each local replica's logs did in the window, when known.
+    pub replicas: Option<Vec<ReplicaCounts>>,
 }
 
 impl PhaseResult {
@@ -219,10 +223,34 @@ pub struct Generator {
     /// Called after each second's row: the slowest flush of that second (see
     /// [`SecondRow::flush_max_us`]).
     flush_probe: Mutex<Option<FlushProbe>>,
+    /// Read at the start and the end of each phase's window (see [`Window::replicas`]).
+    replica_probe: Mutex<Option<ReplicaProbe>>,
 }
 
 /// Gives the slowest flush completed since its previous call, µs.
 pub type FlushProbe = Box<dyn FnMut() -> Option<u64> + Send>;
+
+/// What one replica's logs have done so far (counters since it started), or in a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReplicaCounts {
+    /// Bytes its flushes wrote (whole blocks).
+    pub written: u64,
+    /// Frames its reads took from disk instead of memory: on a leader, mostly entries for a
+    /// follower that fell behind what the leader keeps in memory.
+    pub frames_read_back: u64,
+}
+
+impl ReplicaCounts {
+    fn since(self, before: ReplicaCounts) -> ReplicaCounts {
+        ReplicaCounts {
+            written: self.written.saturating_sub(before.written),
+            frames_read_back: self.frames_read_back.saturating_sub(before.frames_read_back),
+        }
+    }
+}
+
+/// Gives every local replica's counters so far, in node order.
+pub type ReplicaProbe = Box<dyn FnMut() -> Option<Vec<ReplicaCounts>> + Send>;
 
 /// Settings shared by the callbacks of one closed-loop phase.
 struct ClosedCtx {
@@ -325,6 +353,7 @@ impl Generator {
             seed,
             disk: None,
             flush_probe: Mutex::new(None),
+            replica_probe: Mutex::new(None),
         })
     }
 
@@ -337,6 +366,15 @@ impl Generator {
     /// Reports each second's slowest flush from `probe` (see [`SecondRow::flush_max_us`]).
     pub fn probe_flushes(&mut self, probe: FlushProbe) {
         self.flush_probe = Mutex::new(Some(probe));
+    }
+
+    /// Reports, for each phase, what each replica's logs wrote and read back from `probe`.
+    pub fn probe_replicas(&mut self, probe: ReplicaProbe) {
+        self.replica_probe = Mutex::new(Some(probe));
+    }
+
+    fn replicas_now(&self) -> Option<Vec<ReplicaCounts>> {
+        self.replica_probe.lock().unwrap_or_else(|e| e.into_inner()).as_mut().and_then(|p| p())
     }
 
     /// Waits until every group takes an append (a leader everywhere), up to `within`.
@@ -411,6 +449,7 @@ impl Generator {
             process_cpu: window.process_cpu,
             generator_cpu: window.generator_cpu,
             disk_written: window.disk_written,
+            replicas: window.replicas,
         };
         for r in &self.recorders {
             let r = r.lock().unwrap_or_else(|e| e.into_inner());
@@ -439,6 +478,7 @@ impl Generator {
         let mut rows = Vec::new();
         let cpu0 = (super::process_cpu_time(), generator_cpu_time());
         let disk0 = self.disk.as_ref().and_then(|d| d.bytes());
+        let replicas0 = self.replicas_now();
         if let Some(p) = self.flush_probe.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             let _ = p(); // The baseline: the first second starts now.
         }
@@ -462,6 +502,10 @@ impl Generator {
             process_cpu: super::process_cpu_time().saturating_sub(cpu0.0),
             generator_cpu: generator_cpu_time().saturating_sub(cpu0.1),
             disk_written: self.disk.as_ref().and_then(|d| d.since(disk0)),
+            replicas: replicas0.zip(self.replicas_now()).and_then(|(before, after)| {
+                (before.len() == after.len())
+                    .then(|| after.iter().zip(&before).map(|(a, b)| a.since(*b)).collect())
+            }),
         };
         (rows, window)
     }
