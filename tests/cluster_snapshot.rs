@@ -150,3 +150,30 @@ fn followers_trim_where_the_leader_trimmed_and_recover_from_it() {
     let tail: Vec<(u64, Vec<u8>)> = acked.into_iter().filter(|(i, _)| *i >= f_first).collect();
     check_acked(&theirs, &tail);
 }
+
+/// A trim is the group's, whichever node the client reaches: a follower sends it to the
+/// leader (which trims, and the followers follow) instead of trimming only itself. Before,
+/// a follower trimmed its own log and answered Ok, and the leader's log kept growing.
+#[test]
+fn a_trim_sent_to_a_follower_trims_the_leader() {
+    let (c, leader) = small_segment_cluster();
+    let follower = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    let acked = write_until(&c, 12_000);
+    let last = acked.iter().map(|(i, _)| *i).max().unwrap();
+    let trim_at = last - 100;
+    // A client that knows only the follower's address.
+    c.probe(&[follower]).trim(0, trim_at).expect("trim through a follower");
+    let first = c.status(leader).unwrap()["first_index"].as_u64().unwrap();
+    assert!(first > 1 && first <= trim_at + 1, "the leader's log is not trimmed: {first}");
+    // The follower follows the leader's trim point.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let f_first = c.status(follower).unwrap()["first_index"].as_u64().unwrap();
+        if f_first > 1 {
+            assert!(f_first <= trim_at + 1, "follower trimmed past the trim point: {f_first}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the follower does not follow the leader's trim");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -657,6 +657,14 @@ impl GroupDriver {
                 .detach();
             }
             Input::Trim { index, reply } => {
+                // A trim is the group's (the application checkpointed): the leader trims and
+                // the followers follow the trim point it sends them. A follower that trimmed
+                // only itself would leave the leader's log growing while the client believed
+                // the log trimmed; it sends the client to the leader instead.
+                if self.node.role() != Role::Leader {
+                    self.not_leader(&reply);
+                    return;
+                }
                 let group = self.group;
                 let leader = self.leader_hint();
                 match self.trim_prefix(index.min(self.commit)).await {
