@@ -630,31 +630,9 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
     let stages_now = || {
         if local { node_stages(&nodes) } else { remote_stages(&args.metrics) }
     };
-    // Flushes and bytes written so far by the local replicas (for `--compare`'s same-pattern
-    // disk probe).
-    let flushes_now = || {
-        local.then(|| {
-            let (mut flushes, mut bytes) = (0u64, 0u64);
-            for n in &nodes {
-                for log in n.snapshot(false).ok()?.logs() {
-                    flushes += log.flushes;
-                    bytes += log.bytes_written;
-                }
-            }
-            Some((flushes, bytes))
-        })?
-    };
     let probe = local.then(|| flush_probe(nodes.iter().map(|n| n.scraper()).collect()));
     let replicas = local.then(|| replica_probe(nodes.iter().map(|n| n.scraper()).collect()));
-    let result = run_phases(
-        args,
-        &addresses,
-        data_dir.as_deref(),
-        &stages_now,
-        &flushes_now,
-        probe,
-        replicas,
-    );
+    let result = run_phases(args, &addresses, data_dir.as_deref(), &stages_now, probe, replicas);
     if let (Some(path), Ok(_)) = (&args.trace, &result) {
         let mut samples = Vec::new();
         for n in &nodes {
@@ -672,7 +650,12 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
     for n in nodes {
         n.shutdown()?;
     }
-    let Phases { phases, stages, checkpoints, sat_flushes, sweep, concurrency } = result?;
+    let Phases { phases, stages, checkpoints, sweep, concurrency } = result?;
+    // The local replicas' flushes and the bytes they wrote in the saturation phase.
+    let sat_flushes = phases.iter().find(|p| p.offered_per_sec.is_none()).and_then(|p| {
+        let r = p.replicas.as_ref()?;
+        Some((r.iter().map(|c| c.flushes).sum::<u64>(), r.iter().map(|c| c.written).sum::<u64>()))
+    });
     // `--compare` on a local cluster: the disk under the replicas' own pattern of the
     // saturation phase (their mean flush size, one writer per replica), measured now that the
     // load has stopped.
@@ -819,8 +802,6 @@ struct Phases {
     /// The stage breakdown of the open loop.
     stages: Vec<(String, Histogram<u64>)>,
     checkpoints: Option<CheckpointStats>,
-    /// Flushes and bytes the local replicas wrote in the saturation phase.
-    sat_flushes: Option<(u64, u64)>,
     sweep: Vec<SweepStep>,
     /// The saturation phase's appends in flight.
     concurrency: usize,
@@ -839,7 +820,6 @@ fn run_phases(
     addresses: &[SocketAddr],
     data_dir: Option<&std::path::Path>,
     node_stages: &dyn Fn() -> Option<Vec<(String, Histogram<u64>)>>,
-    flushes_now: &dyn Fn() -> Option<(u64, u64)>,
     flush_probe: Option<super::load::FlushProbe>,
     replica_probe: Option<super::load::ReplicaProbe>,
 ) -> Result<Phases, String> {
@@ -875,7 +855,6 @@ fn run_phases(
     };
     let mut progress = Progress::new(args.quiet);
     let mut phases = Vec::new();
-    let mut sat_flushes = None;
     let mut sweep = Vec::new();
     let mut concurrency = most;
     let rate = match args.rate {
@@ -908,7 +887,6 @@ fn run_phases(
             } else {
                 concurrency = args.concurrency[0];
             }
-            let flushes_before = flushes_now();
             let sat = gen_.closed_loop(
                 "saturation",
                 concurrency,
@@ -918,9 +896,6 @@ fn run_phases(
             );
             let r = sat.appends_per_sec() * args.load_fraction;
             phases.push(sat);
-            sat_flushes = flushes_before
-                .zip(flushes_now())
-                .map(|((f0, b0), (f1, b1))| (f1.saturating_sub(f0), b1.saturating_sub(b0)));
             if r < 1.0 {
                 gen_.close();
                 checkpointer.map(Checkpointer::finish);
@@ -963,7 +938,7 @@ fn run_phases(
         stages.push(("cluster: sent → acknowledged".to_string(), open.service.clone()));
     }
     phases.push(open);
-    Ok(Phases { phases, stages, checkpoints, sat_flushes, sweep, concurrency })
+    Ok(Phases { phases, stages, checkpoints, sweep, concurrency })
 }
 
 /// For each second of a phase, the slowest flush any local replica's log completed in it, µs
@@ -1004,6 +979,7 @@ fn replica_probe(
                 let snapshot = s.snapshot(false).ok()?;
                 let mut c = super::load::ReplicaCounts::default();
                 for log in snapshot.logs() {
+                    c.flushes += log.flushes;
                     c.written += log.bytes_written;
                     c.frames_read_back += log.frames_read_from_disk;
                 }

@@ -233,6 +233,8 @@ pub type FlushProbe = Box<dyn FnMut() -> Option<u64> + Send>;
 /// What one replica's logs have done so far (counters since it started), or in a window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReplicaCounts {
+    /// Flushes its logs completed.
+    pub flushes: u64,
     /// Bytes its flushes wrote (whole blocks).
     pub written: u64,
     /// Frames its reads took from disk instead of memory: on a leader, mostly entries for a
@@ -243,6 +245,7 @@ pub struct ReplicaCounts {
 impl ReplicaCounts {
     fn since(self, before: ReplicaCounts) -> ReplicaCounts {
         ReplicaCounts {
+            flushes: self.flushes.saturating_sub(before.flushes),
             written: self.written.saturating_sub(before.written),
             frames_read_back: self.frames_read_back.saturating_sub(before.frames_read_back),
         }
