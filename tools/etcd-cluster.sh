@@ -8,6 +8,8 @@
 #                                after 10 s); nothing to do is not an error
 #   etcd-cluster.sh clean DIR    stop, then remove DIR
 #   etcd-cluster.sh status DIR   `etcdctl endpoint status` of the three members
+#   etcd-cluster.sh leader DIR   the leader's client endpoint (host:port), for a single
+#                                client that should not pay a follower's forwarding hop
 #
 # etcd comes from Debian's etcd-server (etcdctl from etcd-client), installed with apt-get when
 # missing (needs root). Settings are etcd's defaults except a backend quota of 8 GiB
@@ -25,7 +27,7 @@ export ETCDCTL_API=3
 
 die() { echo "etcd-cluster.sh: $*" >&2; exit 1; }
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 ensure_etcd() {
   if command -v etcd >/dev/null && command -v etcdctl >/dev/null; then
@@ -147,6 +149,13 @@ case "$1" in
     ;;
   status)
     etcdctl --endpoints="$ENDPOINTS" --write-out=table endpoint status
+    ;;
+  leader)
+    # `endpoint status` as simple lines: endpoint, ID, version, DB size, is leader, ...
+    etcdctl --endpoints="$ENDPOINTS" --write-out=simple endpoint status |
+      awk -F', ' '$5 == "true" { sub("^http://", "", $1); print $1; found = 1 }
+                  END { if (!found) exit 1 }' ||
+      die "no member reports itself leader (is the cluster of $2 running?)"
     ;;
   *) usage ;;
 esac

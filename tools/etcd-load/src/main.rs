@@ -1,4 +1,5 @@
-//! etcd-load: puts against a running etcd cluster through its v3 HTTP/JSON gateway, in a
+//! etcd-load: puts against a running etcd cluster through its v3 HTTP/JSON gateway (or, with
+//! `--grpc`, its gRPC API as etcd's own clients use it), in a
 //! closed loop (peak throughput) or an open loop at a fixed rate (latency at a given load),
 //! with latency in an HdrHistogram. The baseline for issue 5's "30x etcd's throughput, and a
 //! p99 at 80% load below etcd's p50 at its own 80% load".
@@ -9,6 +10,7 @@
 //! from that intended time, so a connection still busy with an earlier request (or a generator
 //! thread woken late) shows up in the figures instead of hiding the stall.
 
+mod grpc;
 mod http;
 mod run;
 
@@ -22,7 +24,10 @@ use serde_json::json;
 use run::{Mode, RunConfig, RunResult};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Closed- and open-loop puts against etcd's v3 HTTP/JSON gateway")]
+#[command(
+    version,
+    about = "Closed- and open-loop puts against etcd's v3 API (HTTP/JSON gateway or gRPC)"
+)]
 struct Args {
     /// etcd client endpoints (host:port), comma separated; connections are spread over them.
     #[arg(
@@ -75,6 +80,11 @@ struct Args {
     /// Write the figures of every run as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Put through etcd's gRPC API (HTTP/2, protobuf), as etcdctl and etcd's Go client do,
+    /// instead of the HTTP/JSON gateway. Give the leader's endpoint for a single client: a put
+    /// sent to a follower is forwarded to the leader, one more hop.
+    #[arg(long)]
+    grpc: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -139,6 +149,7 @@ fn real_main(args: &Args) -> Result<(), String> {
         mode,
         drain: args.drain,
         timeout: args.timeout,
+        grpc: args.grpc,
     };
     let mut runs = Vec::new();
     let mut summary = serde_json::Map::new();

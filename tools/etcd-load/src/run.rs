@@ -10,8 +10,6 @@ use base64::Engine;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use crate::http::Conn;
-
 /// Highest latency the histograms hold (µs); longer ones are clamped to it.
 const MAX_US: u64 = 600_000_000;
 
@@ -35,11 +33,15 @@ pub struct RunConfig {
     pub mode: Mode,
     pub drain: Duration,
     pub timeout: Duration,
+    /// Puts through etcd's gRPC API instead of its HTTP/JSON gateway.
+    pub grpc: bool,
 }
 
 #[derive(Clone, Debug)]
 pub struct RunResult {
     pub mode: Mode,
+    /// `grpc` or `gateway` (HTTP/JSON).
+    pub api: &'static str,
     pub connections: usize,
     pub value_size: usize,
     pub duration_s: f64,
@@ -117,12 +119,52 @@ impl Rng {
     }
 }
 
+/// One connection to etcd, through its gateway or its gRPC API.
+enum Client {
+    Http { conn: crate::http::Conn, body: Vec<u8>, value_b64: Arc<str> },
+    Grpc(crate::grpc::Conn),
+}
+
+impl Client {
+    fn connect(
+        cfg: &RunConfig,
+        addr: &str,
+        value: &[u8],
+        value_b64: &Arc<str>,
+    ) -> Result<Self, String> {
+        if cfg.grpc {
+            crate::grpc::Conn::connect(addr, cfg.timeout, value.to_vec())
+                .map(Client::Grpc)
+                .map_err(|e| e.to_string())
+        } else {
+            let conn = crate::http::Conn::connect(addr, cfg.timeout).map_err(|e| e.to_string())?;
+            let body = Vec::with_capacity(value_b64.len() + 64);
+            Ok(Client::Http { conn, body, value_b64: value_b64.clone() })
+        }
+    }
+
+    /// Puts key number `key` and waits for the reply.
+    fn put(&mut self, key: u64) -> Result<(), String> {
+        match self {
+            Client::Http { conn, body, value_b64 } => {
+                put_body(body, key, value_b64);
+                conn.put(body).map_err(|e| e.to_string())
+            }
+            Client::Grpc(conn) => conn.put(key_name(key).into_bytes()).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// The key of key number `key`, the same through either API.
+fn key_name(key: u64) -> String {
+    format!("etcd-load/{key:016x}")
+}
+
 /// The JSON body of a put: `{"key":"<b64>","value":"<b64>"}`.
 fn put_body(out: &mut Vec<u8>, key: u64, value_b64: &str) {
     out.clear();
     out.extend_from_slice(b"{\"key\":\"");
-    let k = format!("etcd-load/{key:016x}");
-    out.extend_from_slice(B64.encode(k).as_bytes());
+    out.extend_from_slice(B64.encode(key_name(key)).as_bytes());
     out.extend_from_slice(b"\",\"value\":\"");
     out.extend_from_slice(value_b64.as_bytes());
     out.extend_from_slice(b"\"}");
@@ -204,6 +246,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, String> {
         chunk.copy_from_slice(&r[..chunk.len()]);
     }
     let value_b64: Arc<str> = B64.encode(&value).into();
+    let value: Arc<[u8]> = value.into();
     let connected = Arc::new(Barrier::new(n + 1));
     let go = Arc::new(Barrier::new(n + 1));
     let start_at = Arc::new(OnceLock::<Instant>::new());
@@ -218,19 +261,19 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, String> {
         let (connected, go, start_at) = (connected.clone(), go.clone(), start_at.clone());
         let (stop, done, finished) = (stop.clone(), done.clone(), finished.clone());
         let first_error = first_error.clone();
-        let value_b64 = value_b64.clone();
+        let (value, value_b64) = (value.clone(), value_b64.clone());
         let h = thread::Builder::new()
             .name(format!("conn-{c}"))
             .stack_size(256 * 1024)
             .spawn(move || {
                 let endpoint = &cfg.endpoints[c % cfg.endpoints.len()];
-                let conn = Conn::connect(endpoint, cfg.timeout)
+                let conn = Client::connect(&cfg, endpoint, &value, &value_b64)
                     .map_err(|e| format!("connection {c} to {endpoint}: connect: {e}"));
                 connected.wait();
                 go.wait();
                 let start = *start_at.get().expect("start time set before the go barrier");
                 let out = match conn {
-                    Ok(conn) => connection(c, conn, &cfg, start, &value_b64, &stop, &done)
+                    Ok(conn) => connection(c, conn, &cfg, start, &stop, &done)
                         .map_err(|e| format!("connection {c} to {endpoint}: {e}")),
                     Err(e) => Err(e),
                 };
@@ -329,6 +372,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, String> {
     let all_cores_pct = |secs: f64| secs / (window * ncpu as f64) * 100.0;
     let q = |p: f64| if lat.is_empty() { 0 } else { lat.value_at_quantile(p) };
     Ok(RunResult {
+        api: if cfg.grpc { "grpc" } else { "gateway" },
         mode: cfg.mode,
         connections: n,
         value_size: cfg.value_size,
@@ -360,13 +404,12 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, String> {
 /// The loop of one connection; returns its histograms and counts.
 fn connection(
     c: usize,
-    mut conn: Conn,
+    mut conn: Client,
     cfg: &RunConfig,
     start: Instant,
-    value_b64: &str,
     stop: &AtomicBool,
     done: &AtomicU64,
-) -> Result<ThreadOut, crate::http::Error> {
+) -> Result<ThreadOut, String> {
     // Sleeps end on time (1 µs of timer slack instead of Linux's default 50 µs), as corelog
     // bench's pacers do: the lateness would count in every latency measured from a due time.
     // SAFETY: PR_SET_TIMERSLACK takes nanoseconds and touches only this thread.
@@ -374,15 +417,14 @@ fn connection(
     let warm_end = start + cfg.warmup;
     let end = warm_end + cfg.duration;
     let mut rng = Rng::new(cfg.seed ^ ((c as u64 + 1) << 32));
-    let mut body = Vec::with_capacity(value_b64.len() + 64);
     let mut out =
         ThreadOut { lat: new_hist(), wake_lag: new_hist(), in_window: 0, unsent: 0, late_sends: 0 };
     match cfg.mode {
         Mode::Closed => {
             while !stop.load(Ordering::Relaxed) && Instant::now() < end {
-                put_body(&mut body, rng.next() % cfg.key_space, value_b64);
+                let key = rng.next() % cfg.key_space;
                 let t0 = Instant::now();
-                conn.put(&body)?;
+                conn.put(key)?;
                 let t1 = Instant::now();
                 done.fetch_add(1, Ordering::Relaxed);
                 if t1 > warm_end && t1 <= end {
@@ -423,9 +465,9 @@ fn connection(
                 if idle {
                     thread::sleep(due - now);
                 }
-                put_body(&mut body, rng.next() % cfg.key_space, value_b64);
+                let key = rng.next() % cfg.key_space;
                 let sent = Instant::now();
-                conn.put(&body)?;
+                conn.put(key)?;
                 let t1 = Instant::now();
                 done.fetch_add(1, Ordering::Relaxed);
                 if due >= warm_end {
@@ -523,11 +565,12 @@ impl RunResult {
     /// One grep-able line.
     pub fn summary_line(&self) -> String {
         format!(
-            "SUMMARY etcd-load mode={} connections={} value_size={} offered_per_sec={:.0} \
+            "SUMMARY etcd-load mode={} api={} connections={} value_size={} offered_per_sec={:.0} \
              puts_per_sec={:.0} p50_us={} p90_us={} p99_us={} p999_us={} max_us={} unsent={} \
              gen_cpu_us_per_put={:.1} etcd_cpu_pct={:.0} etcd_cpu_us_per_put={:.0} \
              other_cpu_pct={:.0} load1={:.2}",
             self.mode_name(),
+            self.api,
             self.connections,
             self.value_size,
             self.offered().unwrap_or(0.0),
@@ -549,6 +592,7 @@ impl RunResult {
     pub fn to_json(&self) -> serde_json::Value {
         json!({
             "mode": self.mode_name(),
+            "api": self.api,
             "connections": self.connections,
             "value_size": self.value_size,
             "duration_s": self.duration_s,
@@ -652,6 +696,7 @@ mod tests {
             mode,
             drain: Duration::from_secs(10),
             timeout: Duration::from_secs(10),
+            grpc: false,
         }
     }
 
