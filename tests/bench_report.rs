@@ -252,9 +252,10 @@ fn a_fixed_rate_skips_saturation_and_sizes_follow_the_distribution() {
     assert!((1200.0..1900.0).contains(&mean), "mean entry {mean} bytes");
 }
 
-/// `--compare` measures the disk and loopback first, then the disk under the replicas' own
-/// pattern of the saturation phase (one writer per replica at their mean flush size), and
-/// states the cluster's bandwidth as a fraction of each.
+/// `--compare` measures the disk and loopback first (a round trip, and the bandwidth of one
+/// stream per replica), then the disk under the replicas' own pattern of the saturation phase
+/// (one writer per replica at their mean flush size), and states the cluster's bandwidth as a
+/// fraction of each.
 #[test]
 fn compare_measures_the_disk_under_the_replicas_own_pattern() {
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
@@ -284,6 +285,24 @@ fn compare_measures_the_disk_under_the_replicas_own_pattern() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{line}"));
     assert!((wrote - mib * 3.0).abs() < 0.5, "{line}\n{stdout}");
+    // Loopback TCP in the replicas' pattern: one stream per replica, and the appends' bytes
+    // three times over as a share of it.
+    let net = &limits["loopback_streams"];
+    assert_eq!(net["streams"], 3, "{limits}");
+    let net_mib = net["mib_per_sec"].as_f64().expect("loopback MiB/s");
+    assert!(net_mib > 0.0 && net["bytes"].as_u64().unwrap() > 0, "{net}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("cross loopback 3 times"))
+        .unwrap_or_else(|| panic!("no loopback line:\n{stdout}"));
+    let crossed: f64 = line
+        .split("follower) = ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!((crossed - mib * 3.0).abs() < 0.5, "{line}");
+    assert!(line.contains(&format!("({net_mib:.1} MiB/s, no disk")), "{line}");
 }
 
 /// Against a cluster that is already running (`--addresses`), the bench takes the stage

@@ -9,7 +9,12 @@
 //!   replica, each at the replicas' mean flush size of the saturation phase. When the cluster
 //!   gets far less than that, the disk is not what holds it back.
 //! - The network: the round trip of a 64-byte message over loopback TCP (`TCP_NODELAY`), the
-//!   least a replicated commit pays once, and the client's request pays once more.
+//!   least a replicated commit pays once, and the client's request pays once more. For a local
+//!   cluster, also the bandwidth loopback TCP carries in the replicas' pattern: one stream per
+//!   replica at once (the client's to the leader, the leader's to each follower), plain threads
+//!   writing and reading 128 KiB at a time. Every appended byte crosses loopback that many
+//!   times, and on a machine with few cores these copies, not the disk, can be what bounds
+//!   the cluster's bandwidth.
 //!
 //! Each probe runs for a short, fixed time and prints figures; nothing asserts a speed.
 
@@ -48,6 +53,21 @@ pub struct Limits {
     pub same_pattern: Option<DiskPoint>,
     pub loopback_rtt_p50_us: u64,
     pub loopback_rtt_p99_us: u64,
+    /// Loopback TCP in the replicas' pattern (local cluster only).
+    pub loopback_streams: Option<StreamPoint>,
+}
+
+/// Loopback TCP bandwidth with several streams at once.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamPoint {
+    /// Streams at once, each with its own sending and receiving thread.
+    pub streams: usize,
+    /// Bytes per write and per read.
+    pub write_bytes: usize,
+    /// Bytes received, all streams together.
+    pub bytes: u64,
+    /// All streams together.
+    pub mib_per_sec: f64,
 }
 
 impl Limits {
@@ -162,6 +182,70 @@ pub fn loopback_probe(time: Duration) -> Result<Histogram<u64>, String> {
     Ok(h)
 }
 
+/// `streams` loopback TCP connections carrying bytes at once for `time`, each with a thread
+/// writing `write_bytes` at a time and one reading them: the bandwidth of all streams summed.
+pub fn loopback_streams_probe(
+    streams: usize,
+    write_bytes: usize,
+    time: Duration,
+) -> Result<StreamPoint, String> {
+    let streams = streams.max(1);
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("loopback bind: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let mut senders = Vec::with_capacity(streams);
+    let mut receivers = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        senders.push(
+            std::net::TcpStream::connect(addr).map_err(|e| format!("loopback connect: {e}"))?,
+        );
+        receivers.push(listener.accept().map_err(|e| format!("loopback accept: {e}"))?.0);
+    }
+    let (bytes, secs) = std::thread::scope(|s| -> Result<(u64, f64), String> {
+        let readers: Vec<_> = receivers
+            .into_iter()
+            .map(|mut r| {
+                s.spawn(move || {
+                    let mut buf = vec![0u8; write_bytes];
+                    let mut n = 0u64;
+                    loop {
+                        match r.read(&mut buf) {
+                            Ok(0) | Err(_) => return n,
+                            Ok(k) => n += k as u64,
+                        }
+                    }
+                })
+            })
+            .collect();
+        let start = Instant::now();
+        let writers: Vec<_> = senders
+            .into_iter()
+            .map(|mut w| {
+                s.spawn(move || -> std::io::Result<()> {
+                    let buf = vec![0x5au8; write_bytes];
+                    while start.elapsed() < time {
+                        w.write_all(&buf)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join()
+                .map_err(|_| "a loopback sender panicked".to_string())?
+                .map_err(|e| format!("loopback send: {e}"))?;
+        }
+        let mut got = 0;
+        for r in readers {
+            got += r.join().map_err(|_| "a loopback receiver panicked".to_string())?;
+        }
+        // The readers finish when the writers close, a little after `time`.
+        Ok((got, start.elapsed().as_secs_f64()))
+    })?;
+    let mib_per_sec = bytes as f64 / secs / (1 << 20) as f64;
+    Ok(StreamPoint { streams, write_bytes, bytes, mib_per_sec })
+}
+
 /// Runs the probes: the disk under `dir` at each of `write_sizes`, then loopback TCP.
 pub fn measure(dir: &Path, write_sizes: &[usize], time_each: Duration) -> Result<Limits, String> {
     let mut disk = Vec::new();
@@ -174,6 +258,7 @@ pub fn measure(dir: &Path, write_sizes: &[usize], time_each: Duration) -> Result
         same_pattern: None,
         loopback_rtt_p50_us: rtt.value_at_quantile(0.5),
         loopback_rtt_p99_us: rtt.value_at_quantile(0.99),
+        loopback_streams: None,
     })
 }
 
@@ -197,6 +282,14 @@ pub fn describe(l: &Limits) -> Vec<String> {
         super::progress::human_us(l.loopback_rtt_p50_us),
         super::progress::human_us(l.loopback_rtt_p99_us)
     ));
+    if let Some(n) = &l.loopback_streams {
+        v.push(format!(
+            "network   loopback TCP, {} streams at once ({} KiB writes): {:.1} MiB/s in all",
+            n.streams,
+            n.write_bytes >> 10,
+            n.mib_per_sec
+        ));
+    }
     v
 }
 
@@ -223,5 +316,9 @@ mod tests {
         assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "probe files removed");
         let h = loopback_probe(Duration::from_millis(50)).unwrap();
         assert!(!h.is_empty());
+        let n = loopback_streams_probe(3, 64 << 10, Duration::from_millis(100)).unwrap();
+        assert_eq!((n.streams, n.write_bytes), (3, 64 << 10));
+        // At least a full write per stream arrived (a probe that reads nothing reports 0).
+        assert!(n.bytes >= 3 * (64 << 10) && n.mib_per_sec > 0.0, "{n:?}");
     }
 }
