@@ -333,6 +333,59 @@ fn a_log_trimmed_as_it_grows_recycles_and_zero_fills_nothing() {
     });
 }
 
+/// The spares a log keeps follow what it fills between trims: a log that fills about 12
+/// segments between trims recycles all of them in steady state (a fixed bound of 8 would
+/// zero-fill 4 each time), and once it goes quiet the spares it no longer needs are deleted.
+#[test]
+fn spares_follow_what_the_log_fills_between_trims() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let cfg = LogConfig { spare_segments: 1, spare_segments_max: 16, ..small_config() };
+        let spares = |p: &std::path::Path| {
+            std::fs::read_dir(p)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("spare-"))
+                .count()
+        };
+        let (log, _) = Log::open(&path, cfg.clone()).await.unwrap();
+        // Busy: about 12 segments (1 MiB each) between trims.
+        let mut zero_filled_after_warmup = 0;
+        for round in 0..8 {
+            let last = append_n(&log, 1, 3000, 1, 4000).await;
+            log.sync().await.unwrap();
+            log.trim_before(last - 50).await.unwrap();
+            assert!(spares(&path) <= 16, "round {round}: {} spares kept", spares(&path));
+            if round == 2 {
+                zero_filled_after_warmup = log.stats().segments_zero_filled;
+            }
+        }
+        let st = log.stats();
+        assert_eq!(
+            st.segments_zero_filled, zero_filled_after_warmup,
+            "segments zero-filled in steady state (recycled {})",
+            st.segments_recycled
+        );
+        assert!(spares(&path) >= 10, "{} spares kept while busy", spares(&path));
+        assert_eq!(st.spares_deleted, 0);
+        // Quiet: about one segment between trims. Two trims later the spares shrink to that.
+        for _ in 0..4 {
+            let last = append_n(&log, 1, 300, 1, 4000).await;
+            log.sync().await.unwrap();
+            log.trim_before(last - 50).await.unwrap();
+        }
+        assert!(spares(&path) <= 3, "{} spares kept while quiet", spares(&path));
+        assert!(log.stats().spares_deleted >= 7, "{:?}", log.stats().spares_deleted);
+        let (first, last) = (log.first_index(), log.last_index());
+        check_range(&log, first, last, 4000).await;
+        log.close().await.unwrap();
+        let (log, _) = Log::open(&path, cfg).await.unwrap();
+        assert_eq!((log.first_index(), log.last_index()), (first, last));
+        check_range(&log, first, last, 4000).await;
+        log.close().await.unwrap();
+    });
+}
+
 #[test]
 fn dsync_mode_works() {
     let dir = tempfile::tempdir().unwrap();

@@ -95,6 +95,8 @@ pub struct LogStats {
     pub segments_zero_filled: u64,
     /// Segments recycled after a trim.
     pub segments_recycled: u64,
+    /// Spare segments deleted because the log consumed fewer between trims than were kept.
+    pub spares_deleted: u64,
     /// Most flushes that were in flight at once.
     pub peak_flushes_in_flight: u64,
     /// Frames that reads took from disk (the rest came from memory).
@@ -122,6 +124,7 @@ impl LogStats {
             frames_read_from_disk: 0,
             reads_waited_for_flush: 0,
             segments_recycled: 0,
+            spares_deleted: 0,
             flush_latency_ns: Histogram::new_with_bounds(1_000, 60_000_000_000, 3)
                 .expect("valid histogram bounds"),
             flush_bytes: Histogram::new_with_bounds(BLOCK as u64, 1 << 40, 2)
@@ -294,6 +297,11 @@ struct State {
     spares: Vec<Spare>,
     spare_counter: u64,
     preparing_spare: bool,
+    /// `stats.segments_activated` at the last trim that freed segments, and the segments
+    /// activated in the two intervals between such trims before it (newest first): what the
+    /// log consumes between trims, which is how many spares are worth keeping.
+    activated_at_trim: u64,
+    used_between_trims: [u64; 2],
     open: Option<OpenBuf>,
     /// Ends (segment offset) and last indexes of frames appended but not yet in any flush.
     unflushed: VecDeque<(u64, u64)>,
@@ -331,6 +339,16 @@ struct State {
 }
 
 impl State {
+    /// Spares worth keeping: as many segments as the log put in use between its last two
+    /// trims that freed segments (the larger), plus the `spare_segments` kept ready ahead of
+    /// need, so that the next interval recycles instead of zero-filling; at most
+    /// `spare_segments_max`.
+    fn spares_wanted(&self) -> usize {
+        let used = self.used_between_trims[0].max(self.used_between_trims[1]) as usize;
+        let max = self.cfg.spare_segments_max.max(self.cfg.spare_segments);
+        (used + self.cfg.spare_segments).min(max)
+    }
+
     fn check_usable(&self) -> LogResult<()> {
         if let Some(e) = &self.poisoned {
             return Err(LogError::Poisoned(Box::new(e.clone())));
@@ -647,6 +665,8 @@ impl Log {
             spares,
             spare_counter,
             preparing_spare: false,
+            activated_at_trim: 0,
+            used_between_trims: [0; 2],
             open: None,
             unflushed: VecDeque::new(),
             inflight: VecDeque::new(),
@@ -1575,13 +1595,18 @@ impl Log {
             if let Some(first) = st.segments.front().map(|s| s.first_index) {
                 st.first_index = st.first_index.max(first);
             }
+            if !removed.is_empty() {
+                let now = st.stats.segments_activated;
+                st.used_between_trims = [now - st.activated_at_trim, st.used_between_trims[0]];
+                st.activated_at_trim = now;
+            }
             removed
         };
         self.retire(removed).await
     }
 
-    /// Recycles (as spares, up to `spare_segments_max`) or deletes retired segments, then
-    /// syncs the directory.
+    /// Recycles (as spares, up to [`State::spares_wanted`]) or deletes retired segments,
+    /// deletes spares beyond that number, then syncs the directory.
     async fn retire(&self, segments: Vec<Segment>) -> LogResult<()> {
         if segments.is_empty() {
             return Ok(());
@@ -1592,7 +1617,7 @@ impl Log {
                 let mut st = self.shared.st.borrow_mut();
                 // A recycled segment saves a zero-fill later (and the zero-filling preparer only
                 // runs below `spare_segments`).
-                let want = st.spares.len() < st.cfg.spare_segments_max.max(st.cfg.spare_segments);
+                let want = st.spares.len() < st.spares_wanted();
                 let n = st.spare_counter;
                 if want {
                     st.spare_counter += 1;
@@ -1611,6 +1636,20 @@ impl Log {
             } else {
                 io::remove(&seg.path).await?;
             }
+        }
+        // Consumption fell: spares kept for a busier interval hold disk space for nothing.
+        // The zero-filled ones (which fit any index) are kept first.
+        let extra: Vec<Spare> = {
+            let mut st = self.shared.st.borrow_mut();
+            let keep = st.spares_wanted();
+            st.spares.sort_by_key(|s| s.max_index);
+            let n = st.spares.len().saturating_sub(keep);
+            let at = st.spares.len() - n;
+            st.spares.drain(at..).collect()
+        };
+        for s in extra {
+            io::remove(&s.path).await?;
+            self.shared.st.borrow_mut().stats.spares_deleted += 1;
         }
         io::sync_dir(&dir).await?;
         self.shared.st.borrow_mut().changed();

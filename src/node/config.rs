@@ -153,7 +153,7 @@ impl Default for NodeConfig {
             election_ticks: 30,
             heartbeat_ticks: 3,
             segment_bytes: 64 << 20,
-            spare_segments_max: 8,
+            spare_segments_max: LogConfig::new(0).spare_segments_max,
             flush_bytes_max: 1 << 20,
             flushes_in_flight_max: LogConfig::new(0).flushes_in_flight_max,
             flush_pipeline_bytes: 256 << 10,
@@ -438,8 +438,9 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         key: "spare_segments_max",
         flag: "spare-segments-max",
-        doc: "Trimmed segments each log keeps for reuse instead of deleting them (a reused \
-              segment needs no zero-fill before use).",
+        doc: "Trimmed segments each log keeps for reuse instead of deleting them, at most (a \
+              reused segment needs no zero-fill before use); a log keeps as many as it filled \
+              between its recent trims.",
     },
     Setting { key: "flush_bytes_max", flag: "flush-bytes-max", doc: "Most bytes per log flush." },
     Setting {

@@ -630,6 +630,12 @@ impl NodeSnapshot {
                 Box::new(|g| g.log.segments_recycled),
             ),
             (
+                "corelog_log_spares_deleted_total",
+                "counter",
+                "Spare segments deleted because the log filled fewer between trims than it kept.",
+                Box::new(|g| g.log.spares_deleted),
+            ),
+            (
                 "corelog_log_frames_read_from_disk_total",
                 "counter",
                 "Frames that reads (followers catching up, tails, clients) took from disk, not memory.",
