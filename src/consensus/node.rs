@@ -1586,7 +1586,7 @@ impl Node {
                 self.ready.fetches.push(Fetch {
                     lo: next,
                     hi: self.log.cache_start() - 1,
-                    max_bytes: self.cfg.max_batch_bytes,
+                    max_bytes: self.fetch_bytes(),
                 });
                 return;
             }
@@ -1599,6 +1599,13 @@ impl Node {
                 return;
             }
         }
+    }
+
+    /// Bytes of entries one read from disk asks for: a few batches, within half a follower's
+    /// window, so that the appends made of it can be in flight while the next read runs.
+    fn fetch_bytes(&self) -> u64 {
+        let batch = self.cfg.max_batch_bytes;
+        (4 * batch).min(self.cfg.max_inflight_bytes / 2).max(batch)
     }
 
     /// Sends `entries` after `prev_index` to follower `k` and records it in its progress.
@@ -1653,13 +1660,26 @@ impl Node {
                 continue;
             }
             self.progress[k].fetching = false;
-            if next < end {
-                let from = (next - lo) as usize;
+            // As many appends of what was read as the follower's window takes (a fetch reads
+            // several batches, so a follower fed from disk is not held to one batch per read).
+            let mut from = (next - lo) as usize;
+            let mut open = true;
+            while open && from < valid {
+                let p = &self.progress[k];
+                if p.state == ProgressState::Replicate
+                    && p.window_full(self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes)
+                {
+                    break;
+                }
                 let batch =
                     super::log::take_bytes(entries[from..valid].iter(), self.cfg.max_batch_bytes);
-                if !self.emit_append(k, next - 1, batch) {
-                    continue;
-                }
+                let n = batch.len();
+                let prev = lo + from as Index - 1;
+                open = self.emit_append(k, prev, batch);
+                from += n;
+            }
+            if !open {
+                continue;
             }
             self.send_append(k);
         }
