@@ -335,7 +335,7 @@ fn a_log_trimmed_as_it_grows_recycles_and_zero_fills_nothing() {
 
 /// The spares a log keeps follow what it fills between trims: a log that fills about 12
 /// segments between trims recycles all of them in steady state (a fixed bound of 8 would
-/// zero-fill 4 each time), and once it goes quiet the spares it no longer needs are deleted.
+/// zero-fill 4 each time), and once it goes quiet the spares beyond 8 are deleted.
 #[test]
 fn spares_follow_what_the_log_fills_between_trims() {
     let dir = tempfile::tempdir().unwrap();
@@ -368,14 +368,16 @@ fn spares_follow_what_the_log_fills_between_trims() {
         );
         assert!(spares(&path) >= 10, "{} spares kept while busy", spares(&path));
         assert_eq!(st.spares_deleted, 0);
-        // Quiet: about one segment between trims. Two trims later the spares shrink to that.
+        // Quiet: about one segment between trims. Two trims later the spares shrink to the 8
+        // a log keeps anyway.
         for _ in 0..4 {
             let last = append_n(&log, 1, 300, 1, 4000).await;
             log.sync().await.unwrap();
             log.trim_before(last - 50).await.unwrap();
         }
-        assert!(spares(&path) <= 3, "{} spares kept while quiet", spares(&path));
-        assert!(log.stats().spares_deleted >= 7, "{:?}", log.stats().spares_deleted);
+        let kept = spares(&path);
+        assert!((1..=8).contains(&kept), "{kept} spares kept while quiet");
+        assert!(log.stats().spares_deleted >= 2, "{:?}", log.stats().spares_deleted);
         let (first, last) = (log.first_index(), log.last_index());
         check_range(&log, first, last, 4000).await;
         log.close().await.unwrap();
