@@ -334,8 +334,9 @@ fn a_log_trimmed_as_it_grows_recycles_and_zero_fills_nothing() {
 }
 
 /// The spares a log keeps follow what it fills between trims: a log that fills about 12
-/// segments between trims recycles all of them in steady state (a fixed bound of 8 would
-/// zero-fill 4 each time), and once it goes quiet the spares beyond 8 are deleted.
+/// segments between trims recycles all of them in steady state (the old fixed bound of 8
+/// would zero-fill 4 each time; the busy phase alone would pass with a fixed 16), and once it
+/// goes quiet the spares beyond 8 are deleted, two per trim (a fixed bound keeps them all).
 #[test]
 fn spares_follow_what_the_log_fills_between_trims() {
     let dir = tempfile::tempdir().unwrap();
@@ -376,7 +377,7 @@ fn spares_follow_what_the_log_fills_between_trims() {
             log.trim_before(last - 50).await.unwrap();
         }
         let kept = spares(&path);
-        assert!((1..=8).contains(&kept), "{kept} spares kept while quiet");
+        assert!((6..=8).contains(&kept), "{kept} spares kept while quiet");
         assert!(log.stats().spares_deleted >= 2, "{:?}", log.stats().spares_deleted);
         let (first, last) = (log.first_index(), log.last_index());
         check_range(&log, first, last, 4000).await;

@@ -210,8 +210,10 @@ pub fn loopback_streams_probe(
                     let mut n = 0u64;
                     loop {
                         match r.read(&mut buf) {
-                            Ok(0) | Err(_) => return n,
+                            Ok(0) => return n,
                             Ok(k) => n += k as u64,
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(_) => return n,
                         }
                     }
                 })

@@ -1580,13 +1580,19 @@ impl Node {
             }
             if next < self.log.cache_start() {
                 // Evicted: ask the runtime to read them from disk; `on_fetched` resumes.
+                // A probe sends one batch; a follower in Replicate takes several per read.
+                let max_bytes = if p.state == ProgressState::Replicate {
+                    self.fetch_bytes()
+                } else {
+                    self.cfg.max_batch_bytes
+                };
                 let p = &mut self.progress[k];
                 p.fetching = true;
                 p.stall_ticks = 0;
                 self.ready.fetches.push(Fetch {
                     lo: next,
                     hi: self.log.cache_start() - 1,
-                    max_bytes: self.fetch_bytes(),
+                    max_bytes,
                 });
                 return;
             }

@@ -74,6 +74,9 @@ use segment::{FileKind, FrameLoc, ScanCursor, Stop};
 /// `discard`, which stalled the writes beside it by 16-29 ms on the test VM.
 const SPARES_KEPT_MIN: usize = 8;
 
+/// Spares beyond what a log wants that one trim deletes, at most.
+const SPARES_PRUNED_MAX: usize = 2;
+
 const fn align_down(v: u64) -> u64 {
     v & !(BLOCK as u64 - 1)
 }
@@ -1508,7 +1511,7 @@ impl Log {
                 st.segments.push_back(active);
                 gone
             };
-            log.retire(removed).await
+            log.retire(removed, false).await
         })
         .await
     }
@@ -1532,7 +1535,7 @@ impl Log {
             };
             // From here the old segments are gone: failing to start the new one leaves no log to
             // append to, so the log refuses further work until reopened.
-            let started = match log.retire(old).await {
+            let started = match log.retire(old, false).await {
                 Ok(()) => log.activate_segment(next_index).await,
                 Err(e) => Err(e),
             };
@@ -1608,12 +1611,13 @@ impl Log {
             }
             removed
         };
-        self.retire(removed).await
+        self.retire(removed, true).await
     }
 
-    /// Recycles (as spares, up to [`State::spares_wanted`]) or deletes retired segments,
-    /// deletes spares beyond that number, then syncs the directory.
-    async fn retire(&self, segments: Vec<Segment>) -> LogResult<()> {
+    /// Recycles (as spares, up to [`State::spares_wanted`]) or deletes retired segments, then
+    /// syncs the directory. With `prune` (a trim, which holds no lock that appends wait on),
+    /// also deletes up to [`SPARES_PRUNED_MAX`] spares beyond that number.
+    async fn retire(&self, segments: Vec<Segment>, prune: bool) -> LogResult<()> {
         if segments.is_empty() {
             return Ok(());
         }
@@ -1644,18 +1648,28 @@ impl Log {
             }
         }
         // Consumption fell: spares kept for a busier interval hold disk space for nothing.
-        // The zero-filled ones (which fit any index) are kept first.
-        let extra: Vec<Spare> = {
+        // The zero-filled ones (which fit any index) are kept first; a few go per trim, so a
+        // log never stalls on a burst of deletions (each may be a 64 MiB discard).
+        let extra: Vec<Spare> = if prune {
             let mut st = self.shared.st.borrow_mut();
             let keep = st.spares_wanted();
             st.spares.sort_by_key(|s| s.max_index);
-            let n = st.spares.len().saturating_sub(keep);
+            let n = st.spares.len().saturating_sub(keep).min(SPARES_PRUNED_MAX);
             let at = st.spares.len() - n;
             st.spares.drain(at..).collect()
+        } else {
+            Vec::new()
         };
         for s in extra {
-            io::remove(&s.path).await?;
-            self.shared.st.borrow_mut().stats.spares_deleted += 1;
+            // Only cleanup: a spare that cannot be deleted is kept (and tried again later).
+            match io::remove(&s.path).await {
+                Ok(()) => self.shared.st.borrow_mut().stats.spares_deleted += 1,
+                Err(e) => {
+                    let mut st = self.shared.st.borrow_mut();
+                    tracing::warn!(group = st.cfg.group, error = %e, "could not delete a spare segment");
+                    st.spares.push(s);
+                }
+            }
         }
         io::sync_dir(&dir).await?;
         self.shared.st.borrow_mut().changed();
