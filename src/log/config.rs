@@ -104,9 +104,10 @@ pub struct LogConfig {
     pub spare_segments: usize,
     /// Trimmed segments kept as spares for reuse (renamed, not deleted), at most. The log
     /// keeps as many as it put in use between its last two trims that freed segments, plus
-    /// `spare_segments` (at least 8, at most this), and deletes the rest, so a log that is
-    /// trimmed as it grows recycles every segment in steady state and writes about only its
-    /// frames, while a log that was busy for a while gives the space back when it calms. A recycled segment needs no
+    /// `spare_segments` (at least 8, at most this), and deletes the rest (two per trim), so a
+    /// log that is trimmed as it grows recycles every segment in steady state and writes about
+    /// only its frames, while a log that was busy for a while gives the space back when it
+    /// calms. A recycled segment needs no
     /// zero-fill: zero-filling each new segment doubles what the disk writes. With a fixed 2,
     /// a log trimmed once a second on this project's test VM deleted and zero-filled segments
     /// at each trim, and its per-second p99 jumped to 52-183 ms there; with a fixed 8, a log
