@@ -291,31 +291,60 @@ fn trim_recycles_segments_and_reset_restarts() {
     });
 }
 
+/// Spare segment files in a log's directory.
+fn spare_files(p: &std::path::Path) -> usize {
+    std::fs::read_dir(p)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("spare-"))
+        .count()
+}
+
+/// `rounds` times: appends `frames` frames of one 4000-byte entry, then trims all but the last
+/// 50 entries (as a database that checkpoints behind its writes), and checks that at most
+/// `spares_max` spare files are left. Returns the segments zero-filled when round `warmup`
+/// ended.
+async fn append_and_trim(
+    log: &Log,
+    path: &std::path::Path,
+    rounds: usize,
+    frames: usize,
+    warmup: usize,
+    spares_max: usize,
+) -> u64 {
+    let mut zero_filled = 0;
+    for round in 0..rounds {
+        let last = append_n(log, 1, frames, 1, 4000).await;
+        log.sync().await.unwrap();
+        log.trim_before(last - 50).await.unwrap();
+        let n = spare_files(path);
+        assert!(n <= spares_max, "round {round}: {n} spares kept");
+        if round == warmup {
+            zero_filled = log.stats().segments_zero_filled;
+        }
+    }
+    zero_filled
+}
+
+/// Checks every entry of `log`, closes and reopens it, and checks them again.
+async fn check_reopened(log: Log, path: &std::path::Path, cfg: LogConfig) {
+    let (first, last) = (log.first_index(), log.last_index());
+    check_range(&log, first, last, 4000).await;
+    log.close().await.unwrap();
+    let (log, _) = Log::open(path, cfg).await.unwrap();
+    assert_eq!((log.first_index(), log.last_index()), (first, last));
+    check_range(&log, first, last, 4000).await;
+    log.close().await.unwrap();
+}
+
 #[test]
 fn a_log_trimmed_as_it_grows_recycles_and_zero_fills_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     run(move || async move {
         let cfg = LogConfig { spare_segments: 1, spare_segments_max: 4, ..small_config() };
-        let spares = |p: &std::path::Path| {
-            std::fs::read_dir(p)
-                .unwrap()
-                .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("spare-"))
-                .count()
-        };
         let (log, _) = Log::open(&path, cfg.clone()).await.unwrap();
-        // Each round appends about 1.5 segments, then trims all but the last 50 entries (as a
-        // database that checkpoints behind its writes).
-        let mut zero_filled_after_warmup = 0;
-        for round in 0..14 {
-            let last = append_n(&log, 1, 400, 1, 4000).await;
-            log.sync().await.unwrap();
-            log.trim_before(last - 50).await.unwrap();
-            assert!(spares(&path) <= 4, "round {round}: {} spares kept", spares(&path));
-            if round == 3 {
-                zero_filled_after_warmup = log.stats().segments_zero_filled;
-            }
-        }
+        // Each round appends about 1.5 segments.
+        let zero_filled_after_warmup = append_and_trim(&log, &path, 14, 400, 3, 4).await;
         let st = log.stats();
         assert_eq!(
             st.segments_zero_filled, zero_filled_after_warmup,
@@ -323,13 +352,7 @@ fn a_log_trimmed_as_it_grows_recycles_and_zero_fills_nothing() {
             st.segments_recycled
         );
         assert!(st.segments_recycled >= 10, "recycled {}", st.segments_recycled);
-        let (first, last) = (log.first_index(), log.last_index());
-        check_range(&log, first, last, 4000).await;
-        log.close().await.unwrap();
-        let (log, _) = Log::open(&path, cfg).await.unwrap();
-        assert_eq!((log.first_index(), log.last_index()), (first, last));
-        check_range(&log, first, last, 4000).await;
-        log.close().await.unwrap();
+        check_reopened(log, &path, cfg).await;
     });
 }
 
@@ -343,49 +366,23 @@ fn spares_follow_what_the_log_fills_between_trims() {
     let path = dir.path().to_path_buf();
     run(move || async move {
         let cfg = LogConfig { spare_segments: 1, spare_segments_max: 16, ..small_config() };
-        let spares = |p: &std::path::Path| {
-            std::fs::read_dir(p)
-                .unwrap()
-                .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("spare-"))
-                .count()
-        };
         let (log, _) = Log::open(&path, cfg.clone()).await.unwrap();
         // Busy: about 12 segments (1 MiB each) between trims.
-        let mut zero_filled_after_warmup = 0;
-        for round in 0..8 {
-            let last = append_n(&log, 1, 3000, 1, 4000).await;
-            log.sync().await.unwrap();
-            log.trim_before(last - 50).await.unwrap();
-            assert!(spares(&path) <= 16, "round {round}: {} spares kept", spares(&path));
-            if round == 2 {
-                zero_filled_after_warmup = log.stats().segments_zero_filled;
-            }
-        }
+        let zero_filled_after_warmup = append_and_trim(&log, &path, 8, 3000, 2, 16).await;
         let st = log.stats();
         assert_eq!(
             st.segments_zero_filled, zero_filled_after_warmup,
             "segments zero-filled in steady state (recycled {})",
             st.segments_recycled
         );
-        assert!(spares(&path) >= 10, "{} spares kept while busy", spares(&path));
+        assert!(spare_files(&path) >= 10, "{} spares kept while busy", spare_files(&path));
         assert_eq!(st.spares_deleted, 0);
-        // Quiet: about one segment between trims. Two trims later the spares shrink to the 8
-        // a log keeps anyway.
-        for _ in 0..4 {
-            let last = append_n(&log, 1, 300, 1, 4000).await;
-            log.sync().await.unwrap();
-            log.trim_before(last - 50).await.unwrap();
-        }
-        let kept = spares(&path);
+        // Quiet: about one segment between trims. The spares shrink to the 8 a log keeps anyway.
+        append_and_trim(&log, &path, 4, 300, usize::MAX, 16).await;
+        let kept = spare_files(&path);
         assert!((6..=8).contains(&kept), "{kept} spares kept while quiet");
         assert!(log.stats().spares_deleted >= 2, "{:?}", log.stats().spares_deleted);
-        let (first, last) = (log.first_index(), log.last_index());
-        check_range(&log, first, last, 4000).await;
-        log.close().await.unwrap();
-        let (log, _) = Log::open(&path, cfg).await.unwrap();
-        assert_eq!((log.first_index(), log.last_index()), (first, last));
-        check_range(&log, first, last, 4000).await;
-        log.close().await.unwrap();
+        check_reopened(log, &path, cfg).await;
     });
 }
 
