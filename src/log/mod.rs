@@ -1511,7 +1511,7 @@ impl Log {
                 st.segments.push_back(active);
                 gone
             };
-            log.retire(removed, false).await
+            log.retire(removed).await
         })
         .await
     }
@@ -1535,7 +1535,7 @@ impl Log {
             };
             // From here the old segments are gone: failing to start the new one leaves no log to
             // append to, so the log refuses further work until reopened.
-            let started = match log.retire(old, false).await {
+            let started = match log.retire(old).await {
                 Ok(()) => log.activate_segment(next_index).await,
                 Err(e) => Err(e),
             };
@@ -1611,13 +1611,17 @@ impl Log {
             }
             removed
         };
-        self.retire(removed, true).await
+        let freed = !removed.is_empty();
+        self.retire(removed).await?;
+        if freed {
+            self.prune_spares().await?;
+        }
+        Ok(())
     }
 
     /// Recycles (as spares, up to [`State::spares_wanted`]) or deletes retired segments, then
-    /// syncs the directory. With `prune` (a trim, which holds no lock that appends wait on),
-    /// also deletes up to [`SPARES_PRUNED_MAX`] spares beyond that number.
-    async fn retire(&self, segments: Vec<Segment>, prune: bool) -> LogResult<()> {
+    /// syncs the directory.
+    async fn retire(&self, segments: Vec<Segment>) -> LogResult<()> {
         if segments.is_empty() {
             return Ok(());
         }
@@ -1647,23 +1651,33 @@ impl Log {
                 io::remove(&seg.path).await?;
             }
         }
-        // Consumption fell: spares kept for a busier interval hold disk space for nothing.
-        // The zero-filled ones (which fit any index) are kept first; a few go per trim, so a
-        // log never stalls on a burst of deletions (each may be a 64 MiB discard).
-        let extra: Vec<Spare> = if prune {
+        io::sync_dir(&dir).await?;
+        self.shared.st.borrow_mut().changed();
+        Ok(())
+    }
+
+    /// After a trim (which holds no lock that appends wait on): deletes up to
+    /// [`SPARES_PRUNED_MAX`] spares beyond [`State::spares_wanted`], so spares kept for a
+    /// busier interval do not hold disk space for nothing, and a log never stalls on a burst of
+    /// deletions (each may be a 64 MiB discard). The zero-filled spares (which fit any index)
+    /// are kept first.
+    async fn prune_spares(&self) -> LogResult<()> {
+        let extra: Vec<Spare> = {
             let mut st = self.shared.st.borrow_mut();
             let keep = st.spares_wanted();
             st.spares.sort_by_key(|s| s.max_index);
             let n = st.spares.len().saturating_sub(keep).min(SPARES_PRUNED_MAX);
             let at = st.spares.len() - n;
             st.spares.drain(at..).collect()
-        } else {
-            Vec::new()
         };
+        let mut deleted = false;
         for s in extra {
             // Only cleanup: a spare that cannot be deleted is kept (and tried again later).
             match io::remove(&s.path).await {
-                Ok(()) => self.shared.st.borrow_mut().stats.spares_deleted += 1,
+                Ok(()) => {
+                    self.shared.st.borrow_mut().stats.spares_deleted += 1;
+                    deleted = true;
+                }
                 Err(e) => {
                     let mut st = self.shared.st.borrow_mut();
                     tracing::warn!(group = st.cfg.group, error = %e, "could not delete a spare segment");
@@ -1671,8 +1685,9 @@ impl Log {
                 }
             }
         }
-        io::sync_dir(&dir).await?;
-        self.shared.st.borrow_mut().changed();
+        if deleted {
+            io::sync_dir(&self.dir()).await?;
+        }
         Ok(())
     }
 
