@@ -37,6 +37,15 @@ fn summary_field(stdout: &str, key: &str) -> f64 {
         .unwrap()
 }
 
+/// The number that follows `marker` in `line`.
+fn number_after(line: &str, marker: &str) -> f64 {
+    line.split(marker)
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {marker:?} in {line}"))
+}
+
 fn chromium() -> Option<&'static str> {
     ["chromium", "chromium-browser", "google-chrome"].into_iter().find(|b| {
         Command::new(b).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
@@ -278,12 +287,7 @@ fn compare_measures_the_disk_under_the_replicas_own_pattern() {
     assert!(line.contains(&format!("3 writers x {} KiB", size >> 10)), "{line}");
     // Written by the replicas: their appends' MiB/s three times.
     let mib = summary_field(&stdout, "mib_per_sec");
-    let wrote: f64 = line
-        .split("appends x 3 replicas = ")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{line}"));
+    let wrote = number_after(line, "appends x 3 replicas = ");
     assert!((wrote - mib * 3.0).abs() < 0.5, "{line}\n{stdout}");
     // Loopback TCP in the replicas' pattern: one stream per replica, and the appends' bytes
     // three times over as a share of it.
@@ -295,12 +299,7 @@ fn compare_measures_the_disk_under_the_replicas_own_pattern() {
         .lines()
         .find(|l| l.contains("cross loopback 3 times"))
         .unwrap_or_else(|| panic!("no loopback line:\n{stdout}"));
-    let crossed: f64 = line
-        .split("follower) = ")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{line}"));
+    let crossed = number_after(line, "follower) = ");
     assert!((crossed - mib * 3.0).abs() < 0.5, "{line}");
     assert!(line.contains(&format!("({net_mib:.1} MiB/s, no disk")), "{line}");
 }
