@@ -18,8 +18,8 @@ use tonic::codegen::http::uri::PathAndQuery;
 pub struct PutRequest {
     #[prost(bytes = "vec", tag = "1")]
     pub key: Vec<u8>,
-    #[prost(bytes = "vec", tag = "2")]
-    pub value: Vec<u8>,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub value: bytes::Bytes,
 }
 
 /// etcd's `PutResponse`; its header and previous value are not read.
@@ -45,12 +45,13 @@ pub struct Conn {
     rt: tokio::runtime::Runtime,
     client: tonic::client::Grpc<tonic::transport::Channel>,
     path: PathAndQuery,
-    value: Vec<u8>,
+    /// Shared by every put (a reference count, not a copy, per request).
+    value: bytes::Bytes,
 }
 
 impl Conn {
     /// Connects to `addr` (host:port) over plain HTTP/2; every put carries `value`.
-    pub fn connect(addr: &str, timeout: Duration, value: Vec<u8>) -> Result<Self, Error> {
+    pub fn connect(addr: &str, timeout: Duration, value: bytes::Bytes) -> Result<Self, Error> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -96,7 +97,8 @@ mod tests {
 
     #[test]
     fn put_request_has_etcds_field_numbers() {
-        let b = PutRequest { key: b"k".to_vec(), value: b"vv".to_vec() }.encode_to_vec();
+        let b = PutRequest { key: b"k".to_vec(), value: bytes::Bytes::from_static(b"vv") }
+            .encode_to_vec();
         // Field 1 (key), wire type 2: tag 0x0a; field 2 (value): tag 0x12.
         assert_eq!(b, [0x0a, 1, b'k', 0x12, 2, b'v', b'v']);
         // A reply with a header (field 1) and fields we do not model decodes.

@@ -133,7 +133,7 @@ impl Client {
         value_b64: &Arc<str>,
     ) -> Result<Self, String> {
         if cfg.grpc {
-            crate::grpc::Conn::connect(addr, cfg.timeout, value.to_vec())
+            crate::grpc::Conn::connect(addr, cfg.timeout, bytes::Bytes::copy_from_slice(value))
                 .map(Client::Grpc)
                 .map_err(|e| e.to_string())
         } else {
