@@ -26,7 +26,7 @@ use thiserror::Error;
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::frame::{EntryKind, EntryRef, Frame, FrameLimits, encode_frame};
-use crate::node::proto::{MemberChange, Op, RequestMeta, ResponseMeta, Status};
+use crate::node::proto::{MemberChange, Op, READ_LOCAL, RequestMeta, ResponseMeta, Status};
 use crate::wire::{self, ENVELOPE_LEN, Kind};
 
 /// Where an entry landed in the log.
@@ -354,7 +354,9 @@ impl Client {
     }
 
     /// Reads committed entries `lo..=hi` of `group` (up to about `max_bytes`; at least one
-    /// entry if any is committed at `lo`). Returns the commit index and the entries.
+    /// entry if any is committed at `lo`) from the leader, once it knows the commit index (a
+    /// new leader after its first commit): every entry acknowledged before the call is
+    /// covered. Returns the commit index and the entries.
     pub fn read(
         &mut self,
         group: u64,
@@ -380,7 +382,8 @@ impl Client {
     }
 
     /// Reads committed entries `lo..=hi` of `group` from one node (no redirect): what that
-    /// node holds and knows committed.
+    /// node holds and knows committed (a follower, or a node that just restarted, may know
+    /// less than the leader).
     pub fn read_from(
         &mut self,
         node: SocketAddr,
@@ -389,8 +392,9 @@ impl Client {
         hi: u64,
         max_bytes: u64,
     ) -> Result<(u64, Vec<ReadEntry>), ClientError> {
-        let (meta, payload) =
-            self.call_at(node, group, RequestMeta::new(Op::Read, lo, hi, max_bytes))?;
+        let mut meta = RequestMeta::new(Op::Read, lo, hi, max_bytes);
+        meta.flags = READ_LOCAL;
+        let (meta, payload) = self.call_at(node, group, meta)?;
         Ok((meta.a.get(), decode_entries(&payload, lo, hi)?))
     }
 

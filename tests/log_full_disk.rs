@@ -83,6 +83,9 @@ fn a_full_disk_fails_appends_clearly_and_keeps_what_was_acknowledged() {
         assert!(e.is_no_space(), "expected a no-space error, got {e}");
         assert!(e.to_string().contains("no space"), "{e}");
         assert!(acked > 1000, "only {acked} appends before the disk was full");
+        // The log knows: it refuses in advance what would need a new segment.
+        let refused = log.space_for(3100).expect_err("no room for another frame");
+        assert!(refused.is_no_space(), "{refused}");
         // The log stays usable for reads, and appends keep failing cleanly.
         check_range(&log, 1, acked, 3000).await;
         let data = payload(acked + 1, 3000);
@@ -115,37 +118,147 @@ fn a_full_disk_fails_appends_clearly_and_keeps_what_was_acknowledged() {
     drop(m);
 }
 
-/// A node whose log fills its disk stops its group, and from then on answers every append
-/// with the reason at once: a later append's error names the full disk (it is answered, not
-/// left to wait for its deadline behind the connection's other traffic).
+/// A node whose disk fills refuses further appends at once with `NoSpace` (nothing of them
+/// accepted, the group alive: reads, status and trims still work), and takes appends again by
+/// itself once a trim makes room. Every acknowledged entry stays readable, also after a
+/// restart.
 #[test]
-fn a_node_on_a_full_disk_answers_later_appends_with_the_reason() {
+fn a_node_on_a_full_disk_refuses_appends_until_a_trim_makes_room() {
     use corelog::client::{Client, ClientConfig, ClientError};
-    use std::time::Duration;
+    use corelog::node::proto::Status;
+    use std::time::{Duration, Instant};
     let Some(m) = small_ext4_or_skip(16, "node full-disk test") else { return };
     let cfgs = local_configs(&m.mountpoint.join("cluster"), 1, 4 << 20, |_| {});
     let node = corelog::node::start(cfgs[0].clone()).expect("start");
     let mut cfg = ClientConfig::new(vec![cfgs[0].members[0].client_addr]);
     cfg.deadline = Duration::from_secs(3);
     cfg.attempt_timeout = Duration::from_secs(1);
-    let mut client = Client::new(cfg).unwrap();
-    let data = vec![7u8; 64 << 10];
-    let mut acked = 0u64;
+    let mut client = Client::new(cfg.clone()).unwrap();
+    let entry = |k: u64| {
+        let mut d = vec![(k % 251) as u8; 64 << 10];
+        d[..8].copy_from_slice(&k.to_le_bytes());
+        d
+    };
+    // Acknowledged entries: index -> the k its bytes were made from.
+    let mut acked = Vec::new();
+    let mut k = 0;
     let first = loop {
-        match client.append(0, &data) {
-            Ok(_) => acked += 1,
+        k += 1;
+        match client.append(0, &entry(k)) {
+            Ok(p) => acked.push((p.index, k)),
             Err(e) => break e,
         }
-        assert!(acked < 1000, "a 16 MiB file system must fill up");
+        assert!(acked.len() < 1000, "a 16 MiB file system must fill up");
     };
-    println!("first error after {acked} acknowledged appends: {first}");
-    let later = client.append(0, &data).expect_err("the disk is full");
-    let text = match &later {
-        ClientError::Timeout(_, last) | ClientError::Refused { message: last, .. } => last.clone(),
-        other => panic!("unexpected error {other:?}"),
+    println!("first error after {} acknowledged appends: {first}", acked.len());
+    let no_space = |e: &ClientError| {
+        matches!(e, ClientError::Refused { status: Status::NoSpace, message }
+            if message.contains("no space"))
     };
-    assert!(text.contains("the group stopped after a log failure"), "{later}");
-    assert!(text.contains("no space"), "{later}");
+    assert!(no_space(&first), "the full disk is named at once: {first:?}");
+    assert!(acked.len() >= 8, "only {} appends before the disk was full", acked.len());
+    let t = Instant::now();
+    let again = client.append(0, &entry(k)).expect_err("the disk is still full");
+    assert!(no_space(&again), "{again:?}");
+    assert!(t.elapsed() < Duration::from_secs(1), "refused at once, not at a deadline");
+
+    // The group is alive: status, reads of what was acknowledged, a trim.
+    let status = client.status(0).expect("status of a group on a full disk");
+    assert!(status.contains("Leader"), "{status}");
+    let check = |client: &mut Client, acked: &[(u64, u64)]| {
+        for &(index, k) in acked {
+            let (_, got) = client.read(0, index, index, 1 << 20).expect("read");
+            assert_eq!(got.len(), 1, "entry {index}");
+            assert_eq!(got[0].data, entry(k), "entry {index}");
+        }
+    };
+    check(&mut client, &acked);
+    let (cut, _) = acked[acked.len() / 2];
+    client.trim(0, cut).expect("a trim on a full disk");
+    let kept: Vec<(u64, u64)> = acked.iter().copied().filter(|&(i, _)| i > cut).collect();
+
+    // Appends resume by themselves: the trim made room.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let resumed = loop {
+        k += 1;
+        match client.append(0, &entry(k)) {
+            Ok(p) => break (p.index, k),
+            Err(e) if no_space(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => panic!("appends did not resume after the trim: {e}"),
+        }
+    };
+    assert!(resumed.0 > acked.last().unwrap().0, "{resumed:?}");
+    let mut kept = kept;
+    kept.push(resumed);
+    check(&mut client, &kept);
     node.shutdown().unwrap();
+
+    // After a restart: everything acknowledged after the trim point is there.
+    let node = corelog::node::start(cfgs[0].clone()).expect("restart");
+    let mut client = Client::new(cfg).unwrap();
+    check(&mut client, &kept);
+    node.shutdown().unwrap();
+    drop(m);
+}
+
+/// A follower whose disk fills does not stop: it drops the appends it has no room for (as if
+/// lost; the leader sends them again), the leader goes on committing with the other follower,
+/// and once the leader trims past the full follower's log, that follower takes the snapshot
+/// and catches up to the last entry.
+#[test]
+fn a_follower_on_a_full_disk_keeps_its_group_and_catches_up_after_a_trim() {
+    use corelog::client::{Client, ClientConfig};
+    use std::time::{Duration, Instant};
+    let Some(m) = small_ext4_or_skip(16, "follower full-disk test") else { return };
+    let big = tempfile::tempdir().unwrap();
+    let small = m.mountpoint.join("n3");
+    let cfgs = local_configs(big.path(), 3, 4 << 20, |c| {
+        if c.node_id == 3 {
+            c.data_dir = small.clone();
+        }
+    });
+    // Nodes 1 and 2 elect a leader among themselves; node 3 (the small disk) joins after.
+    let n1 = corelog::node::start(cfgs[0].clone()).expect("start 1");
+    let n2 = corelog::node::start(cfgs[1].clone()).expect("start 2");
+    let addrs: Vec<_> = cfgs[0].members.iter().map(|p| p.client_addr).collect();
+    let mut client = Client::new(ClientConfig::new(addrs[..2].to_vec())).unwrap();
+    client.append(0, b"first").expect("a leader among nodes 1 and 2");
+    let n3 = corelog::node::start(cfgs[2].clone()).expect("start 3");
+    let data = vec![5u8; 64 << 10];
+    let mut last = 0;
+    for _ in 0..300 {
+        last = client.append(0, &data).expect("the majority has room").index;
+    }
+    // Node 3 holds what fitted (well under the 19 MiB appended) and its group is alive.
+    let status = |client: &mut Client| {
+        let s = client.status_of(addrs[2], 0).expect("node 3's group answers");
+        serde_json::from_str::<serde_json::Value>(&s).unwrap()
+    };
+    let s = status(&mut client);
+    let held = s["last_index"].as_u64().unwrap();
+    assert!(held < last - 50, "node 3 cannot hold everything: {s}");
+    assert_eq!(s["role"], "Follower", "{s}");
+
+    // The application checkpoints: the leader trims beyond node 3's log, node 3 gets a
+    // snapshot, which frees its disk, and then the rest of the log.
+    client.trim(0, last - 20).expect("trim");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(&mut client);
+        if s["durable_index"].as_u64().unwrap() >= last {
+            assert!(s["snapshots_installed"].as_u64().unwrap() >= 1, "{s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 3 did not catch up: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, got) = client.read_from(addrs[2], 0, last, last, 1 << 20).expect("read node 3");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].data, data);
+    for n in [n3, n2, n1] {
+        n.shutdown().unwrap();
+    }
     drop(m);
 }

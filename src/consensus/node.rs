@@ -1353,7 +1353,10 @@ impl Node {
 
     // ---------------------------------------------------------------- commit
 
-    fn committed_in_term(&self) -> bool {
+    /// True if the commit index is at an entry of this node's current term. Until a new
+    /// leader commits an entry of its own term, its commit index may be behind what an earlier
+    /// leader committed (and acknowledged), so it must not answer reads from it.
+    pub fn committed_in_term(&self) -> bool {
         self.log.term(self.commit) == Some(self.term)
     }
 

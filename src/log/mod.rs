@@ -30,7 +30,11 @@
 //! nothing on Linux (the kernel may have dropped the dirty state), so the log never pretends;
 //! reopening runs recovery, which reads what is really on disk. A full file system is
 //! different: it shows when a new segment cannot be prepared, nothing has been written, and
-//! the append fails with [`LogError::NoSpace`] while the log stays usable.
+//! the append fails with [`LogError::NoSpace`] while the log stays usable. Spares are prepared
+//! ahead of need, so the lack of space is usually known a whole segment before an append needs
+//! one: [`Log::space_for`] tells a caller that must not accept what it could not write (the
+//! consensus driver) to refuse instead, and the log tries again to prepare a segment while
+//! refusing, so appends resume by themselves once space is freed.
 //!
 //! # Recovery
 //! Opening scans every segment and verifies every frame. A torn frame at the tail (a crash mid
@@ -76,6 +80,9 @@ const SPARES_KEPT_MIN: usize = 8;
 
 /// Spares beyond what a log wants that one trim deletes, at most.
 const SPARES_PRUNED_MAX: usize = 2;
+
+/// While the file system is full, how often [`Log::space_for`] tries again to prepare a spare.
+pub const SPACE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 const fn align_down(v: u64) -> u64 {
     v & !(BLOCK as u64 - 1)
@@ -329,6 +336,10 @@ struct State {
     space_tail: u64,
     space_abandoned: Vec<u64>,
     poisoned: Option<LogError>,
+    /// The last attempt to prepare a segment failed for lack of space (when, and the error),
+    /// and none has succeeded since: [`Log::space_for`] refuses appends that would need a new
+    /// segment while no spare is ready.
+    no_space: Option<(Instant, LogError)>,
     closed: bool,
     durable_waiters: BinaryHeap<Waiter>,
     /// Tasks waiting for any change (buffer space, a roll finishing).
@@ -366,6 +377,15 @@ impl State {
             return Err(LogError::Closed);
         }
         Ok(())
+    }
+
+    /// Remembers whether preparing a segment last failed for lack of space.
+    fn note_preparation(&mut self, r: &LogResult<()>) {
+        match r {
+            Ok(()) => self.no_space = None,
+            Err(e) if e.is_no_space() => self.no_space = Some((Instant::now(), e.clone())),
+            Err(_) => {}
+        }
     }
 
     fn advance_space_head(&mut self) {
@@ -688,6 +708,7 @@ impl Log {
             space_tail: 0,
             space_abandoned: Vec::new(),
             poisoned: None,
+            no_space: None,
             closed: false,
             durable_waiters: BinaryHeap::new(),
             change_waiters: Vec::new(),
@@ -1218,7 +1239,9 @@ impl Log {
             }
             None => {
                 let tmp = dir.join(format!("{}.tmp", segment::segment_name(seq, first_index)));
-                io::prepare_zeroed(&dir, &tmp, &path, size).await?;
+                let r = io::prepare_zeroed(&dir, &tmp, &path, size).await;
+                self.shared.st.borrow_mut().note_preparation(&r);
+                r?;
             }
         }
         let file = io::open_rw(&path, sync).await?;
@@ -1262,6 +1285,7 @@ impl Log {
             let again = {
                 let mut st = log.shared.st.borrow_mut();
                 st.preparing_spare = false;
+                st.note_preparation(&r);
                 match r {
                     Ok(()) => {
                         st.spares.push(Spare { path, max_index: 0 });
@@ -1551,6 +1575,35 @@ impl Log {
             Ok(())
         })
         .await
+    }
+
+    /// Whether `len` more bytes of frames can be appended now: `Err(NoSpace)` when they would
+    /// need a new segment, none is ready, and the last attempt to prepare one failed for lack
+    /// of space; `Ok` otherwise (they fit the open segment, a spare is ready, or no lack of
+    /// space is known). A caller that must not accept what it could not write (the consensus
+    /// driver: an entry in the consensus core's log must reach this log) asks before it
+    /// accepts, and refuses instead. While refusing, the log tries again to prepare a spare at
+    /// most every [`SPACE_RETRY`], so appends resume by themselves once space is freed (a trim
+    /// recycles segments into spares at once).
+    pub fn space_for(&self, len: usize) -> LogResult<()> {
+        let mut st = self.shared.st.borrow_mut();
+        st.check_usable()?;
+        let Some((tried, e)) = &st.no_space else { return Ok(()) };
+        let (tried, e) = (*tried, e.clone());
+        let end = st.open.as_ref().map_or(u64::MAX, |o| o.base + o.len as u64);
+        let fits = end.saturating_add(len as u64) <= st.cfg.segment_bytes;
+        if fits || st.spares.iter().any(|s| s.max_index <= st.last_index) {
+            return Ok(());
+        }
+        let retry = !st.preparing_spare && tried.elapsed() >= SPACE_RETRY;
+        if retry {
+            st.no_space = Some((Instant::now(), e.clone()));
+        }
+        drop(st);
+        if retry {
+            self.ensure_spares();
+        }
+        Err(e)
     }
 
     /// True if `trim_before(index + 1)` would drop at least one segment.

@@ -5,6 +5,12 @@
 //! Inputs that arrive together (a burst of client appends, several peer messages) are handed to
 //! the core before one `take_ready`, so they become one batch: one frame for the log, one append
 //! per follower. The log's group commit and the transport's batching do the rest.
+//!
+//! Whatever the core accepts must reach the log, so a lack of disk space is checked before:
+//! the leader answers an append the log has no room for `NoSpace` instead of proposing it, and
+//! a follower drops an append it has no room for, as if it was lost ([`Log::space_for`]). A
+//! write that fails anyway (the space vanished between the check and the write, or another
+//! error) stops the group: the core and the log no longer agree, and reopening runs recovery.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -72,6 +78,7 @@ fn error_kind(status: u8) -> &'static str {
         Some(Status::StaleSequence) => "stale_sequence",
         Some(Status::Retry) => "retry",
         Some(Status::Trimmed) => "trimmed",
+        Some(Status::NoSpace) => "no_space",
         Some(Status::BadRequest) | Some(Status::Ok) | None => "bad_request",
     }
 }
@@ -122,6 +129,8 @@ pub(crate) enum Input {
         lo: u64,
         hi: u64,
         max_bytes: usize,
+        /// This node's own view ([`super::proto::READ_LOCAL`]), not only at the leader.
+        local: bool,
         reply: ReplyTo,
     },
     Trim {
@@ -193,6 +202,20 @@ pub(crate) struct GroupDriver {
     /// Why the group stopped (its log failed): from then on every request is answered
     /// `Failed` with this reason, none is left without an answer.
     stopped: Option<String>,
+    /// Bytes of frames the core accepted since its last `take_ready` (an upper bound): what
+    /// the log must still find room for ([`Log::space_for`]).
+    unwritten_bytes: usize,
+    /// When a refusal for lack of space was last logged (one warning per
+    /// [`NO_SPACE_WARN_EVERY`]).
+    no_space_warned: Option<Instant>,
+}
+
+/// How often a group whose disk is full says so in the log.
+const NO_SPACE_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// An upper bound of the bytes `entries` take in the log (each as a frame of its own).
+fn frame_bytes<'a>(entries: impl Iterator<Item = &'a [u8]>) -> usize {
+    entries.map(|d| crate::frame::frame_len_for(std::iter::once(d.len()))).sum()
 }
 
 /// Whether `data` lies within `frame` (an entry decoded from that frame's bytes).
@@ -431,6 +454,8 @@ impl GroupDriver {
             snapshots_installed: 0,
             received: VecDeque::new(),
             stopped: None,
+            unwritten_bytes: 0,
+            no_space_warned: None,
         })
     }
 
@@ -449,6 +474,7 @@ impl GroupDriver {
             }
             while self.stopped.is_none() {
                 let ready = self.node.take_ready();
+                self.unwritten_bytes = 0;
                 if ready.is_empty() {
                     break;
                 }
@@ -531,6 +557,18 @@ impl GroupDriver {
         match input {
             Input::Peer(m, stamp, frames) => {
                 if m.to == self.cfg.node_id {
+                    if let consensus::Body::Append { entries, .. } = &m.body
+                        && !entries.is_empty()
+                    {
+                        // Entries the log has no room for are not taken: the append is dropped
+                        // like a lost message (the leader sends it again), rather than
+                        // accepted by the core and then not written.
+                        let need = frame_bytes(entries.iter().map(|e| &e.data[..]));
+                        if self.room_for(need).is_err() {
+                            self.metrics.error("no_space");
+                            return;
+                        }
+                    }
                     self.received.extend(frames);
                     while self.received.len() > RECEIVED_FRAMES_MAX {
                         self.received.pop_front();
@@ -592,6 +630,13 @@ impl GroupDriver {
             }
             Input::Fetched { lo, entries } => self.node.on_fetched(lo, entries),
             Input::Member { change, reply } => {
+                // A membership entry is small; a block is a bound for it.
+                if let Err(e) = self.room_for(4096) {
+                    let why = format!("the leader's log has no room for the change: {e}");
+                    let meta = ResponseMeta::new(Status::NoSpace, self.leader_hint(), 0, 0);
+                    reply.send(self.group, meta, why.as_bytes());
+                    return;
+                }
                 let status = match self.node.change_membership(change) {
                     Ok(index) => {
                         let term = self.node.term();
@@ -625,7 +670,23 @@ impl GroupDriver {
                     text.as_bytes(),
                 );
             }
-            Input::Read { lo, hi, max_bytes, reply } => {
+            Input::Read { lo, hi, max_bytes, local, reply } => {
+                // Unless asked for this node's own view, a read is the leader's, and a new
+                // leader (a restarted one, say) knows its commit index only once it has
+                // committed an entry of its own term; before that it may be behind what was
+                // acknowledged, and a read from it would hide acknowledged entries from the
+                // very client that wrote them. The client retries `Busy`.
+                if !local && self.node.role() != Role::Leader {
+                    self.not_leader(&reply);
+                    return;
+                }
+                if !local && !self.node.committed_in_term() {
+                    let meta = ResponseMeta::new(Status::Busy, self.cfg.node_id, 0, 0);
+                    let why = "a new leader has not yet committed an entry of its term, so its \
+                               commit index may be behind: retry";
+                    reply.send(self.group, meta, why.as_bytes());
+                    return;
+                }
                 let hi = hi.min(self.commit);
                 let log = self.log.clone();
                 let group = self.group;
@@ -729,6 +790,16 @@ impl GroupDriver {
             self.not_leader(&reply);
             return;
         }
+        let need = frame_bytes(entries.iter().map(|(_, _, d)| &d[..]));
+        if let Err(e) = self.room_for(need) {
+            let why = format!("the leader's log has no room for these entries: {e}");
+            reply.send(
+                self.group,
+                ResponseMeta::new(Status::NoSpace, self.leader_hint(), 0, 0),
+                why.as_bytes(),
+            );
+            return;
+        }
         let n = entries.len();
         CoreMetrics::add(&self.metrics.append_requests, 1);
         CoreMetrics::add(&self.metrics.entries_proposed, n as u64);
@@ -776,6 +847,25 @@ impl GroupDriver {
                     );
                     return;
                 }
+            }
+        }
+    }
+
+    /// Whether the log has room for `need` more bytes of entries beside those accepted since
+    /// the last write: counts them in if so; `Err(NoSpace)` (logged now and then) if not.
+    fn room_for(&mut self, need: usize) -> Result<(), LogError> {
+        match self.log.space_for(self.unwritten_bytes + need) {
+            Err(e) if e.is_no_space() => {
+                if self.no_space_warned.is_none_or(|t| t.elapsed() >= NO_SPACE_WARN_EVERY) {
+                    self.no_space_warned = Some(Instant::now());
+                    tracing::warn!(group = self.group, error = %e, "the log's disk is full: entries are refused until a trim or freed space makes room");
+                }
+                Err(e)
+            }
+            // Any other failure of the log shows (and stops the group) when it is written to.
+            _ => {
+                self.unwritten_bytes += need;
+                Ok(())
             }
         }
     }

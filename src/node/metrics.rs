@@ -42,9 +42,11 @@ use super::trace::{TraceRing, TraceSample};
 use crate::log::{Log, LogStats};
 
 /// Errors counted by kind (`corelog_errors_total{kind=...}`).
-pub(crate) const ERROR_KINDS: [&str; 12] = [
+pub(crate) const ERROR_KINDS: [&str; 14] = [
     "not_leader",
     "busy",
+    "no_space",
+    "trimmed",
     "too_large",
     "stale_sequence",
     "bad_request",

@@ -7,7 +7,7 @@
 //! | op | request | response payload |
 //! |---|---|---|
 //! | `Append` | one frame of entries (each with its session and sequence; the frame's own checksum covers them end to end) | `(index u64, term u64)` per entry |
-//! | `Read` | `a` = first index, `b` = last index, `c` = byte budget | committed frames; `a` = commit index |
+//! | `Read` | `a` = first index, `b` = last index, `c` = byte budget; flag [`READ_LOCAL`] | committed frames; `a` = commit index |
 //! | `Status` | - | JSON text |
 //! | `Trim` | `a` = index | - |
 //! | `Tail` | `a` = first index, `c` = byte budget per response | a stream of responses (see below) |
@@ -25,6 +25,11 @@
 //! `change_membership`, which waits for that).
 //! A request at a node that is not the leader gets [`Status::NotLeader`] with the leader's id
 //! and its client address (text payload) when known.
+//!
+//! A `Read` is answered by the leader, and only once it has committed an entry of its own term
+//! (before that a new leader's commit index may be behind what was acknowledged, so it answers
+//! [`Status::Busy`]): what a client reads then includes every entry acknowledged to it. With
+//! [`READ_LOCAL`] any replica answers from what it holds and knows committed.
 
 use zerocopy::byteorder::little_endian::U64;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -89,6 +94,10 @@ pub enum Status {
     Retry = 9,
     /// The position asked for is before the node's log (trimmed): `a` is its first index.
     Trimmed = 10,
+    /// The leader's disk has no room for the entries (the payload says why); nothing of the
+    /// request was accepted. Trimming the log (a checkpoint) or freeing space ends it: the
+    /// node takes appends again by itself.
+    NoSpace = 11,
 }
 
 impl Status {
@@ -106,10 +115,15 @@ impl Status {
             8 => Status::StaleSequence,
             9 => Status::Retry,
             10 => Status::Trimmed,
+            11 => Status::NoSpace,
             _ => return None,
         })
     }
 }
+
+/// `Read` flag: answer from this node's own log and commit index (a follower's view may be
+/// behind), instead of only at a leader that knows the commit index.
+pub const READ_LOCAL: u8 = 1;
 
 /// Meta of a request.
 #[repr(C)]
@@ -117,8 +131,10 @@ impl Status {
 pub struct RequestMeta {
     /// [`Op`] code.
     pub op: u8,
+    /// Flags of the op ([`READ_LOCAL`]); zero for ops that have none.
+    pub flags: u8,
     /// Reserved.
-    pub reserved: [u8; 7],
+    pub reserved: [u8; 6],
     /// Operands (see the module docs).
     pub a: U64,
     /// Operands.
@@ -132,7 +148,8 @@ impl RequestMeta {
     pub fn new(op: Op, a: u64, b: u64, c: u64) -> Self {
         RequestMeta {
             op: op as u8,
-            reserved: [0; 7],
+            flags: 0,
+            reserved: [0; 6],
             a: U64::new(a),
             b: U64::new(b),
             c: U64::new(c),

@@ -667,6 +667,7 @@ fn handle_request(
                 lo: meta.a.get().max(1),
                 hi: meta.b.get(),
                 max_bytes,
+                local: meta.flags & super::proto::READ_LOCAL != 0,
                 reply,
             });
         }
