@@ -211,13 +211,18 @@ fn the_leader_counts_its_own_flush_towards_the_quorum() {
 fn a_retried_proposal_is_appended_once() {
     let mut c = Cluster::new(quiet_cfg());
     c.elect_1();
+    assert!(c.n(1).is_new_proposal(5, 1));
     let first = c.n(1).propose(5, 1, Bytes::from_static(b"a")).unwrap();
     let Proposed::Appended { index, term } = first else { panic!("{first:?}") };
+    // A retry adds nothing (the node's full-disk check asks before it needs room).
+    assert!(!c.n(1).is_new_proposal(5, 1));
+    assert!(c.n(1).is_new_proposal(5, 2) && c.n(1).is_new_proposal(0, 1));
     assert_eq!(
         c.n(1).propose(5, 1, Bytes::from_static(b"a")).unwrap(),
         Proposed::Pending { index }
     );
     c.settle();
+    assert!(!c.n(1).is_new_proposal(5, 1));
     assert_eq!(
         c.n(1).propose(5, 1, Bytes::from_static(b"a")).unwrap(),
         Proposed::Duplicate { index, term }

@@ -673,6 +673,21 @@ impl Node {
         Ok(Proposed::Appended { index, term: self.term })
     }
 
+    /// True if a proposal of `(session, sequence)` would add an entry: it is neither waiting
+    /// for its commit nor committed (a retry of either is answered from what is known), nor
+    /// stale. Session 0 (no deduplication) is always new. Changes nothing.
+    pub fn is_new_proposal(&self, session: u64, sequence: u64) -> bool {
+        if session == 0 || self.cfg.bugs.skip_session_dedupe {
+            return true;
+        }
+        if let Some(&(seq, _)) = self.pending_sessions.get(&session)
+            && seq >= sequence
+        {
+            return false;
+        }
+        matches!(self.sessions.lookup(session, sequence), Lookup::New)
+    }
+
     /// Starts a ReadIndex read: `Reply::ReadReady { id, index }` follows once a quorum has
     /// confirmed this node is still the leader.
     pub fn read_index(&mut self, id: u64) -> Result<(), Error> {

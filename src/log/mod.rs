@@ -1267,8 +1267,14 @@ impl Log {
 
     /// Keeps `spare_segments` prepared in the background.
     fn ensure_spares(&self) {
+        self.prepare_spares(false)
+    }
+
+    /// Prepares spares in the background until `spare_segments` are ready; with `force`, at
+    /// least one more whatever the count (a retry while the file system is full).
+    fn prepare_spares(&self, force: bool) {
         let mut st = self.shared.st.borrow_mut();
-        if st.preparing_spare || st.spares.len() >= st.cfg.spare_segments || st.closed {
+        if st.preparing_spare || (!force && st.spares.len() >= st.cfg.spare_segments) || st.closed {
             return;
         }
         st.preparing_spare = true;
@@ -1591,8 +1597,16 @@ impl Log {
         let Some((tried, e)) = &st.no_space else { return Ok(()) };
         let (tried, e) = (*tried, e.clone());
         let end = st.open.as_ref().map_or(u64::MAX, |o| o.base + o.len as u64);
-        let fits = end.saturating_add(len as u64) <= st.cfg.segment_bytes;
-        if fits || st.spares.iter().any(|s| s.max_index <= st.last_index) {
+        if end.saturating_add(len as u64) <= st.cfg.segment_bytes {
+            return Ok(());
+        }
+        // Spares the next segments can be made of. What does not fit the open segment goes to
+        // the next one, so one spare takes up to a segment; beyond that, a frame never spans
+        // two segments, so each may leave up to a frame's worth unused at its end.
+        let usable = st.spares.iter().filter(|s| s.max_index <= st.last_index).count() as u64;
+        let per_spare = st.cfg.segment_bytes.saturating_sub(st.cfg.frame_bytes_max() as u64);
+        let len = len as u64;
+        if usable >= 1 && (len <= st.cfg.segment_bytes || len <= usable * per_spare) {
             return Ok(());
         }
         let retry = !st.preparing_spare && tried.elapsed() >= SPACE_RETRY;
@@ -1601,7 +1615,7 @@ impl Log {
         }
         drop(st);
         if retry {
-            self.ensure_spares();
+            self.prepare_spares(true);
         }
         Err(e)
     }

@@ -218,6 +218,11 @@ fn frame_bytes<'a>(entries: impl Iterator<Item = &'a [u8]>) -> usize {
     entries.map(|d| crate::frame::frame_len_for(std::iter::once(d.len()))).sum()
 }
 
+/// Room that client appends, membership changes and followers' appends leave unused on a full
+/// disk, for the entries the core makes itself (a new leader's first entry): they are not
+/// checked, and a write that finds no room stops the group.
+const SPACE_HEADROOM: usize = 4096;
+
 /// Whether `data` lies within `frame` (an entry decoded from that frame's bytes).
 fn same_bytes(frame: &[u8], data: &[u8]) -> bool {
     let f = frame.as_ptr() as usize;
@@ -631,7 +636,9 @@ impl GroupDriver {
             Input::Fetched { lo, entries } => self.node.on_fetched(lo, entries),
             Input::Member { change, reply } => {
                 // A membership entry is small; a block is a bound for it.
-                if let Err(e) = self.room_for(4096) {
+                if self.node.role() == Role::Leader
+                    && let Err(e) = self.room_for(4096)
+                {
                     let why = format!("the leader's log has no room for the change: {e}");
                     let meta = ResponseMeta::new(Status::NoSpace, self.leader_hint(), 0, 0);
                     reply.send(self.group, meta, why.as_bytes());
@@ -680,12 +687,27 @@ impl GroupDriver {
                     self.not_leader(&reply);
                     return;
                 }
-                if !local && !self.node.committed_in_term() {
-                    let meta = ResponseMeta::new(Status::Busy, self.cfg.node_id, 0, 0);
-                    let why = "a new leader has not yet committed an entry of its term, so its \
-                               commit index may be behind: retry";
-                    reply.send(self.group, meta, why.as_bytes());
-                    return;
+                // And a leader cut off from its quorum may have been replaced without knowing
+                // it: it answers only while its lease holds.
+                if !local {
+                    let why = if self.node.log_term(self.commit) != Some(self.node.term()) {
+                        Some(
+                            "a new leader has not yet committed an entry of its term, so its \
+                             commit index may be behind: retry",
+                        )
+                    } else if self.node.config().lease_read && !self.node.lease_valid() {
+                        Some(
+                            "the leader has not heard from a quorum within its lease (it may \
+                             have been replaced): retry",
+                        )
+                    } else {
+                        None
+                    };
+                    if let Some(why) = why {
+                        let meta = ResponseMeta::new(Status::Busy, self.cfg.node_id, 0, 0);
+                        reply.send(self.group, meta, why.as_bytes());
+                        return;
+                    }
                 }
                 let hi = hi.min(self.commit);
                 let log = self.log.clone();
@@ -790,7 +812,14 @@ impl GroupDriver {
             self.not_leader(&reply);
             return;
         }
-        let need = frame_bytes(entries.iter().map(|(_, _, d)| &d[..]));
+        // Only entries that are new need room: a retry of entries already accepted (waiting
+        // for their commit, or committed) must not be refused as if nothing was accepted.
+        let need = frame_bytes(
+            entries
+                .iter()
+                .filter(|(session, seq, _)| self.node.is_new_proposal(*session, *seq))
+                .map(|(_, _, d)| &d[..]),
+        );
         if let Err(e) = self.room_for(need) {
             let why = format!("the leader's log has no room for these entries: {e}");
             reply.send(
@@ -854,7 +883,10 @@ impl GroupDriver {
     /// Whether the log has room for `need` more bytes of entries beside those accepted since
     /// the last write: counts them in if so; `Err(NoSpace)` (logged now and then) if not.
     fn room_for(&mut self, need: usize) -> Result<(), LogError> {
-        match self.log.space_for(self.unwritten_bytes + need) {
+        if need == 0 {
+            return Ok(());
+        }
+        match self.log.space_for(self.unwritten_bytes + need + SPACE_HEADROOM) {
             Err(e) if e.is_no_space() => {
                 if self.no_space_warned.is_none_or(|t| t.elapsed() >= NO_SPACE_WARN_EVERY) {
                     self.no_space_warned = Some(Instant::now());

@@ -27,8 +27,9 @@
 //! and its client address (text payload) when known.
 //!
 //! A `Read` is answered by the leader, and only once it has committed an entry of its own term
-//! (before that a new leader's commit index may be behind what was acknowledged, so it answers
-//! [`Status::Busy`]): what a client reads then includes every entry acknowledged to it. With
+//! (before that a new leader's commit index may be behind what was acknowledged) and while its
+//! lease holds (else it may have been replaced without knowing); otherwise [`Status::Busy`].
+//! What a client reads then includes every entry acknowledged before it asked. With
 //! [`READ_LOCAL`] any replica answers from what it holds and knows committed.
 
 use zerocopy::byteorder::little_endian::U64;
@@ -94,9 +95,10 @@ pub enum Status {
     Retry = 9,
     /// The position asked for is before the node's log (trimmed): `a` is its first index.
     Trimmed = 10,
-    /// The leader's disk has no room for the entries (the payload says why); nothing of the
-    /// request was accepted. Trimming the log (a checkpoint) or freeing space ends it: the
-    /// node takes appends again by itself.
+    /// The leader's disk has no room for the entries (the payload says why): this attempt
+    /// added none of them (any that an earlier attempt with the same session and sequence
+    /// added still commit, and a request made only of such is never refused). Trimming the
+    /// log (a checkpoint) or freeing space ends it: the node takes appends again by itself.
     NoSpace = 11,
 }
 
