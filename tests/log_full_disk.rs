@@ -161,6 +161,12 @@ fn a_node_on_a_full_disk_refuses_appends_until_a_trim_makes_room() {
     let again = client.append(0, &entry(k)).expect_err("the disk is still full");
     assert!(no_space(&again), "{again:?}");
     assert!(t.elapsed() < Duration::from_secs(1), "refused at once, not at a deadline");
+    // A retry of the last entry committed (same session and sequence) is answered with its
+    // position, not refused: NoSpace means nothing of the request was added.
+    let (last_index, last_k) = *acked.last().unwrap();
+    let addr = cfgs[0].members[0].client_addr;
+    let retry = raw_append(addr, client.session(), last_k, &entry(last_k));
+    assert_eq!(retry, (Status::Ok, last_index), "a retry on a full disk");
 
     // The group is alive: status, reads of what was acknowledged, a trim.
     let status = client.status(0).expect("status of a group on a full disk");
@@ -261,4 +267,40 @@ fn a_follower_on_a_full_disk_keeps_its_group_and_catches_up_after_a_trim() {
         n.shutdown().unwrap();
     }
     drop(m);
+}
+
+/// Sends one append of `data` as `(session, seq)` in the client protocol, by hand (the client
+/// library picks its own sessions); returns the answer's status and the first position.
+fn raw_append(
+    addr: std::net::SocketAddr,
+    session: u64,
+    seq: u64,
+    data: &[u8],
+) -> (corelog::node::proto::Status, u64) {
+    use corelog::frame::{FrameLimits, encode_frame};
+    use corelog::node::proto::{Op, RequestMeta, ResponseMeta, Status};
+    use corelog::wire::{self, ENVELOPE_LEN, Kind};
+    use std::io::{Read, Write};
+    use zerocopy::{FromBytes, IntoBytes};
+    let mut frame = Vec::new();
+    let e = EntryRef { kind: EntryKind::Normal, session, seq, data };
+    encode_frame(&mut frame, 0, 0, 1, &[e], FrameLimits::default()).unwrap();
+    let mut req = Vec::new();
+    let meta = RequestMeta::new(Op::Append, session, seq, 0);
+    wire::encode(&mut req, Kind::Request, 0, 1, meta.as_bytes(), frame.len());
+    req.extend_from_slice(&frame);
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    s.write_all(&req).unwrap();
+    let mut env = [0u8; ENVELOPE_LEN];
+    s.read_exact(&mut env).unwrap();
+    let e = wire::check_envelope(&env, 64 << 20).unwrap();
+    let mut buf = vec![0u8; wire::message_len(e)];
+    buf[..ENVELOPE_LEN].copy_from_slice(&env);
+    s.read_exact(&mut buf[ENVELOPE_LEN..]).unwrap();
+    let m = wire::verify(&buf, 64 << 20).unwrap();
+    let r = ResponseMeta::read_from_bytes(m.meta).unwrap();
+    let status = Status::from_code(r.status).unwrap();
+    let index = m.frames.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()));
+    (status, index)
 }

@@ -814,13 +814,19 @@ impl GroupDriver {
         }
         // Only entries that are new need room: a retry of entries already accepted (waiting
         // for their commit, or committed) must not be refused as if nothing was accepted.
-        let need = frame_bytes(
-            entries
-                .iter()
-                .filter(|(session, seq, _)| self.node.is_new_proposal(*session, *seq))
-                .map(|(_, _, d)| &d[..]),
-        );
-        if let Err(e) = self.room_for(need) {
+        // Which are new is asked only when the room for all of them is short (not per entry
+        // on every append).
+        let all = frame_bytes(entries.iter().map(|(_, _, d)| &d[..]));
+        let room = self.room_for(all).or_else(|e| {
+            let new = frame_bytes(
+                entries
+                    .iter()
+                    .filter(|(session, seq, _)| self.node.is_new_proposal(*session, *seq))
+                    .map(|(_, _, d)| &d[..]),
+            );
+            if new < all { self.room_for(new) } else { Err(e) }
+        });
+        if let Err(e) = room {
             let why = format!("the leader's log has no room for these entries: {e}");
             reply.send(
                 self.group,
