@@ -334,8 +334,10 @@ fn an_existing_cluster_gives_its_stages_through_its_metrics_endpoints() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert_eq!(summary_field(&stdout, "errors"), 0.0);
-    // Someone else's cluster is never trimmed unless asked.
+    // Someone else's cluster is never trimmed unless asked, and the user is told at the
+    // start that its logs keep everything.
     assert!(stdout.contains("trim      never"), "{stdout}");
+    assert!(stderr.contains("logs are not trimmed during this run"), "{stderr}");
     // Its replicas' logs are not this process's: no per-replica figures, rather than zeros.
     assert!(!stdout.contains("  replicas   "), "{stdout}");
     let j: serde_json::Value =

@@ -859,6 +859,13 @@ fn run_phases(
     gen_.wait_ready(Duration::from_secs(10))
         .map_err(|e| format!("the cluster does not accept appends: {e}"))?;
     let every = args.checkpoint_interval();
+    if every.is_zero() {
+        eprintln!(
+            "note: the cluster's logs are not trimmed during this run (--checkpoint-every 1s \
+             trims them as a checkpointing database would): each node keeps every byte appended, \
+             at saturation hundreds of MiB a second, until the cluster is trimmed or removed"
+        );
+    }
     let checkpointer = if every.is_zero() {
         None
     } else {
