@@ -170,7 +170,9 @@ fn a_node_on_a_full_disk_refuses_appends_until_a_trim_makes_room() {
 
     // The group is alive: status, reads of what was acknowledged, a trim.
     let status = client.status(0).expect("status of a group on a full disk");
-    assert!(status.contains("Leader"), "{status}");
+    let s: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(s["role"], "Leader", "{s}");
+    assert!(s["no_space"].as_str().is_some_and(|e| e.contains("no space")), "says why: {s}");
     let check = |client: &mut Client, acked: &[(u64, u64)]| {
         for &(index, k) in acked {
             let (_, got) = client.read(0, index, index, 1 << 20).expect("read");

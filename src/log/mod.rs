@@ -1620,6 +1620,16 @@ impl Log {
         Err(e)
     }
 
+    /// The last lack of space met preparing a segment, while no spare is ready: the log
+    /// cannot have another segment, and [`Log::space_for`] refuses what does not fit the open
+    /// one (for status reports).
+    pub fn no_space(&self) -> Option<LogError> {
+        let st = self.shared.st.borrow();
+        let (_, e) = st.no_space.as_ref()?;
+        let ready = st.spares.iter().any(|s| s.max_index <= st.last_index);
+        (!ready).then(|| e.clone())
+    }
+
     /// True if `trim_before(index + 1)` would drop at least one segment.
     pub fn trim_frees_segment(&self, index: u64) -> bool {
         let st = self.shared.st.borrow();

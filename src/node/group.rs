@@ -1245,6 +1245,9 @@ impl GroupDriver {
             "voters": self.node.membership().voters.iter().map(|v| v.id).collect::<Vec<_>>(),
             "learners": self.node.membership().learners,
             "snapshots_installed": self.snapshots_installed,
+            // The log cannot have another segment (its file system is full), and why: new
+            // entries are refused once the open segment is full (null: it can).
+            "no_space": self.log.no_space().map(|e| e.to_string()),
             "progress": progress,
             "cores": self.cfg.cores,
         })
