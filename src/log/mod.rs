@@ -379,6 +379,12 @@ impl State {
         Ok(())
     }
 
+    /// Spares the next segment can be made of (their stale frames all lie before the next
+    /// index, as [`Log::activate_segment`] requires).
+    fn usable_spares(&self) -> usize {
+        self.spares.iter().filter(|s| s.max_index <= self.last_index).count()
+    }
+
     /// Remembers whether preparing a segment last failed for lack of space.
     fn note_preparation(&mut self, r: &LogResult<()>) {
         match r {
@@ -1603,7 +1609,7 @@ impl Log {
         // Spares the next segments can be made of. What does not fit the open segment goes to
         // the next one, so one spare takes up to a segment; beyond that, a frame never spans
         // two segments, so each may leave up to a frame's worth unused at its end.
-        let usable = st.spares.iter().filter(|s| s.max_index <= st.last_index).count() as u64;
+        let usable = st.usable_spares() as u64;
         let per_spare = st.cfg.segment_bytes.saturating_sub(st.cfg.frame_bytes_max() as u64);
         let len = len as u64;
         if usable >= 1 && (len <= st.cfg.segment_bytes || len <= usable * per_spare) {
@@ -1626,8 +1632,7 @@ impl Log {
     pub fn no_space(&self) -> Option<LogError> {
         let st = self.shared.st.borrow();
         let (_, e) = st.no_space.as_ref()?;
-        let ready = st.spares.iter().any(|s| s.max_index <= st.last_index);
-        (!ready).then(|| e.clone())
+        (st.usable_spares() == 0).then(|| e.clone())
     }
 
     /// True if `trim_before(index + 1)` would drop at least one segment.

@@ -221,7 +221,7 @@ fn frame_bytes<'a>(entries: impl Iterator<Item = &'a [u8]>) -> usize {
 /// Room that client appends, membership changes and followers' appends leave unused on a full
 /// disk, for the entries the core makes itself (a new leader's first entry): they are not
 /// checked, and a write that finds no room stops the group.
-const SPACE_HEADROOM: usize = 4096;
+const SPACE_HEADROOM: usize = crate::log::BLOCK;
 
 /// Whether `data` lies within `frame` (an entry decoded from that frame's bytes).
 fn same_bytes(frame: &[u8], data: &[u8]) -> bool {
@@ -637,11 +637,9 @@ impl GroupDriver {
             Input::Member { change, reply } => {
                 // A membership entry is small; a block is a bound for it.
                 if self.node.role() == Role::Leader
-                    && let Err(e) = self.room_for(4096)
+                    && let Err(e) = self.room_for(crate::log::BLOCK)
                 {
-                    let why = format!("the leader's log has no room for the change: {e}");
-                    let meta = ResponseMeta::new(Status::NoSpace, self.leader_hint(), 0, 0);
-                    reply.send(self.group, meta, why.as_bytes());
+                    self.refuse_no_space(&reply, "the change", &e);
                     return;
                 }
                 let status = match self.node.change_membership(change) {
@@ -678,36 +676,15 @@ impl GroupDriver {
                 );
             }
             Input::Read { lo, hi, max_bytes, local, reply } => {
-                // Unless asked for this node's own view, a read is the leader's, and a new
-                // leader (a restarted one, say) knows its commit index only once it has
-                // committed an entry of its own term; before that it may be behind what was
-                // acknowledged, and a read from it would hide acknowledged entries from the
-                // very client that wrote them. The client retries `Busy`.
+                // Unless asked for this node's own view, a read is the leader's.
                 if !local && self.node.role() != Role::Leader {
                     self.not_leader(&reply);
                     return;
                 }
-                // And a leader cut off from its quorum may have been replaced without knowing
-                // it: it answers only while its lease holds.
-                if !local {
-                    let why = if self.node.log_term(self.commit) != Some(self.node.term()) {
-                        Some(
-                            "a new leader has not yet committed an entry of its term, so its \
-                             commit index may be behind: retry",
-                        )
-                    } else if self.node.config().lease_read && !self.node.lease_valid() {
-                        Some(
-                            "the leader has not heard from a quorum within its lease (it may \
-                             have been replaced): retry",
-                        )
-                    } else {
-                        None
-                    };
-                    if let Some(why) = why {
-                        let meta = ResponseMeta::new(Status::Busy, self.cfg.node_id, 0, 0);
-                        reply.send(self.group, meta, why.as_bytes());
-                        return;
-                    }
+                if !local && let Some(why) = self.leader_read_refused() {
+                    let meta = ResponseMeta::new(Status::Busy, self.cfg.node_id, 0, 0);
+                    reply.send(self.group, meta, why.as_bytes());
+                    return;
                 }
                 let hi = hi.min(self.commit);
                 let log = self.log.clone();
@@ -827,12 +804,7 @@ impl GroupDriver {
             if new < all { self.room_for(new) } else { Err(e) }
         });
         if let Err(e) = room {
-            let why = format!("the leader's log has no room for these entries: {e}");
-            reply.send(
-                self.group,
-                ResponseMeta::new(Status::NoSpace, self.leader_hint(), 0, 0),
-                why.as_bytes(),
-            );
+            self.refuse_no_space(&reply, "these entries", &e);
             return;
         }
         let n = entries.len();
@@ -884,6 +856,35 @@ impl GroupDriver {
                 }
             }
         }
+    }
+
+    /// Why this leader cannot answer a read now (the client retries `Busy`), if it cannot. A
+    /// new leader (a restarted one, say) knows its commit index only once it has committed an
+    /// entry of its own term; before that it may be behind what was acknowledged, and a read
+    /// would hide acknowledged entries from the very client that wrote them. And a leader cut
+    /// off from its quorum may have been replaced without knowing it: it answers only while
+    /// its lease holds. The commit index checked is the driver's, which the reply is cut at.
+    fn leader_read_refused(&self) -> Option<&'static str> {
+        if self.node.log_term(self.commit) != Some(self.node.term()) {
+            Some(
+                "a new leader has not yet committed an entry of its term, so its commit index \
+                 may be behind: retry",
+            )
+        } else if self.node.config().lease_read && !self.node.lease_valid() {
+            Some(
+                "the leader has not heard from a quorum within its lease (it may have been \
+                 replaced): retry",
+            )
+        } else {
+            None
+        }
+    }
+
+    /// Answers a request the leader's log has no room for (`what`: its entries, in words).
+    fn refuse_no_space(&self, reply: &ReplyTo, what: &str, e: &LogError) {
+        let why = format!("the leader's log has no room for {what}: {e}");
+        let meta = ResponseMeta::new(Status::NoSpace, self.leader_hint(), 0, 0);
+        reply.send(self.group, meta, why.as_bytes());
     }
 
     /// Whether the log has room for `need` more bytes of entries beside those accepted since
