@@ -12,6 +12,8 @@
 //! - [`client`]: the blocking client library; [`embed`]: a node inside the application's
 //!   process, reached without sockets.
 //! - [`bench`]: the benchmarks behind `corelog bench`.
+//! - [`rt`]: the runtime (executors, tasks, timers, sockets, O_DIRECT files), the only module
+//!   that names the executor library.
 //! - [`faultproxy`]: the fault-injecting TCP proxy that the tests of real processes put
 //!   between the nodes (`corelog proxy`).
 
@@ -24,6 +26,7 @@ pub mod faultproxy;
 pub mod frame;
 pub mod log;
 pub mod node;
+pub mod rt;
 pub mod sim;
 pub mod tools;
 pub mod wire;

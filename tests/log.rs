@@ -51,7 +51,7 @@ fn group_commit_gathers_concurrent_appends() {
         for _ in 0..64 {
             let log = log.clone();
             let data = data.clone();
-            tasks.push(glommio::spawn_local(async move {
+            tasks.push(corelog::rt::spawn(async move {
                 for _ in 0..20 {
                     let e = [EntryRef { kind: EntryKind::Normal, session: 0, seq: 0, data: &data }];
                     let r = log.append_entries(1, &e).await.unwrap();
@@ -99,7 +99,7 @@ fn pipelined_flushes_overlap_and_lose_nothing() {
             let mut tasks = Vec::new();
             for t in 0..48u64 {
                 let log = log.clone();
-                tasks.push(glommio::spawn_local(async move {
+                tasks.push(corelog::rt::spawn(async move {
                     for k in 0..40u64 {
                         // 100..=1,300 bytes: frames end anywhere within a block.
                         let len = 100 + ((t * 7 + k * 13) % 13) as usize * 100;

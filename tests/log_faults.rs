@@ -236,7 +236,7 @@ fn io_errors_fail_every_waiter_and_poison_the_log() {
             let mut waits = Vec::new();
             for _ in 0..8 {
                 let log = log.clone();
-                waits.push(glommio::spawn_local(async move {
+                waits.push(corelog::rt::spawn(async move {
                     let data = payload(log.last_index() + 1, 500);
                     let e = [EntryRef {
                         kind: EntryKind::Normal,

@@ -166,24 +166,17 @@ pub fn run(args: &WalArgs) -> Result<WalReport, String> {
     let started = std::time::Instant::now();
     let mut handles = Vec::new();
     for g in 0..groups {
-        let placement = if args.no_pin || cores.is_empty() {
-            glommio::Placement::Unbound
-        } else {
-            glommio::Placement::Fixed(cores[g % cores.len()].id)
-        };
+        let core = (!args.no_pin && !cores.is_empty()).then(|| cores[g % cores.len()].id);
         let a = args.clone();
         let gdir = dir.join(format!("g{g}"));
         // The executor's registered DMA arena must hold the log's buffers (open, in flight,
         // recent cache); when it runs out, glommio falls back to fresh heap memory per flush,
         // and page faults then cost more CPU than the appends themselves.
         let io_memory = log_config(0, args).dma_memory_bytes();
-        let mut b = glommio::LocalExecutorBuilder::new(placement)
-            .name(&format!("wal-bench-{g}"))
-            .io_memory(io_memory);
-        if let Some(spin) = args.spin_before_park {
-            b = b.spin_before_park(spin);
-        }
-        let h = b
+        let h = crate::rt::Executor::new(format!("wal-bench-{g}"))
+            .pin(core)
+            .io_memory(io_memory)
+            .spin_before_park(args.spin_before_park)
             .spawn(move || async move { run_group(g as u64, gdir, a).await })
             .map_err(|e| format!("starting executor {g}: {e}"))?;
         handles.push(h);
@@ -336,7 +329,7 @@ async fn run_group(group: u64, dir: PathBuf, args: WalArgs) -> Result<GroupResul
             first_error.clone(),
             data.clone(),
         );
-        tasks.push(glommio::spawn_local(async move {
+        tasks.push(crate::rt::spawn(async move {
             let mut seq = 0u64;
             loop {
                 let t0 = Instant::now();
@@ -376,9 +369,9 @@ async fn run_group(group: u64, dir: PathBuf, args: WalArgs) -> Result<GroupResul
     let keep = (args.segment_bytes / (args.entry_size + 24)).max(1) as u64;
     let trimmer = {
         let log = log.clone();
-        glommio::spawn_local(async move {
+        crate::rt::spawn(async move {
             while Instant::now() < stop_at {
-                glommio::timer::sleep(Duration::from_millis(50)).await;
+                crate::rt::sleep(Duration::from_millis(50)).await;
                 let upto = log.durable_index().saturating_sub(keep);
                 if upto > log.first_index()
                     && let Err(e) = log.trim_before(upto).await
@@ -390,7 +383,7 @@ async fn run_group(group: u64, dir: PathBuf, args: WalArgs) -> Result<GroupResul
         })
     };
     // Snapshot the counters when the warm-up ends.
-    glommio::timer::sleep(measure_from.saturating_duration_since(Instant::now())).await;
+    crate::rt::sleep(measure_from.saturating_duration_since(Instant::now())).await;
     let s0 = log.stats();
     for t in tasks {
         t.await;

@@ -13,20 +13,11 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
+use crate::rt::fs::{DmaBuffer, DmaFile, OpenOptions};
+pub(crate) use crate::rt::to_io;
 
 use super::config::{BLOCK, SyncMethod};
 use super::error::{LogError, LogResult};
-
-/// Converts a glommio error into an `io::Error`, keeping the OS error code where there is one
-/// (glommio's own conversion drops it for "enhanced" errors).
-pub(crate) fn to_io<T>(e: glommio::GlommioError<T>) -> std::io::Error {
-    match e {
-        glommio::GlommioError::IoError(e) => e,
-        glommio::GlommioError::EnhancedIoError { source, .. } => source,
-        other => std::io::Error::from(other),
-    }
-}
 
 /// Makes glommio's probe of io_uring polling support for the device under `dir` see real data.
 ///
@@ -217,7 +208,7 @@ pub(crate) async fn read_at(
     path: &Path,
     pos: u64,
     len: usize,
-) -> LogResult<glommio::io::ReadResult> {
+) -> LogResult<crate::rt::fs::ReadResult> {
     let r =
         file.read_at(pos, len).await.map_err(|e| LogError::io("reading", path, pos, to_io(e)))?;
     Ok(r)
@@ -225,7 +216,7 @@ pub(crate) async fn read_at(
 
 /// Makes directory entries (creations, renames, removals) durable.
 pub(crate) async fn sync_dir(dir: &Path) -> LogResult<()> {
-    let d = glommio::io::Directory::open(dir)
+    let d = crate::rt::fs::Directory::open(dir)
         .await
         .map_err(|e| LogError::io("opening directory", dir, 0, to_io(e)))?;
     d.sync().await.map_err(|e| LogError::io("syncing directory", dir, 0, to_io(e)))?;
@@ -235,12 +226,12 @@ pub(crate) async fn sync_dir(dir: &Path) -> LogResult<()> {
 
 /// Renames a file (not yet durable: follow with [`sync_dir`]).
 pub(crate) async fn rename(from: &Path, to: &Path) -> LogResult<()> {
-    glommio::io::rename(from, to).await.map_err(|e| LogError::io("renaming", from, 0, to_io(e)))
+    crate::rt::fs::rename(from, to).await.map_err(|e| LogError::io("renaming", from, 0, to_io(e)))
 }
 
 /// Removes a file (not yet durable: follow with [`sync_dir`]).
 pub(crate) async fn remove(path: &Path) -> LogResult<()> {
-    glommio::io::remove(path).await.map_err(|e| LogError::io("removing", path, 0, to_io(e)))
+    crate::rt::fs::remove(path).await.map_err(|e| LogError::io("removing", path, 0, to_io(e)))
 }
 
 /// Closes a file, reporting errors.

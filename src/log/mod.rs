@@ -61,7 +61,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use glommio::io::{DmaBuffer, DmaFile, ReadResult};
+use crate::rt::fs::{DmaBuffer, DmaFile, ReadResult};
 use hdrhistogram::Histogram;
 
 pub use config::{BLOCK, IoEngine, LogConfig, SyncMethod};
@@ -1029,7 +1029,7 @@ impl Log {
         st.flush_scheduled = true;
         drop(st);
         let log = self.clone();
-        glommio::spawn_local(async move {
+        crate::rt::spawn(async move {
             log.shared.st.borrow_mut().flush_scheduled = false;
             log.start_flushes();
         })
@@ -1115,7 +1115,7 @@ impl Log {
             st.changed();
             drop(st);
             let log = self.clone();
-            glommio::spawn_local(async move {
+            crate::rt::spawn(async move {
                 let started = Instant::now();
                 let bytes = buf.len() as u64;
                 let fdatasync = sync == SyncMethod::Fdatasync;
@@ -1290,7 +1290,7 @@ impl Log {
         let size = st.cfg.segment_bytes;
         drop(st);
         let log = self.clone();
-        glommio::spawn_local(async move {
+        crate::rt::spawn(async move {
             let path = dir.join(segment::spare_name(0, n));
             let tmp = dir.join(format!("{}.tmp", segment::spare_name(0, n)));
             let r = io::prepare_zeroed(&dir, &tmp, &path, size).await;

@@ -32,13 +32,13 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
 
+use crate::rt::fs::DmaBuffer;
 use futures_lite::io::AsyncReadExt;
-use glommio::io::DmaBuffer;
 use io_uring::{IoUring, opcode, squeue, types};
 
 /// Entries of the submission queue: three per flush, a few flushes in flight per log.
@@ -128,8 +128,7 @@ impl SideRing {
         let (tx, rx) = StdUnixStream::pair()?;
         tx.set_nonblocking(true)?;
         rx.set_nonblocking(true)?;
-        // SAFETY: `rx` is a connected socket we own; ownership moves to the runtime's stream.
-        let rx = unsafe { glommio::net::UnixStream::from_raw_fd(rx.into_raw_fd()) };
+        let rx = crate::rt::net::UnixStream::from_std(rx);
         let inner = Rc::new(Inner {
             ring: RefCell::new(ring),
             pending: RefCell::new(HashMap::new()),
@@ -138,7 +137,7 @@ impl SideRing {
             broken: RefCell::new(None),
         });
         let weak = Rc::downgrade(&inner);
-        glommio::spawn_local(reaper(weak, rx)).detach();
+        crate::rt::spawn(reaper(weak, rx)).detach();
         Ok(SideRing { inner })
     }
 
@@ -223,7 +222,7 @@ impl SideRing {
                 Poll::Pending
             });
             let poke = async {
-                glommio::timer::sleep(POKE_AFTER).await;
+                crate::rt::sleep(POKE_AFTER).await;
                 None
             };
             match futures_lite::future::or(async { Some(done.await) }, poke).await {
@@ -293,7 +292,7 @@ fn reap(inner: &Inner) {
     }
 }
 
-async fn reaper(inner: Weak<Inner>, mut rx: glommio::net::UnixStream) {
+async fn reaper(inner: Weak<Inner>, mut rx: crate::rt::net::UnixStream) {
     let mut buf = [0u8; 64];
     loop {
         let n = rx.read(&mut buf).await;

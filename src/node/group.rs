@@ -120,7 +120,7 @@ pub(crate) enum Input {
         entries: Vec<(u64, u64, Bytes)>,
         reply: ReplyTo,
         received: Instant,
-        admitted: glommio::sync::StaticPermit,
+        admitted: crate::rt::sync::StaticPermit,
     },
     Status {
         reply: ReplyTo,
@@ -154,7 +154,7 @@ struct PendingAppend {
     proposed: Instant,
     /// Its room in the admission bound, given back when the last entry is answered (or the
     /// append is dropped: a retry replaced it, the group stopped).
-    _admitted: glommio::sync::StaticPermit,
+    _admitted: crate::rt::sync::StaticPermit,
 }
 
 /// The handle other tasks of the core use to reach a group.
@@ -166,7 +166,7 @@ pub(crate) struct GroupHandle {
     pub log: RefCell<Option<Log>>,
     /// Bytes of client appends taken in and not yet answered (`uncommitted_bytes_max`): a
     /// connection whose append does not fit waits here, unread (see `server`).
-    pub admission: Rc<glommio::sync::Semaphore>,
+    pub admission: Rc<crate::rt::sync::Semaphore>,
 }
 
 pub(crate) struct GroupDriver {
@@ -303,7 +303,7 @@ fn decode_sessions(group: u64, b: &[u8]) -> Option<(u64, u64, Vec<SessionRecord>
 async fn save_sessions(dir: &Path, group: u64, s: &Snapshot) -> Result<(), LogError> {
     let bytes = encode_sessions(group, s);
     let dir = dir.to_path_buf();
-    glommio::executor().spawn_blocking(move || write_sessions_file(&dir, &bytes)).await
+    crate::rt::spawn_blocking(move || write_sessions_file(&dir, &bytes)).await
 }
 
 fn write_sessions_file(dir: &Path, bytes: &[u8]) -> Result<(), LogError> {
@@ -690,7 +690,7 @@ impl GroupDriver {
                 let log = self.log.clone();
                 let group = self.group;
                 let (leader, commit) = (self.leader_hint(), self.commit);
-                glommio::spawn_local(async move {
+                crate::rt::spawn(async move {
                     if lo > hi {
                         reply.send(group, ResponseMeta::new(Status::Ok, leader, commit, 0), &[]);
                         return;
@@ -730,7 +730,7 @@ impl GroupDriver {
                 match self.trim_prefix(index.min(self.commit)).await {
                     Some((index, done)) => {
                         let log = self.log.clone();
-                        glommio::spawn_local(async move {
+                        crate::rt::spawn(async move {
                             match done.await {
                                 Ok(()) => reply.send(
                                     group,
@@ -783,7 +783,7 @@ impl GroupDriver {
         entries: Vec<(u64, u64, Bytes)>,
         reply: ReplyTo,
         received: Instant,
-        admitted: glommio::sync::StaticPermit,
+        admitted: crate::rt::sync::StaticPermit,
     ) {
         if self.node.role() != Role::Leader {
             self.not_leader(&reply);
@@ -995,7 +995,7 @@ impl GroupDriver {
             wrote = Some((w.first_index, index));
             let log = self.log.clone();
             let handle = self.handle.clone();
-            glommio::spawn_local(async move {
+            crate::rt::spawn(async move {
                 match log.wait_durable(index).await {
                     Ok(()) => {
                         let flush = log.flush_times(index);
@@ -1074,7 +1074,7 @@ impl GroupDriver {
             let log = self.log.clone();
             let handle = self.handle.clone();
             let metrics = self.metrics.clone();
-            glommio::spawn_local(async move {
+            crate::rt::spawn(async move {
                 let mut entries = Vec::new();
                 if let Ok(frames) = log.read(f.lo, f.hi, f.max_bytes as usize).await {
                     for fr in &frames {
@@ -1104,7 +1104,7 @@ impl GroupDriver {
             && let Some((index, done)) = self.trim_prefix(index).await
         {
             let (group, metrics) = (self.group, self.metrics.clone());
-            glommio::spawn_local(async move {
+            crate::rt::spawn(async move {
                 if let Err(e) = done.await {
                     tracing::error!(group, index, error = %e, "trimming the log after the leader failed");
                     metrics.error("log_io");

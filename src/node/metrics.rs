@@ -209,14 +209,14 @@ pub(crate) struct GroupGauges {
     pub log: Log,
     /// The group's admission bound and its size (what is taken of it: the bytes of client
     /// appends admitted and not yet answered).
-    admission: (Rc<glommio::sync::Semaphore>, u64),
+    admission: (Rc<crate::rt::sync::Semaphore>, u64),
 }
 
 impl GroupGauges {
     pub fn new(
         group: u64,
         log: Log,
-        admission: (Rc<glommio::sync::Semaphore>, u64),
+        admission: (Rc<crate::rt::sync::Semaphore>, u64),
     ) -> GroupGauges {
         GroupGauges {
             admission,

@@ -123,7 +123,7 @@ pub(crate) async fn sleep_unless_stopped(
         if left.is_zero() {
             return false;
         }
-        glommio::timer::sleep(left.min(every)).await;
+        crate::rt::sleep(left.min(every)).await;
     }
 }
 
@@ -148,8 +148,8 @@ impl CoreCtx {
     /// The next connection on `listener`, or `None` once the core is stopping.
     async fn accept_until_stopped(
         &self,
-        listener: &glommio::net::TcpListener,
-    ) -> Option<glommio::Result<glommio::net::TcpStream, ()>> {
+        listener: &crate::rt::net::TcpListener,
+    ) -> Option<std::io::Result<crate::rt::net::TcpStream>> {
         until_stopped(&self.stop, ACCEPT_STOP_CHECK, listener.accept()).await
     }
 }
@@ -157,7 +157,7 @@ impl CoreCtx {
 /// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
 pub struct NodeHandle {
     stop: Arc<AtomicBool>,
-    threads: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>,
+    threads: Vec<crate::rt::ExecutorThread<Result<(), String>>>,
     scraper: Arc<metrics::Scraper>,
     metrics_server: Option<(std::net::SocketAddr, std::thread::JoinHandle<()>)>,
     /// Per core: where in-process connections arrive (see [`crate::embed`]).
@@ -178,7 +178,7 @@ impl NodeHandle {
             match t.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => first_err = first_err.or(Some(e)),
-                Err(e) => first_err = first_err.or(Some(e.to_string())),
+                Err(e) => first_err = first_err.or(Some(e)),
             }
         }
         // The cores have stopped: so does the endpoint (it watches the same flag).
@@ -245,13 +245,11 @@ pub fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
         (0..cfg.cores).map(|_| Arc::default()).collect();
     for (core, acceptor) in local.iter().cloned().enumerate() {
         let asks = asks.remove(0);
-        let placement =
-            if cfg.pin { glommio::Placement::Fixed(core) } else { glommio::Placement::Unbound };
         let (cfg, stop, ready_tx) = (cfg.clone(), stop.clone(), ready_tx.clone());
         let io_memory =
             cfg.log_config(0).dma_memory_bytes() * (cfg.groups as usize).div_ceil(cfg.cores).max(1);
-        let t = glommio::LocalExecutorBuilder::new(placement)
-            .name(&format!("corelog-{}-{core}", cfg.node_id))
+        let t = crate::rt::Executor::new(format!("corelog-{}-{core}", cfg.node_id))
+            .pin(cfg.pin.then_some(core))
             .io_memory(io_memory)
             .spawn(move || async move { run_core(cfg, core, stop, ready_tx, asks, acceptor).await })
             .map_err(|e| format!("starting core {core}: {e}"))?;
@@ -300,7 +298,7 @@ async fn run_core(
     let me = cfg.me().clone();
     let bind = |mut a: std::net::SocketAddr| {
         a.set_port(a.port() + core as u16);
-        glommio::net::TcpListener::bind(a).map_err(|e| format!("binding {a}: {e}"))
+        crate::rt::net::TcpListener::bind(a).map_err(|e| format!("binding {a}: {e}"))
     };
     let listeners = bind(me.peer_addr).and_then(|p| Ok((p, bind(me.client_addr)?)));
     let (peer_listener, client_listener) = match listeners {
@@ -328,12 +326,12 @@ async fn run_core(
             inbox: Default::default(),
             commit: Default::default(),
             log: RefCell::new(None),
-            admission: Rc::new(glommio::sync::Semaphore::new(cfg.uncommitted_bytes_max)),
+            admission: Rc::new(crate::rt::sync::Semaphore::new(cfg.uncommitted_bytes_max)),
         });
         match GroupDriver::open(g, cfg.clone(), handle.clone(), peers.clone()).await {
             Ok(d) => {
                 ctx.groups.borrow_mut().insert(g, handle);
-                drivers.push(glommio::spawn_local(d.run()));
+                drivers.push(crate::rt::spawn(d.run()));
             }
             Err(e) => {
                 let _ = ready.send(Err(e.clone()));
@@ -343,15 +341,15 @@ async fn run_core(
             }
         }
     }
-    let peer_server = glommio::spawn_local(peer::serve(ctx.clone(), peer_listener));
-    let client_server = glommio::spawn_local(server::serve(ctx.clone(), client_listener));
-    let local_server = glommio::spawn_local(server::serve_local(ctx.clone(), acceptor.clone()));
+    let peer_server = crate::rt::spawn(peer::serve(ctx.clone(), peer_listener));
+    let client_server = crate::rt::spawn(server::serve(ctx.clone(), client_listener));
+    let local_server = crate::rt::spawn(server::serve_local(ctx.clone(), acceptor.clone()));
     let _ = ready.send(Ok(()));
     // The tick: every group on this core, every `tick_ms`; also watches for shutdown and
     // answers metrics requests.
     let tick = Duration::from_millis(cfg.tick_ms);
     while !stop_all.load(Ordering::SeqCst) {
-        glommio::timer::sleep(tick).await;
+        crate::rt::sleep(tick).await;
         for g in ctx.groups.borrow().values() {
             g.inbox.push(Input::Tick);
         }
@@ -388,7 +386,7 @@ async fn run_core(
             );
             break;
         }
-        glommio::timer::sleep(Duration::from_millis(10)).await;
+        crate::rt::sleep(Duration::from_millis(10)).await;
     }
     Ok(())
 }

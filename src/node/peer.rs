@@ -20,9 +20,9 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
+use crate::rt::net::{TcpListener, TcpStream};
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream};
 use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -125,7 +125,7 @@ impl Peers {
                 reserved: U32::ZERO,
             };
             let running = TaskCount::new(tasks);
-            glommio::spawn_local(drive_link(link.clone(), hello, stop.clone(), running)).detach();
+            crate::rt::spawn(drive_link(link.clone(), hello, stop.clone(), running)).detach();
             links.insert(m.id, link);
         }
         Rc::new(Peers { links })
@@ -325,7 +325,7 @@ async fn drive_link(link: Rc<Link>, hello: HelloMeta, stop: Rc<Cell<bool>>, _run
                 tracing::trace!(peer = link.peer, addr = %link.addr, error = %e, "peer unreachable")
             }
         }
-        until_stopped(&stop, STOP_CHECK, glommio::timer::sleep(backoff)).await;
+        until_stopped(&stop, STOP_CHECK, crate::rt::sleep(backoff)).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
@@ -527,7 +527,7 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, listener: TcpListener) {
                 // and a socket until its hello or the read timeout.
                 if ctx.peer_handshakes.get() >= ctx.cfg.peer_handshakes_max {
                     tracing::warn!("too many peer connections in their handshake; closing one");
-                    glommio::spawn_local(async move {
+                    crate::rt::spawn(async move {
                         refuse(&mut stream, "too many peer connections in their handshake").await
                     })
                     .detach();
@@ -536,7 +536,7 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, listener: TcpListener) {
                 let handshaking = TaskCount::new(&ctx.peer_handshakes);
                 let running = TaskCount::new(&ctx.peer_tasks);
                 let c = ctx.clone();
-                glommio::spawn_local(async move {
+                crate::rt::spawn(async move {
                     handle_conn(c, stream, handshaking).await;
                     drop(running);
                 })
@@ -544,7 +544,7 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, listener: TcpListener) {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accepting a peer connection failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                crate::rt::sleep(Duration::from_millis(10)).await;
             }
         }
     }
@@ -711,8 +711,8 @@ mod tests {
     /// ends inside a body is an error.
     #[test]
     fn messages_of_any_size_are_read_whole() {
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .spawn(|| async {
+        crate::rt::Executor::new("test")
+            .run(|| async {
                 let (stream, want) = messages();
                 let mut r = futures_lite::io::Cursor::new(stream.clone());
                 let t = Duration::from_secs(5);
@@ -725,8 +725,6 @@ mod tests {
                 let mut r = futures_lite::io::Cursor::new(stream[..cut].to_vec());
                 read_all_then_cut(&mut r, &want).await;
             })
-            .unwrap()
-            .join()
             .unwrap();
     }
 
@@ -736,13 +734,13 @@ mod tests {
     /// closes inside the last body.
     #[test]
     fn messages_arrive_whole_over_tcp_in_pieces() {
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .spawn(|| async {
+        crate::rt::Executor::new("test")
+            .run(|| async {
                 let (stream, want) = messages();
-                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                let listener = TcpListener::bind(([127, 0, 0, 1], 0).into()).unwrap();
                 let addr = listener.local_addr().unwrap();
                 let cut = stream.len() - 1000;
-                let sender = glommio::spawn_local(async move {
+                let sender = crate::rt::spawn(async move {
                     let mut s = TcpStream::connect(addr).await.unwrap();
                     let mut at = 0;
                     let mut piece = 1;
@@ -751,7 +749,7 @@ mod tests {
                         s.write_all(&stream[at..at + n]).await.unwrap();
                         at += n;
                         piece = (piece * 3 + 1) % 300_000;
-                        glommio::timer::sleep(Duration::from_micros(200)).await;
+                        crate::rt::sleep(Duration::from_micros(200)).await;
                     }
                     s.close().await.unwrap();
                 });
@@ -759,8 +757,6 @@ mod tests {
                 read_all_then_cut(&mut r, &want).await;
                 sender.await;
             })
-            .unwrap()
-            .join()
             .unwrap();
     }
 }

@@ -41,9 +41,9 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use crate::rt::net::{TcpListener, TcpStream};
 use bytes::Bytes;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream};
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::CoreCtx;
@@ -263,7 +263,7 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, listener: TcpListener) {
                     let mut out = Vec::new();
                     wire::encode(&mut out, Kind::Error, 0, 0, &[], why.len());
                     out.extend_from_slice(why.as_bytes());
-                    glommio::spawn_local(async move {
+                    crate::rt::spawn(async move {
                         let _ = stream.write_all(&out).await;
                         let _ = stream.close().await;
                     })
@@ -272,7 +272,7 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, listener: TcpListener) {
                 }
                 let counted = TaskCount::new(&ctx.client_connections);
                 let c = ctx.clone();
-                glommio::spawn_local(async move {
+                crate::rt::spawn(async move {
                     handle_conn(c, stream).await;
                     drop(counted);
                 })
@@ -280,7 +280,7 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, listener: TcpListener) {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accepting a client connection failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                crate::rt::sleep(Duration::from_millis(10)).await;
             }
         }
     }
@@ -300,7 +300,7 @@ pub(crate) async fn serve_local(
         for pipe in pipes {
             let counted = TaskCount::new(&ctx.client_connections);
             let c = ctx.clone();
-            glommio::spawn_local(async move {
+            crate::rt::spawn(async move {
                 serve_stream(c, pipe).await;
                 drop(counted);
             })
@@ -332,7 +332,7 @@ where
     let writer = {
         let conn = conn.clone();
         let stop = ctx.stop.clone();
-        glommio::spawn_local(async move {
+        crate::rt::spawn(async move {
             let mut spare = Vec::new();
             loop {
                 std::future::poll_fn(|cx| {
@@ -360,7 +360,7 @@ where
                         }
                     });
                     let timed_out = async {
-                        glommio::timer::sleep(timeout).await;
+                        crate::rt::sleep(timeout).await;
                         false
                     };
                     let written = futures_lite::future::or(
@@ -430,7 +430,7 @@ where
                 let mut silent_since = Instant::now();
                 loop {
                     let tick = async {
-                        glommio::timer::sleep(timeout.min(STOP_CHECK)).await;
+                        crate::rt::sleep(timeout.min(STOP_CHECK)).await;
                         None
                     };
                     match futures_lite::future::or(async { Some((&mut next).await) }, tick).await {
@@ -525,7 +525,7 @@ struct Waiting {
 
 impl Waiting {
     /// Hands the append, with its room, to its group.
-    fn hand_over(self, conn: &ClientConn, admitted: glommio::sync::StaticPermit) {
+    fn hand_over(self, conn: &ClientConn, admitted: crate::rt::sync::StaticPermit) {
         let Waiting { g, reserve, entries, reply, received, .. } = self;
         conn.reserve(reply.id, reserve);
         g.inbox.push(Input::Append { entries, reply, received, admitted });
@@ -705,16 +705,8 @@ fn handle_request(
                 .clamp(1, (ctx.cfg.message_bytes_max as usize) / 2)
                 .min(conn.queue_max / 2)
                 .max(1);
-            glommio::spawn_local(tail(
-                ctx.clone(),
-                conn.clone(),
-                g,
-                group,
-                id,
-                meta.a.get(),
-                budget,
-            ))
-            .detach();
+            crate::rt::spawn(tail(ctx.clone(), conn.clone(), g, group, id, meta.a.get(), budget))
+                .detach();
         }
     }
     None
@@ -756,7 +748,7 @@ async fn tail(
                 true
             },
             async {
-                glommio::timer::sleep(keepalive).await;
+                crate::rt::sleep(keepalive).await;
                 false
             },
         )
@@ -795,7 +787,7 @@ async fn tail(
                 // Not in the log yet (a follower may know a commit index before it holds the
                 // entries), or the log is being reset by a snapshot: try again shortly.
                 tracing::debug!(group, next, error = %e, "tail read");
-                glommio::timer::sleep(Duration::from_millis(ctx.cfg.tick_ms.max(1))).await;
+                crate::rt::sleep(Duration::from_millis(ctx.cfg.tick_ms.max(1))).await;
             }
         }
     }

@@ -70,10 +70,7 @@ pub fn payload(index: u64, len: usize) -> Vec<u8> {
 /// Runs the writer until killed (or `--until`).
 pub fn run(args: &CrashWriterArgs) -> ExitCode {
     let args = args.clone();
-    let r = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .spawn(move || async move { write(args).await })
-        .map_err(|e| e.to_string())
-        .and_then(|h| h.join().map_err(|e| e.to_string()));
+    let r = crate::rt::Executor::new("crash-writer").run(move || async move { write(args).await });
     match r {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) | Err(e) => {
@@ -88,13 +85,13 @@ async fn write(args: CrashWriterArgs) -> Result<(), String> {
     println!("ready last={} torn_cut={}", log.last_index(), report.torn_bytes_cut);
     // Appends are serialised (contents depend on the index they get); durability waits overlap,
     // so group commit still gathers many appends per flush.
-    let turn = std::rc::Rc::new(glommio::sync::Semaphore::new(1));
+    let turn = std::rc::Rc::new(crate::rt::sync::Semaphore::new(1));
     let mut tasks = Vec::new();
     for w in 0..args.concurrency {
         let log = log.clone();
         let args = args.clone();
         let turn = turn.clone();
-        tasks.push(glommio::spawn_local(async move {
+        tasks.push(crate::rt::spawn(async move {
             let mut n = w as u64;
             loop {
                 // Frames of 1 to 4 entries; the index is only known once appended, so build the

@@ -25,56 +25,45 @@ pub struct InspectArgs {
 /// Runs the inspector.
 pub fn run(args: &InspectArgs) -> ExitCode {
     let args = args.clone();
-    let r = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .spawn(move || async move {
-            let cfg = LogConfig { segment_bytes: args.segment_bytes, ..LogConfig::new(args.group) };
-            let (log, report) = Log::open(&args.dir, cfg).await.map_err(|e| e.to_string())?;
-            println!("dir            {}", args.dir.display());
-            println!("group          {}", args.group);
-            println!("segments       {}", report.segments);
-            println!("frames         {}", report.frames);
-            println!("entries        {}..={}", log.first_index(), log.last_index());
-            println!("last term      {}", log.last_term());
-            println!("tail           {}", report.tail);
-            println!("torn bytes cut {}", report.torn_bytes_cut);
-            if args.frames {
-                let mut next = log.first_index();
-                while next <= log.last_index() {
-                    let frames = log
-                        .read(next, log.last_index(), 1 << 20)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    for f in &frames {
-                        let fr = f.frame();
-                        println!(
-                            "  frame {}..={} term {} bytes {}",
-                            f.lo,
-                            f.hi,
-                            fr.term(),
-                            fr.len()
-                        );
-                        next = f.hi + 1;
-                    }
+    let r = crate::rt::Executor::new("inspect").run(move || async move {
+        let cfg = LogConfig { segment_bytes: args.segment_bytes, ..LogConfig::new(args.group) };
+        let (log, report) = Log::open(&args.dir, cfg).await.map_err(|e| e.to_string())?;
+        println!("dir            {}", args.dir.display());
+        println!("group          {}", args.group);
+        println!("segments       {}", report.segments);
+        println!("frames         {}", report.frames);
+        println!("entries        {}..={}", log.first_index(), log.last_index());
+        println!("last term      {}", log.last_term());
+        println!("tail           {}", report.tail);
+        println!("torn bytes cut {}", report.torn_bytes_cut);
+        if args.frames {
+            let mut next = log.first_index();
+            while next <= log.last_index() {
+                let frames =
+                    log.read(next, log.last_index(), 1 << 20).await.map_err(|e| e.to_string())?;
+                for f in &frames {
+                    let fr = f.frame();
+                    println!("  frame {}..={} term {} bytes {}", f.lo, f.hi, fr.term(), fr.len());
+                    next = f.hi + 1;
                 }
             }
-            log.close().await.map_err(|e| e.to_string())?;
-            let (hs, state) =
-                HardStateFile::open(&args.dir, args.group).await.map_err(|e| e.to_string())?;
-            match state {
-                Some(s) => println!(
-                    "hard state     term {} vote {} commit {} blob {} B",
-                    s.term,
-                    s.vote,
-                    s.commit,
-                    s.blob.len()
-                ),
-                None => println!("hard state     none"),
-            }
-            hs.close().await.map_err(|e| e.to_string())?;
-            Ok::<(), String>(())
-        })
-        .map_err(|e| e.to_string())
-        .and_then(|h| h.join().map_err(|e| e.to_string()));
+        }
+        log.close().await.map_err(|e| e.to_string())?;
+        let (hs, state) =
+            HardStateFile::open(&args.dir, args.group).await.map_err(|e| e.to_string())?;
+        match state {
+            Some(s) => println!(
+                "hard state     term {} vote {} commit {} blob {} B",
+                s.term,
+                s.vote,
+                s.commit,
+                s.blob.len()
+            ),
+            None => println!("hard state     none"),
+        }
+        hs.close().await.map_err(|e| e.to_string())?;
+        Ok::<(), String>(())
+    });
     match r {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) | Err(e) => {

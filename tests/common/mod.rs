@@ -14,11 +14,7 @@ where
     Fut: Future<Output = T> + 'static,
     T: Send + 'static,
 {
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .spawn(f)
-        .expect("spawn executor")
-        .join()
-        .expect("executor thread")
+    corelog::rt::Executor::new("test").run(f).expect("executor")
 }
 
 /// A small configuration that exercises segment rolls and full buffers quickly.
