@@ -101,9 +101,10 @@ pub fn host_header(dir: &std::path::Path) -> Vec<String> {
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
     vec![
         format!(
-            "build     {profile}, corelog {}{}",
+            "build     {profile}, corelog {}{}, runtime {}",
             env!("CARGO_PKG_VERSION"),
-            option_env!("CORELOG_GIT_REV").map(|r| format!(" ({r})")).unwrap_or_default()
+            option_env!("CORELOG_GIT_REV").map(|r| format!(" ({r})")).unwrap_or_default(),
+            crate::rt::RUNTIME
         ),
         format!("host      kernel {kernel}, {cores} cores, {cpu}, governor {governor}"),
         format!(

@@ -1,11 +1,9 @@
-//! The only place the log touches the runtime's file API (glommio 0.9 `DmaFile`).
+//! The only place the log touches the runtime's file API (`rt::fs`).
 //!
-//! Everything here is O_DIRECT through io_uring: segment and hard-state files are opened with
-//! `DmaFile`, written from 4 KiB-aligned `DmaBuffer`s (taken from the executor's registered
-//! arena, falling back to aligned heap memory when it is exhausted), and synced with
-//! `fdatasync` or opened `O_DSYNC`. glommio lacks linked write+fsync and per-write RWF_DSYNC;
-//! keeping its API behind these few functions means a gap can be filled with the `io-uring`
-//! crate, or the runtime swapped, without touching the group-commit logic in `mod.rs`.
+//! Everything here is O_DIRECT through io_uring: segment and hard-state files are opened as
+//! `DmaFile`s, written from 4 KiB-aligned `DmaBuffer`s, and synced with `fdatasync` or opened
+//! `O_DSYNC`; a flush is one write linked to its fdatasync (`FlushRing`). Keeping the file API
+//! behind these few functions keeps the group-commit logic in `mod.rs` free of the runtime.
 //!
 //! Directory listing at open uses `std::fs::read_dir` (blocking, once, before the log serves
 //! anything); every other file-system operation is asynchronous.
@@ -19,31 +17,12 @@ pub(crate) use crate::rt::to_io;
 use super::config::{BLOCK, SyncMethod};
 use super::error::{LogError, LogResult};
 
-/// Makes glommio's probe of io_uring polling support for the device under `dir` see real data.
-///
-/// glommio 0.9 probes, once per device and process, whether the device supports IOPOLL by
-/// reading the first block of the first file opened on it, and caches the answer. If that file
-/// is empty the read succeeds without reaching the device, the device is wrongly cached as
-/// pollable, and every later read fails with EOPNOTSUPP. So before opening anything on a device
-/// for the first time, open a file that holds a block of data.
+/// Prepares the device under `dir` for the runtime's first file on it (see
+/// `rt::fs::prime_device`).
 pub(crate) async fn prime_device(dir: &Path) -> LogResult<()> {
-    use std::os::unix::fs::MetadataExt;
-    // glommio caches the answer per thread (per executor), so this does too.
-    thread_local!(static PRIMED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) });
-    let dev = std::fs::metadata(dir).map_err(|e| LogError::io("stat", dir, 0, e))?.dev();
-    if PRIMED.with(|p| p.borrow().contains(&dev)) {
-        return Ok(());
-    }
-    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let probe = dir.join(format!(".iopoll-probe-{}-{n}.tmp", std::process::id()));
-    std::fs::write(&probe, [0u8; BLOCK]).map_err(|e| LogError::io("writing", &probe, 0, e))?;
-    let opened = DmaFile::open(&probe).await;
-    let _ = std::fs::remove_file(&probe);
-    let file = opened.map_err(|e| LogError::io("opening", &probe, 0, to_io(e)))?;
-    let _ = file.close().await;
-    PRIMED.with(|p| p.borrow_mut().push(dev));
-    Ok(())
+    crate::rt::fs::prime_device(dir)
+        .await
+        .map_err(|(what, path, e)| LogError::io(what, &path, 0, e))
 }
 
 /// Opens an existing file for O_DIRECT reads and writes, optionally O_DSYNC.
@@ -164,14 +143,13 @@ pub(crate) async fn write_all_at(
 /// the log's own ring (see `log::uring`). Errors are reported as by [`write_all_at`] and
 /// [`fdatasync`]; the fault injection of tests applies the same way.
 pub(crate) async fn write_then_sync(
-    ring: &super::uring::SideRing,
+    ring: &crate::rt::fs::FlushRing,
     file: &DmaFile,
     path: &Path,
     buf: Rc<DmaBuffer>,
     pos: u64,
     sync: bool,
 ) -> LogResult<()> {
-    use std::os::fd::AsRawFd;
     if faults::write_should_fail() {
         return Err(injected_eio("writing", path, pos));
     }
@@ -180,7 +158,7 @@ pub(crate) async fn write_then_sync(
     debug_assert_eq!(buf.len() % BLOCK, 0);
     let len = buf.len();
     let r = ring
-        .write_then_sync(file.as_raw_fd(), buf, pos, sync && !fail_sync)
+        .write_then_sync(file, buf, pos, sync && !fail_sync)
         .await
         .map_err(|e| LogError::io("writing", path, pos, e))?;
     let n = r.write.map_err(|e| LogError::io("writing", path, pos, e))?;

@@ -50,7 +50,6 @@ pub mod error;
 pub mod hardstate;
 mod io;
 pub mod segment;
-mod uring;
 
 use std::cell::RefCell;
 use std::collections::{BinaryHeap, VecDeque};
@@ -324,7 +323,7 @@ struct State {
     inflight: VecDeque<Flush>,
     next_flush_id: u64,
     /// The log's own ring for flushes, when `cfg.io_engine` is `Uring` and it could be set up.
-    side: Option<uring::SideRing>,
+    side: Option<crate::rt::fs::FlushRing>,
     flush_scheduled: bool,
     /// A segment roll, truncation or reset is under way: appends wait.
     exclusive: bool,
@@ -679,7 +678,7 @@ impl Log {
         segs.sort();
         let side = match cfg.io_engine {
             IoEngine::Runtime => None,
-            IoEngine::Uring => match uring::SideRing::new() {
+            IoEngine::Uring => match crate::rt::fs::FlushRing::new() {
                 Ok(r) => Some(r),
                 Err(e) => {
                     tracing::warn!(error = %e, dir = %dir.display(), "the log's own io_uring could not be set up; flushing through the runtime's ring");

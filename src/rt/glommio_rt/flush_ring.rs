@@ -1,5 +1,6 @@
-//! A flush path below the runtime: one io_uring of the log's own (the `io-uring` crate), where a
-//! flush is one submission of a chain `write -> fdatasync -> notify`.
+//! On glommio, a flush path below the runtime: one io_uring of the log's own (the `io-uring`
+//! crate), where a flush is one submission of a chain `write -> fdatasync -> notify`. (The
+//! native runtime needs none of this: its executor's ring takes the chain itself.)
 //!
 //! Why: through glommio 0.9 a flush is two separate operations, each submitted and reaped by
 //! the runtime's rings, and the executor crosses into the kernel about a dozen times per flush
@@ -32,7 +33,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
@@ -106,8 +107,10 @@ impl Drop for Inner {
 /// The result of one flush chain: the write's byte count, and the fdatasync's result when the
 /// chain had one.
 #[derive(Debug)]
-pub(crate) struct ChainResult {
+pub struct ChainResult {
+    /// Bytes written, or the write's error.
     pub write: io::Result<usize>,
+    /// The fdatasync's result, if there was one.
     pub sync: Option<io::Result<()>>,
 }
 
@@ -117,13 +120,13 @@ fn to_result(res: i32) -> io::Result<usize> {
 
 /// One log's side ring. Cheap to clone.
 #[derive(Clone)]
-pub(crate) struct SideRing {
+pub struct FlushRing {
     inner: Rc<Inner>,
 }
 
-impl SideRing {
+impl FlushRing {
     /// Sets up the ring and its socket pair and starts the reaper on the current executor.
-    pub(crate) fn new() -> io::Result<SideRing> {
+    pub fn new() -> io::Result<FlushRing> {
         let ring = IoUring::new(RING_ENTRIES)?;
         let (tx, rx) = StdUnixStream::pair()?;
         tx.set_nonblocking(true)?;
@@ -138,15 +141,15 @@ impl SideRing {
         });
         let weak = Rc::downgrade(&inner);
         crate::rt::spawn(reaper(weak, rx)).detach();
-        Ok(SideRing { inner })
+        Ok(FlushRing { inner })
     }
 
     /// Writes `buf` at `pos` of `fd`, then (if `sync`) fdatasyncs it, as one chain; resolves when
     /// both are done. The buffer is kept alive until the kernel is done with it, even if this
     /// future is dropped early.
-    pub(crate) async fn write_then_sync(
+    pub async fn write_then_sync(
         &self,
-        fd: RawFd,
+        file: &glommio::io::DmaFile,
         buf: Rc<DmaBuffer>,
         pos: u64,
         sync: bool,
@@ -154,6 +157,7 @@ impl SideRing {
         if let Some(why) = self.inner.broken.borrow().as_ref() {
             return Err(io::Error::other(why.clone()));
         }
+        let fd = file.as_raw_fd();
         let id = self.inner.next_id.get();
         self.inner.next_id.set(id + 1);
         let len = u32::try_from(buf.len()).map_err(|_| io::Error::other("flush over 4 GiB"))?;

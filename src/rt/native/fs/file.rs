@@ -1,0 +1,467 @@
+//! O_DIRECT files on the executor's ring, and the aligned buffers they are written from.
+//!
+//! Every operation is one submission (open, fallocate, write, read, fdatasync, close, rename,
+//! unlink), or for a flush one chain of two (a write linked to its fdatasync,
+//! [`DmaFile::write_then_sync`]); the buffer or path an operation uses is held by its slot
+//! until the kernel's completion, so a dropped future never leaves the kernel writing into
+//! freed memory.
+//!
+//! Buffers are 4 KiB-aligned heap memory, recycled through a per-thread pool by size class
+//! (powers of two), so a log that takes a fresh buffer per flush does not page-fault a new
+//! mapping each time.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::ptr::NonNull;
+use std::rc::Rc;
+
+use io_uring::{opcode, types};
+
+use super::super::exec::{Op, check, write_then_fdatasync};
+
+/// Alignment of every buffer: a page, which covers any logical block size.
+const ALIGN: usize = 4096;
+
+/// Free buffers by size class (log2 of capacity); freed for good when the thread ends.
+struct Pool(Vec<Vec<NonNull<u8>>>);
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for (class, bufs) in self.0.iter().enumerate() {
+            for p in bufs {
+                // SAFETY: allocated by `DmaBuffer::new` with this layout, owned by the pool.
+                unsafe { std::alloc::dealloc(p.as_ptr(), layout(1 << class)) };
+            }
+        }
+    }
+}
+
+thread_local! {
+    static POOL: RefCell<Pool> = const { RefCell::new(Pool(Vec::new())) };
+    static POOL_BYTES: Cell<usize> = const { Cell::new(0) };
+    static POOL_MAX: Cell<usize> = const { Cell::new(64 << 20) };
+}
+
+/// Most bytes of free buffers the current thread keeps for reuse.
+pub(crate) fn set_pool_bytes(max: usize) {
+    POOL_MAX.with(|m| m.set(max));
+}
+
+fn class_of(len: usize) -> (usize, usize) {
+    let cap = len.max(ALIGN).next_power_of_two();
+    (cap.trailing_zeros() as usize, cap)
+}
+
+fn layout(cap: usize) -> std::alloc::Layout {
+    std::alloc::Layout::from_size_align(cap, ALIGN).expect("buffer layout")
+}
+
+/// A 4 KiB-aligned buffer for O_DIRECT I/O.
+pub struct DmaBuffer {
+    ptr: NonNull<u8>,
+    len: usize,
+    cap: usize,
+}
+
+impl std::fmt::Debug for DmaBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DmaBuffer").field("len", &self.len).finish()
+    }
+}
+
+impl DmaBuffer {
+    /// A buffer of `len` bytes (contents unspecified).
+    pub fn new(len: usize) -> DmaBuffer {
+        let (class, cap) = class_of(len);
+        let reused =
+            POOL.try_with(|p| p.borrow_mut().0.get_mut(class).and_then(|v| v.pop())).ok().flatten();
+        let ptr = match reused {
+            Some(ptr) => {
+                POOL_BYTES.with(|b| b.set(b.get() - cap));
+                ptr
+            }
+            None => {
+                // SAFETY: the layout has a non-zero size. Zeroed, so every byte of a buffer is
+                // initialised from the start (large zeroed allocations are fresh mappings).
+                let p = unsafe { std::alloc::alloc_zeroed(layout(cap)) };
+                NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout(cap)))
+            }
+        };
+        DmaBuffer { ptr, len, cap }
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Its bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` is valid for `cap >= len` bytes, owned by this buffer, and every byte
+        // was initialised (zeroed at allocation, written since).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Its bytes, for writing.
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Its first byte.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Its first byte, for writing.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Shortens it to `len` bytes (no more than it holds).
+    pub fn trim_to_size(&mut self, len: usize) {
+        assert!(len <= self.len, "trim_to_size beyond the buffer");
+        self.len = len;
+    }
+}
+
+impl Drop for DmaBuffer {
+    fn drop(&mut self) {
+        let (class, cap) = (self.cap.trailing_zeros() as usize, self.cap);
+        let kept = POOL.try_with(|p| {
+            let room = POOL_BYTES.with(|b| b.get()) + cap <= POOL_MAX.with(|m| m.get());
+            if !room {
+                return false;
+            }
+            let p = &mut p.borrow_mut().0;
+            if p.len() <= class {
+                p.resize_with(class + 1, Vec::new);
+            }
+            p[class].push(self.ptr);
+            POOL_BYTES.with(|b| b.set(b.get() + cap));
+            true
+        });
+        if kept != Ok(true) {
+            // SAFETY: allocated with this layout by `new` and not in the pool.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout(cap)) };
+        }
+    }
+}
+
+/// Bytes read from a file: a window into the aligned buffer the read went to. Clones share it.
+#[derive(Clone)]
+pub struct ReadResult {
+    buf: Rc<DmaBuffer>,
+    start: usize,
+    len: usize,
+}
+
+impl std::fmt::Debug for ReadResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadResult").field("len", &self.len).finish()
+    }
+}
+
+impl ReadResult {
+    /// `len` bytes from `start` of `r`, sharing its buffer; `None` if out of range.
+    pub fn slice(r: &ReadResult, start: usize, len: usize) -> Option<ReadResult> {
+        (start.checked_add(len)? <= r.len).then(|| ReadResult {
+            buf: r.buf.clone(),
+            start: r.start + start,
+            len,
+        })
+    }
+}
+
+impl std::ops::Deref for ReadResult {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf.as_bytes()[self.start..self.start + self.len]
+    }
+}
+
+fn cpath(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))
+}
+
+async fn open_at(path: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let c = cpath(path)?;
+    let ptr = c.as_ptr();
+    let e = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), ptr)
+        .flags(flags | libc::O_CLOEXEC)
+        .mode(mode)
+        .build();
+    let fd = check(Op::submit_open(e, Some(Box::new(c))).await)?;
+    // SAFETY: a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Options for opening a [`DmaFile`] (always O_DIRECT).
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    read: bool,
+    write: bool,
+    create: bool,
+    truncate: bool,
+    custom: i32,
+}
+
+impl OpenOptions {
+    /// Nothing set.
+    pub fn new() -> OpenOptions {
+        OpenOptions::default()
+    }
+
+    /// Open for reading.
+    pub fn read(&mut self, on: bool) -> &mut OpenOptions {
+        self.read = on;
+        self
+    }
+
+    /// Open for writing.
+    pub fn write(&mut self, on: bool) -> &mut OpenOptions {
+        self.write = on;
+        self
+    }
+
+    /// Create it if missing.
+    pub fn create(&mut self, on: bool) -> &mut OpenOptions {
+        self.create = on;
+        self
+    }
+
+    /// Cut it to nothing.
+    pub fn truncate(&mut self, on: bool) -> &mut OpenOptions {
+        self.truncate = on;
+        self
+    }
+
+    /// Extra `open(2)` flags (O_DSYNC).
+    pub fn custom_flags(&mut self, flags: i32) -> &mut OpenOptions {
+        self.custom = flags;
+        self
+    }
+
+    /// Opens `path` with O_DIRECT.
+    pub async fn dma_open(&self, path: &Path) -> io::Result<DmaFile> {
+        let mut flags = match (self.read, self.write) {
+            (true, true) => libc::O_RDWR,
+            (false, true) => libc::O_WRONLY,
+            _ => libc::O_RDONLY,
+        };
+        if self.create {
+            flags |= libc::O_CREAT;
+        }
+        if self.truncate {
+            flags |= libc::O_TRUNC;
+        }
+        flags |= libc::O_DIRECT | self.custom;
+        let fd = open_at(path, flags, 0o644).await?;
+        Ok(DmaFile { fd: Some(Rc::new(fd)) })
+    }
+}
+
+/// A file opened with O_DIRECT.
+///
+/// Every operation in the ring holds the descriptor too (an `Rc`), so it is closed only when
+/// the file is dropped and nothing the kernel has yet to run names it: a write can never land
+/// in another file that reused the number.
+#[derive(Debug)]
+pub struct DmaFile {
+    /// `None` once closed.
+    fd: Option<Rc<OwnedFd>>,
+}
+
+/// Results of a write linked to its fdatasync.
+#[derive(Debug)]
+pub struct ChainResult {
+    /// Bytes written, or the write's error.
+    pub write: io::Result<usize>,
+    /// The fdatasync's result, if there was one.
+    pub sync: Option<io::Result<()>>,
+}
+
+impl DmaFile {
+    fn fd(&self) -> RawFd {
+        self.fd.as_ref().expect("file used after close").as_raw_fd()
+    }
+
+    /// The descriptor, for an op to hold until its completion.
+    fn hold(&self) -> Rc<OwnedFd> {
+        self.fd.as_ref().expect("file used after close").clone()
+    }
+
+    /// Opens `path` for O_DIRECT reads.
+    pub async fn open(path: &Path) -> io::Result<DmaFile> {
+        OpenOptions::new().read(true).dma_open(path).await
+    }
+
+    /// An aligned buffer for this file.
+    pub fn alloc_dma_buffer(&self, len: usize) -> DmaBuffer {
+        DmaBuffer::new(len)
+    }
+
+    /// Allocates `size` bytes of blocks (`keep_size`: without changing the file's length).
+    pub async fn pre_allocate(&self, size: u64, keep_size: bool) -> io::Result<()> {
+        let mode = if keep_size { libc::FALLOC_FL_KEEP_SIZE } else { 0 };
+        let e = opcode::Fallocate::new(types::Fd(self.fd()), size).mode(mode).build();
+        check(Op::submit(e, Some(Box::new(self.hold())), false).await).map(|_| ())
+    }
+
+    /// Writes the whole of `buf` at `pos`; returns the bytes written (short only on error).
+    pub async fn write_rc_at(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<usize> {
+        let e = opcode::Write::new(types::Fd(self.fd()), buf.as_ptr(), buf.len() as u32)
+            .offset(pos)
+            .build();
+        check(Op::submit(e, Some(Box::new((buf, self.hold()))), false).await)
+    }
+
+    /// Writes `buf` at `pos` and, if `sync`, fdatasyncs the file, as one chain of two linked
+    /// submissions (see `exec::write_then_fdatasync`: a failed or short write reports its
+    /// error and the fdatasync does not run, or runs and reports its own result).
+    pub async fn write_then_sync(
+        &self,
+        buf: Rc<DmaBuffer>,
+        pos: u64,
+        sync: bool,
+    ) -> io::Result<ChainResult> {
+        let fd = types::Fd(self.fd());
+        let w = opcode::Write::new(fd, buf.as_ptr(), buf.len() as u32).offset(pos).build();
+        if !sync {
+            let r = Op::submit(w, Some(Box::new((buf, self.hold()))), false).await;
+            return Ok(ChainResult { write: check(r), sync: None });
+        }
+        let len = buf.len();
+        let s = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build();
+        // The head's slot holds the buffer and the descriptor until the tail has run.
+        let (w, s) = write_then_fdatasync(w, s, Box::new((buf, self.hold()))).wait(len).await;
+        Ok(ChainResult { write: check(w), sync: s.map(|s| check(s).map(|_| ())) })
+    }
+
+    /// Reads `len` bytes at `pos` (any alignment: the read is widened to blocks). Fewer bytes
+    /// come back at the end of the file.
+    pub async fn read_at(&self, pos: u64, len: usize) -> io::Result<ReadResult> {
+        let start = pos - pos % ALIGN as u64;
+        let end = (pos + len as u64).div_ceil(ALIGN as u64) * ALIGN as u64;
+        let want = (end - start) as usize;
+        let buf = Rc::new(DmaBuffer::new(want));
+        let mut got = 0usize;
+        while got < want {
+            // SAFETY: the kernel writes into `buf`, which the op's slot keeps alive; nothing
+            // reads those bytes before the completion.
+            let ptr = unsafe { (buf.as_ptr() as *mut u8).add(got) };
+            let e = opcode::Read::new(types::Fd(self.fd()), ptr, (want - got) as u32)
+                .offset(start + got as u64)
+                .build();
+            let n = check(Op::submit(e, Some(Box::new((buf.clone(), self.hold()))), false).await)?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+            if !got.is_multiple_of(ALIGN) {
+                break;
+            }
+        }
+        let skip = (pos - start) as usize;
+        let have = got.saturating_sub(skip).min(len);
+        Ok(ReadResult { buf, start: skip, len: have })
+    }
+
+    /// fdatasync.
+    pub async fn fdatasync(&self) -> io::Result<()> {
+        let e = opcode::Fsync::new(types::Fd(self.fd())).flags(types::FsyncFlags::DATASYNC).build();
+        check(Op::submit(e, Some(Box::new(self.hold())), false).await).map(|_| ())
+    }
+
+    /// fsync (data and metadata).
+    pub async fn fsync(&self) -> io::Result<()> {
+        let e = opcode::Fsync::new(types::Fd(self.fd())).build();
+        check(Op::submit(e, Some(Box::new(self.hold())), false).await).map(|_| ())
+    }
+
+    /// The file's length.
+    pub async fn file_size(&self) -> io::Result<u64> {
+        // SAFETY: fstat into a zeroed stat of the right type.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(self.fd(), &mut st) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(st.st_size as u64)
+    }
+
+    /// Closes it, reporting the error `close(2)` returns.
+    /// Closes it, reporting the error `close(2)` returns. If operations the kernel has yet to
+    /// finish still hold the descriptor (the file's users drain theirs first, so this is a
+    /// cancelled one), it is closed when the last of them completes, and this reports success.
+    pub async fn close(mut self) -> io::Result<()> {
+        let rc = self.fd.take().expect("file closed twice");
+        let Ok(fd) = Rc::try_unwrap(rc) else { return Ok(()) };
+        let e = opcode::Close::new(types::Fd(fd.into_raw_fd())).build();
+        check(Op::submit(e, None, false).await).map(|_| ())
+    }
+}
+
+impl AsRawFd for DmaFile {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd()
+    }
+}
+
+/// A directory, opened to make its entries durable.
+#[derive(Debug)]
+pub struct Directory {
+    fd: Option<OwnedFd>,
+}
+
+impl Directory {
+    /// Opens `path`.
+    pub async fn open(path: &Path) -> io::Result<Directory> {
+        let fd = open_at(path, libc::O_RDONLY | libc::O_DIRECTORY, 0).await?;
+        Ok(Directory { fd: Some(fd) })
+    }
+
+    /// fsync of the directory: creations, renames and removals in it become durable.
+    pub async fn sync(&self) -> io::Result<()> {
+        let fd = self.fd.as_ref().expect("directory used after close").as_raw_fd();
+        let e = opcode::Fsync::new(types::Fd(fd)).build();
+        check(Op::submit(e, None, false).await).map(|_| ())
+    }
+
+    /// Closes it.
+    pub async fn close(mut self) -> io::Result<()> {
+        let fd = self.fd.take().expect("directory closed twice").into_raw_fd();
+        let e = opcode::Close::new(types::Fd(fd)).build();
+        check(Op::submit(e, None, false).await).map(|_| ())
+    }
+}
+
+/// Renames `from` to `to`.
+pub async fn rename(from: impl AsRef<Path>, to: impl AsRef<Path>) -> io::Result<()> {
+    let (f, t) = (cpath(from.as_ref())?, cpath(to.as_ref())?);
+    let e = opcode::RenameAt::new(
+        types::Fd(libc::AT_FDCWD),
+        f.as_ptr(),
+        types::Fd(libc::AT_FDCWD),
+        t.as_ptr(),
+    )
+    .build();
+    check(Op::submit(e, Some(Box::new((f, t))), false).await).map(|_| ())
+}
+
+/// Removes the file `path`.
+pub async fn remove(path: impl AsRef<Path>) -> io::Result<()> {
+    let c = cpath(path.as_ref())?;
+    let e = opcode::UnlinkAt::new(types::Fd(libc::AT_FDCWD), c.as_ptr()).build();
+    check(Op::submit(e, Some(Box::new(c)), false).await).map(|_| ())
+}
