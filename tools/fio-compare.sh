@@ -17,7 +17,7 @@
 # writes are overwrites (like corelog's zero-filled segments).
 #
 # Then `corelog bench wal` runs at --concurrency 64 or N (bandwidth) and --concurrency 1
-# (latency), 4 KiB entries, and a table compares them. Targets:
+# (latency, unpinned like fio), 4 KiB entries, and a table compares them. Targets:
 #   corelog MiB/s >= 0.90 x (a),  corelog MiB/s >= 0.75 x (b),  corelog p50 <= 1.2 x (c).
 #
 # Usage: tools/fio-compare.sh [--dir DIR] [--corelog BIN] [--duration SECS]
@@ -190,11 +190,12 @@ EOF
 }
 
 # --- corelog runs --------------------------------------------------------------------
-corelog_run() { # name concurrency
+corelog_run() { # name concurrency [extra args...]
     local name=$1 conc=$2
+    shift 2
     rm -rf "$COREDIR"; mkdir -p "$COREDIR"
     local cmd=("${RUN_PREFIX[@]}" "$CORELOG" bench wal --dir "$COREDIR" --duration "${DURATION}s" --entry-size 4096
-               --concurrency "$conc" --groups "$GROUPS_N" "${CORELOG_ARGS[@]}" --json "$OUT/corelog_$name.json")
+               --concurrency "$conc" --groups "$GROUPS_N" "${CORELOG_ARGS[@]}" "$@" --json "$OUT/corelog_$name.json")
     log "${cmd[*]} ($name)"
     echo "${cmd[*]}" > "$OUT/corelog_$name.log"
     wait_quiet "$QUIET_WAIT" "$QUIET_PCT" || true
@@ -212,7 +213,14 @@ corelog_run() { # name concurrency
 
 if [[ $FIO_ONLY -eq 0 ]]; then
     corelog_run bandwidth "$CONC"
-    corelog_run latency 1
+    # The latency run is unpinned, as fio is: a pinned executor's fdatasyncs run in io_uring
+    # workers that inherit its pin, so each one waits for the executor to sleep and switch
+    # (about 30 µs per flush on the project's VM; see src/rt/native/exec.rs, `block_on`).
+    if [[ " ${CORELOG_ARGS[*]} " == *" --no-pin "* ]]; then
+        corelog_run latency 1
+    else
+        corelog_run latency 1 --no-pin
+    fi
 fi
 
 if [[ -z "$BS" ]]; then
