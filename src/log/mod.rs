@@ -1028,7 +1028,7 @@ impl Log {
         st.flush_scheduled = true;
         drop(st);
         let log = self.clone();
-        crate::rt::spawn(async move {
+        crate::rt::spawn_next(async move {
             log.shared.st.borrow_mut().flush_scheduled = false;
             log.start_flushes();
         })

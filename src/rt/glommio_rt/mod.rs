@@ -28,6 +28,12 @@ pub fn spawn<T: 'static>(future: impl Future<Output = T> + 'static) -> Task<T> {
     glommio::spawn_local(future)
 }
 
+/// Spawns a task; glommio has no way to put it before the tasks already ready, so this is
+/// [`spawn`] (see the native runtime's `spawn_next` for why the log asks).
+pub fn spawn_next<T: 'static>(future: impl Future<Output = T> + 'static) -> Task<T> {
+    glommio::spawn_local(future)
+}
+
 /// Waits `d` on the current executor's timers.
 pub async fn sleep(d: Duration) {
     glommio::timer::sleep(d).await;

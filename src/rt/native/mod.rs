@@ -2,7 +2,7 @@
 
 mod exec;
 
-pub use exec::{Sleep, Task, sleep, spawn, spawn_blocking};
+pub use exec::{Sleep, Task, sleep, spawn, spawn_blocking, spawn_next};
 
 use std::future::Future;
 use std::io;
