@@ -6,9 +6,8 @@
 //! until the kernel's completion, so a dropped future never leaves the kernel writing into
 //! freed memory.
 //!
-//! Buffers are 4 KiB-aligned heap memory, recycled through a per-thread pool by size class
-//! (powers of two), so a log that takes a fresh buffer per flush does not page-fault a new
-//! mapping each time.
+//! Buffers are 4 KiB-aligned heap memory, recycled through a per-thread pool by capacity, so
+//! a log that takes a fresh buffer per flush does not page-fault a new mapping each time.
 
 use std::cell::{Cell, RefCell};
 use std::ffi::CString;
@@ -26,15 +25,28 @@ use super::super::exec::{Op, check, write_then_fdatasync};
 /// Alignment of every buffer: a page, which covers any logical block size.
 const ALIGN: usize = 4096;
 
-/// Free buffers by size class (log2 of capacity); freed for good when the thread ends.
-struct Pool(Vec<Vec<NonNull<u8>>>);
+/// Free buffers by capacity; freed for good when the thread ends.
+struct Pool(Vec<(usize, Vec<NonNull<u8>>)>);
+
+impl Pool {
+    fn of(&mut self, cap: usize) -> &mut Vec<NonNull<u8>> {
+        let i = match self.0.iter().position(|(c, _)| *c == cap) {
+            Some(i) => i,
+            None => {
+                self.0.push((cap, Vec::new()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[i].1
+    }
+}
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        for (class, bufs) in self.0.iter().enumerate() {
+        for (cap, bufs) in &self.0 {
             for p in bufs {
                 // SAFETY: allocated by `DmaBuffer::new` with this layout, owned by the pool.
-                unsafe { std::alloc::dealloc(p.as_ptr(), layout(1 << class)) };
+                unsafe { std::alloc::dealloc(p.as_ptr(), layout(*cap)) };
             }
         }
     }
@@ -51,9 +63,11 @@ pub(crate) fn set_pool_bytes(max: usize) {
     POOL_MAX.with(|m| m.set(max));
 }
 
-fn class_of(len: usize) -> (usize, usize) {
-    let cap = len.max(ALIGN).next_power_of_two();
-    (cap.trailing_zeros() as usize, cap)
+/// The capacity a buffer of `len` bytes gets: whole pages. (A user of many buffers asks for
+/// the same few sizes again and again, so exact sizes are reused as well as classes would be,
+/// without doubling a 1 MiB + 4 KiB flush buffer to 2 MiB.)
+fn capacity_of(len: usize) -> usize {
+    len.max(ALIGN).div_ceil(ALIGN) * ALIGN
 }
 
 fn layout(cap: usize) -> std::alloc::Layout {
@@ -76,9 +90,8 @@ impl std::fmt::Debug for DmaBuffer {
 impl DmaBuffer {
     /// A buffer of `len` bytes (contents unspecified).
     pub fn new(len: usize) -> DmaBuffer {
-        let (class, cap) = class_of(len);
-        let reused =
-            POOL.try_with(|p| p.borrow_mut().0.get_mut(class).and_then(|v| v.pop())).ok().flatten();
+        let cap = capacity_of(len);
+        let reused = POOL.try_with(|p| p.borrow_mut().of(cap).pop()).ok().flatten();
         let ptr = match reused {
             Some(ptr) => {
                 POOL_BYTES.with(|b| b.set(b.get() - cap));
@@ -136,17 +149,13 @@ impl DmaBuffer {
 
 impl Drop for DmaBuffer {
     fn drop(&mut self) {
-        let (class, cap) = (self.cap.trailing_zeros() as usize, self.cap);
+        let cap = self.cap;
         let kept = POOL.try_with(|p| {
             let room = POOL_BYTES.with(|b| b.get()) + cap <= POOL_MAX.with(|m| m.get());
             if !room {
                 return false;
             }
-            let p = &mut p.borrow_mut().0;
-            if p.len() <= class {
-                p.resize_with(class + 1, Vec::new);
-            }
-            p[class].push(self.ptr);
+            p.borrow_mut().of(cap).push(self.ptr);
             POOL_BYTES.with(|b| b.set(b.get() + cap));
             true
         });
