@@ -9,8 +9,8 @@
 //! all work in-process. When this node is not the leader of a group, an append is redirected
 //! to the leader over TCP, as for any client: only the hops to this node are in-process.
 //!
-//! Waking: the core waits on a waker that the application's thread wakes (glommio takes
-//! wakes from foreign threads); the application waits on a condition variable that the core
+//! Waking: the core waits on a waker that the application's thread wakes (the runtime
+//! takes wakes from foreign threads); the application waits on a condition variable that the core
 //! signals. Nothing polls.
 
 use std::collections::VecDeque;

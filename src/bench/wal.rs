@@ -44,8 +44,8 @@ pub struct WalArgs {
     /// How a flush is made durable: fdatasync or dsync (O_DSYNC).
     #[arg(long, default_value = "fdatasync")]
     pub sync: SyncMethod,
-    /// Which io_uring submits flushes: `uring` (the log's own ring: write linked to fdatasync,
-    /// one system call per flush) or `runtime` (glommio's file API: two operations).
+    /// How a flush is submitted: `uring` (a write linked to its fdatasync, one submission) or
+    /// `runtime` (the runtime's plain file API: write, then fdatasync, two operations).
     #[arg(long, default_value = "uring")]
     pub io_engine: IoEngine,
     /// Most bytes per flush.
@@ -169,9 +169,9 @@ pub fn run(args: &WalArgs) -> Result<WalReport, String> {
         let core = (!args.no_pin && !cores.is_empty()).then(|| cores[g % cores.len()].id);
         let a = args.clone();
         let gdir = dir.join(format!("g{g}"));
-        // The executor's registered DMA arena must hold the log's buffers (open, in flight,
-        // recent cache); when it runs out, glommio falls back to fresh heap memory per flush,
-        // and page faults then cost more CPU than the appends themselves.
+        // The executor keeps this much memory for the log's buffers (open, in flight, recent
+        // cache); when it runs out, buffers come from fresh heap memory per flush, and page
+        // faults then cost more CPU than the appends themselves.
         let io_memory = log_config(0, args).dma_memory_bytes();
         let h = crate::rt::Executor::new(format!("wal-bench-{g}"))
             .pin(core)

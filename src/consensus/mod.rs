@@ -3,7 +3,7 @@
 //! A [`Node`] is a deterministic state machine. It has no clock (the runtime calls
 //! [`Node::tick`]), does no I/O (it asks for writes and sends through [`Ready`]), spawns no
 //! threads and draws randomness only from the seed it was built with. The same code runs
-//! under the real runtime (a glommio executor per core) and under the simulator
+//! under the real runtime (an executor per core) and under the simulator
 //! ([`crate::sim`]), which is why every source of nondeterminism is an input.
 //!
 //! # Inputs

@@ -44,11 +44,11 @@ impl std::fmt::Display for SyncMethod {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IoEngine {
-    /// The log's own ring (the `io-uring` crate): a flush is one linked chain
-    /// write -> fdatasync -> notify, submitted with one system call (see `log::uring`). Falls
-    /// back to `Runtime` when the ring cannot be set up.
+    /// A flush is one write linked to its fdatasync, submitted together (`rt::fs::FlushRing`:
+    /// on the executor's own ring, or on glommio a side ring of the log's). Falls back to
+    /// `Runtime` when that cannot be set up.
     Uring,
-    /// The runtime's file API (glommio `DmaFile`): write, then fdatasync, as two operations.
+    /// The runtime's plain file API: write, then fdatasync, as two operations.
     Runtime,
 }
 

@@ -140,7 +140,7 @@ pub(crate) async fn write_all_at(
 }
 
 /// Writes a whole aligned buffer at `pos` and, if `sync`, fdatasyncs the file, as one chain on
-/// the log's own ring (see `log::uring`). Errors are reported as by [`write_all_at`] and
+/// the runtime's flush path (`rt::fs::FlushRing`). Errors are reported as by [`write_all_at`] and
 /// [`fdatasync`]; the fault injection of tests applies the same way.
 pub(crate) async fn write_then_sync(
     ring: &crate::rt::fs::FlushRing,
@@ -277,8 +277,8 @@ pub(crate) async fn prepare_zeroed(
     sync_dir(dir).await
 }
 
-/// Whether O_DIRECT is really in effect for files in `dir` (it is not on tmpfs, where glommio
-/// silently falls back to buffered I/O).
+/// Whether O_DIRECT is really in effect for files in `dir` (it is not on tmpfs, which accepts
+/// O_DIRECT since Linux 6.6 but keeps every byte in memory).
 pub fn direct_io_effective(dir: &Path) -> bool {
     filesystem_type(dir).map(|t| t != libc::TMPFS_MAGIC).unwrap_or(false)
 }

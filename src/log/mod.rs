@@ -322,7 +322,8 @@ struct State {
     unflushed: VecDeque<(u64, u64)>,
     inflight: VecDeque<Flush>,
     next_flush_id: u64,
-    /// The log's own ring for flushes, when `cfg.io_engine` is `Uring` and it could be set up.
+    /// The flush path of linked write + fdatasync, when `cfg.io_engine` is `Uring` and it
+    /// could be set up.
     side: Option<crate::rt::fs::FlushRing>,
     flush_scheduled: bool,
     /// A segment roll, truncation or reset is under way: appends wait.

@@ -1,6 +1,6 @@
 //! The node runtime: consensus groups on pinned executors, wired to their logs and peers.
 //!
-//! One glommio executor per core (pinned when `pin` is set). Group `g` lives on core
+//! One executor per core (`crate::rt`; pinned when `pin` is set). Group `g` lives on core
 //! `g % cores`: its log, hard state, consensus core and timers belong to that executor. Core
 //! `i` talks only to core `i` of the other nodes (see [`peer`]), and serves the clients of its
 //! groups on its own client port (client port + `i`): connections reach the right core by
@@ -33,7 +33,7 @@
 //! is checksummed once where it is built and once where it is received. Copy 1 buys one read
 //! system call for many small requests (the requests that arrived whole are copied out in one
 //! piece and split, each sharing it). Copy 3 stays for small appends, which join other
-//! messages in one write (glommio 0.9 has no vectored send of its own; the direct send goes
+//! messages in one write (the runtime's socket has no vectored send; the direct send goes
 //! around it on the link's socket). Copy 4 would go if the follower received straight into
 //! its log's buffer. One frame per pipelined flush, the one that the flush's block-aligned
 //! cut splits between two buffers, is copied whole once more (for all followers) the first

@@ -16,9 +16,9 @@
 //! is then refused would only add work where there is too much, and a refused client resends.
 //! Only after `admission_wait_ms` without room (commits stopped) is the append answered
 //! `Busy`. The room is given back when the append is answered, whatever the answer, or
-//! dropped. Waiters are served about in arrival order (glommio's semaphore wakes those that
-//! fit; one that was woken can be overtaken by a newcomer), and one connection is one waiter
-//! at a time, so a connection's own appends stay in order.
+//! dropped. Waiters are served in arrival order (the native runtime's semaphore strictly;
+//! glommio's wakes those that fit, so a large waiter can be overtaken), and one connection is
+//! one waiter at a time, so a connection's own appends stay in order.
 //!
 //! The price of muting a connection, as a broker does: one connection carries every group of
 //! its core, so while an append for a full group waits, the connection's requests for the

@@ -346,18 +346,27 @@ pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// glommio 0.9 needs 5.8; 5.15 is the first long-term kernel whose io_uring has everything
-/// corelog uses working well (and 6.x more so).
+/// The oldest kernel the runtime starts on: the native runtime sleeps with a timeout in the
+/// same `io_uring_enter` (IORING_FEAT_EXT_ARG, 5.11); glommio 0.9 needs 5.8.
+pub const KERNEL_MIN: (u32, u32) = if cfg!(feature = "glommio") { (5, 8) } else { (5, 11) };
+
+/// Below [`KERNEL_MIN`] corelog does not start; 5.15 is the first long-term kernel whose
+/// io_uring has everything corelog uses working well (and 6.x more so: a flush posts one
+/// completion from 5.17, and completions wait for the executor's next system call from 5.19).
 pub fn check_kernel(release: &str) -> Check {
     let v = parse_kernel_version(release);
     let verdict = match v {
         None => Verdict::Warn,
-        Some(v) if v < (5, 8) => Verdict::Fail,
+        Some(v) if v < KERNEL_MIN => Verdict::Fail,
         Some(v) if v < (5, 15) => Verdict::Warn,
         Some(_) => Verdict::Pass,
     };
-    Check::new("kernel version", ">= 5.15 (5.8 at least)", release, verdict)
-        .hint("upgrade the kernel: glommio needs 5.8, and io_uring matured by 5.15")
+    let (major, minor) = KERNEL_MIN;
+    Check::new("kernel version", &format!(">= 5.15 ({major}.{minor} at least)"), release, verdict)
+        .hint(format!(
+            "upgrade the kernel: the {} runtime needs {major}.{minor}, and io_uring matured by 5.15",
+            crate::rt::RUNTIME
+        ))
 }
 
 /// Sets up a ring of 2 entries and sends a NOP through it.
@@ -389,7 +398,8 @@ pub fn check_io_uring(disabled: Option<&str>, probe: &Result<(), String>) -> Che
         .hint("sysctl -w kernel.io_uring_disabled=0 (or run as a member of kernel.io_uring_group)")
 }
 
-/// glommio refuses to start below this locked-memory limit.
+/// glommio refuses to start below this locked-memory limit (the native runtime registers no
+/// memory; this check is made for a `--features glommio` build).
 pub const GLOMMIO_MEMLOCK_MIN: u64 = 512 << 10;
 
 /// `limit` is RLIMIT_MEMLOCK in bytes (`None`: unlimited); `ipc_lock` whether the process has
@@ -818,7 +828,16 @@ pub fn checks(sys: &Sys, t: &Target) -> Vec<Check> {
         Some(0)
     };
     let ipc_lock = has_cap_ipc_lock(&sys.read("proc/self/status").unwrap_or_default());
-    out.push(check_memlock(limit, ipc_lock, t.dma_bytes));
+    if cfg!(feature = "glommio") {
+        out.push(check_memlock(limit, ipc_lock, t.dma_bytes));
+    } else {
+        out.push(Check::new(
+            "locked memory",
+            "nothing (the native runtime registers no buffers)",
+            limit.map_or("unlimited".to_string(), human_bytes),
+            Verdict::Skip,
+        ));
+    }
 
     let fs = crate::log::filesystem_type(&t.dir).map_or("unknown".to_string(), fs_name);
     let dev = block_device_of_dir(sys, &t.dir);

@@ -131,7 +131,11 @@ impl FlushRing {
         let (tx, rx) = StdUnixStream::pair()?;
         tx.set_nonblocking(true)?;
         rx.set_nonblocking(true)?;
-        let rx = crate::rt::net::UnixStream::from_std(rx);
+        // SAFETY: `rx` is a connected socket we own; ownership moves to the runtime's stream.
+        let rx = unsafe {
+            use std::os::fd::{FromRawFd, IntoRawFd};
+            glommio::net::UnixStream::from_raw_fd(rx.into_raw_fd())
+        };
         let inner = Rc::new(Inner {
             ring: RefCell::new(ring),
             pending: RefCell::new(HashMap::new()),
@@ -296,7 +300,7 @@ fn reap(inner: &Inner) {
     }
 }
 
-async fn reaper(inner: Weak<Inner>, mut rx: crate::rt::net::UnixStream) {
+async fn reaper(inner: Weak<Inner>, mut rx: glommio::net::UnixStream) {
     let mut buf = [0u8; 64];
     loop {
         let n = rx.read(&mut buf).await;

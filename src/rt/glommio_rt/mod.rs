@@ -158,29 +158,6 @@ pub mod net {
             Pin::new(&mut self.0).poll_close(cx)
         }
     }
-
-    /// A connected Unix stream socket taken from the standard library (read through the ring).
-    #[derive(Debug)]
-    pub struct UnixStream(glommio::net::UnixStream);
-
-    impl UnixStream {
-        /// Takes ownership of a connected, non-blocking socket.
-        pub fn from_std(s: std::os::unix::net::UnixStream) -> UnixStream {
-            use std::os::fd::{FromRawFd, IntoRawFd};
-            // SAFETY: the descriptor is a connected socket that `s` owned; ownership moves.
-            UnixStream(unsafe { glommio::net::UnixStream::from_raw_fd(s.into_raw_fd()) })
-        }
-    }
-
-    impl futures_lite::AsyncRead for UnixStream {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut [u8],
-        ) -> Poll<io::Result<usize>> {
-            Pin::new(&mut self.0).poll_read(cx, buf)
-        }
-    }
 }
 
 /// Semaphores of one executor.

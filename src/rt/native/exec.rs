@@ -204,29 +204,16 @@ impl Runtime {
         })
     }
 
-    /// Queues one submission (linked entries are pushed one after the other by the caller).
+    /// Queues one submission (a chain's entries are queued together after [`Self::room_for`]).
     pub(crate) fn push(&self, entry: squeue::Entry) {
-        let mut ring = self.ring.borrow_mut();
-        loop {
-            // SAFETY: every entry's pointers stay valid until its completion: the caller keeps
-            // them in the op slot (`_keep`) or in memory that outlives the ring.
-            if unsafe { ring.submission().push(&entry) }.is_ok() {
-                return;
-            }
-            // Full: hand what is queued to the kernel and try again.
-            match ring.submit() {
-                Ok(_) => {}
-                Err(e) if retryable(&e) => {
-                    drop(ring);
-                    self.reap();
-                    ring = self.ring.borrow_mut();
-                }
-                Err(e) => panic!("io_uring submit failed: {e}"),
-            }
-        }
+        self.room_for(1);
+        // SAFETY: every entry's pointers stay valid until its completion: the caller keeps
+        // them in the op slot (`_keep`) or in memory that outlives the ring.
+        unsafe { self.ring.borrow_mut().submission().push(&entry) }.expect("room was made");
     }
 
-    /// Makes room for `n` submissions in a row (a chain must not be split by a submit).
+    /// Makes room for `n` submissions in a row (a chain must not be split by a submit): when
+    /// the queue is full, hands it to the kernel.
     pub(crate) fn room_for(&self, n: usize) {
         let mut ring = self.ring.borrow_mut();
         loop {

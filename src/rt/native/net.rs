@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -361,24 +361,5 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
             (storage, std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
         }
-    }
-}
-
-/// A connected Unix stream socket taken from the standard library.
-pub struct UnixStream {
-    /// Dropped before `fd`, as for [`TcpStream`].
-    waits: Waits,
-    fd: OwnedFd,
-}
-
-stream_io!(UnixStream);
-
-impl UnixStream {
-    /// Takes ownership of a connected socket (made non-blocking here).
-    pub fn from_std(s: std::os::unix::net::UnixStream) -> UnixStream {
-        let _ = s.set_nonblocking(true);
-        // SAFETY: the descriptor was owned by `s`; ownership moves.
-        let fd = unsafe { OwnedFd::from_raw_fd(s.into_raw_fd()) };
-        UnixStream { waits: Waits::default(), fd }
     }
 }

@@ -393,23 +393,6 @@ impl DmaFile {
         check(Op::submit(e, Some(Box::new(self.hold())), false).await).map(|_| ())
     }
 
-    /// fsync (data and metadata).
-    pub async fn fsync(&self) -> io::Result<()> {
-        let e = opcode::Fsync::new(types::Fd(self.fd())).build();
-        check(Op::submit(e, Some(Box::new(self.hold())), false).await).map(|_| ())
-    }
-
-    /// The file's length.
-    pub async fn file_size(&self) -> io::Result<u64> {
-        // SAFETY: fstat into a zeroed stat of the right type.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstat(self.fd(), &mut st) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(st.st_size as u64)
-    }
-
-    /// Closes it, reporting the error `close(2)` returns.
     /// Closes it, reporting the error `close(2)` returns. If operations the kernel has yet to
     /// finish still hold the descriptor (the file's users drain theirs first, so this is a
     /// cancelled one), it is closed when the last of them completes, and this reports success.
