@@ -48,15 +48,17 @@ fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
-fn poll_recv(
+/// Retries the non-blocking call `attempt` until it succeeds or fails for real; while the
+/// socket would block, waits for `events` through the poll in `wait`.
+fn poll_io(
     fd: RawFd,
-    waits: &mut Waits,
+    wait: &mut Option<Op>,
+    events: u32,
     cx: &mut Context<'_>,
-    buf: &mut [u8],
+    mut attempt: impl FnMut() -> isize,
 ) -> Poll<io::Result<usize>> {
     loop {
-        // SAFETY: `buf` is valid for `buf.len()` bytes of writes.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        let n = attempt();
         if n >= 0 {
             return Poll::Ready(Ok(n as usize));
         }
@@ -67,12 +69,25 @@ fn poll_recv(
         if !would_block(&e) {
             return Poll::Ready(Err(e));
         }
-        match poll_ready(&mut waits.read, fd, (libc::POLLIN | libc::POLLRDHUP) as u32, cx) {
+        match poll_ready(wait, fd, events, cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Ready(Ok(())) => {}
         }
     }
+}
+
+fn poll_recv(
+    fd: RawFd,
+    waits: &mut Waits,
+    cx: &mut Context<'_>,
+    buf: &mut [u8],
+) -> Poll<io::Result<usize>> {
+    let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
+    poll_io(fd, &mut waits.read, events, cx, || {
+        // SAFETY: `buf` is valid for `buf.len()` bytes of writes.
+        unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) }
+    })
 }
 
 fn poll_send(
@@ -81,27 +96,12 @@ fn poll_send(
     cx: &mut Context<'_>,
     buf: &[u8],
 ) -> Poll<io::Result<usize>> {
-    loop {
+    poll_io(fd, &mut waits.write, libc::POLLOUT as u32, cx, || {
         // SAFETY: `buf` is valid for `buf.len()` bytes of reads.
-        let n = unsafe {
+        unsafe {
             libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-        };
-        if n >= 0 {
-            return Poll::Ready(Ok(n as usize));
         }
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        if !would_block(&e) {
-            return Poll::Ready(Err(e));
-        }
-        match poll_ready(&mut waits.write, fd, libc::POLLOUT as u32, cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Ready(Ok(())) => {}
-        }
-    }
+    })
 }
 
 fn shutdown_write(fd: RawFd) -> io::Result<()> {
