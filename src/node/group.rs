@@ -298,7 +298,7 @@ fn decode_sessions(group: u64, b: &[u8]) -> Option<(u64, u64, Vec<SessionRecord>
 }
 
 /// Makes the snapshot's session table durable. The file is written, synced and renamed into
-/// place on the executor's blocking thread (one per executor): an fsync under a busy disk
+/// place on a thread outside the executor (`rt::spawn_blocking`): an fsync under a busy disk
 /// takes tens of milliseconds, which would stall every group of the core.
 async fn save_sessions(dir: &Path, group: u64, s: &Snapshot) -> Result<(), LogError> {
     let bytes = encode_sessions(group, s);

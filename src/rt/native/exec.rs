@@ -22,7 +22,6 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
-use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, opcode, squeue, types};
@@ -56,7 +55,6 @@ fn try_current() -> Option<Rc<Runtime>> {
 
 /// What other threads share with an executor.
 pub(crate) struct Shared {
-    owner: ThreadId,
     /// Tasks woken from other threads: (slot, generation).
     remote: Mutex<Vec<(usize, u64)>>,
     /// Set (SeqCst) just before the executor sleeps; a remote waker that sees it writes the
@@ -94,8 +92,10 @@ impl Wake for TaskWaker {
         if self.queued.swap(true, Ordering::AcqRel) {
             return;
         }
-        if std::thread::current().id() == self.shared.owner
-            && let Some(rt) = try_current()
+        // On the executor's own thread (its runtime is the current one) the task is queued
+        // directly; from anywhere else through the locked queue.
+        if let Some(rt) = try_current()
+            && Arc::ptr_eq(&rt.shared, &self.shared)
         {
             rt.ready.borrow_mut().push_back((self.slot, self.gen_));
             return;
@@ -190,7 +190,6 @@ impl Runtime {
             next_gen: Cell::new(1),
             ready: RefCell::new(VecDeque::with_capacity(256)),
             shared: Arc::new(Shared {
-                owner: std::thread::current().id(),
                 remote: Mutex::new(Vec::new()),
                 sleeping: AtomicBool::new(false),
                 eventfd,
