@@ -38,6 +38,16 @@ fn bench_wal_prints_and_writes_consistent_figures() {
     assert!(j["entries_per_flush"].as_f64().unwrap() >= 1.0, "{j}");
     let mib = appends_per_sec * 4096.0 / (1 << 20) as f64;
     assert!((j["mib_per_sec"].as_f64().unwrap() - mib).abs() < 0.01 * mib + 0.01, "{j}");
+    // Flushes in flight: at least one while appends wait (16 appenders, every append waits for
+    // its flush), at most the setting; flush sizes are ordered and at least a block.
+    let inflight = j["flushes_in_flight_mean"].as_f64().unwrap();
+    assert!(inflight > 0.1 && inflight <= j["flushes_in_flight"].as_f64().unwrap(), "{j}");
+    let (p10, p50, p90) = (
+        j["flush_bytes_p10"].as_u64().unwrap(),
+        j["flush_bytes_p50"].as_u64().unwrap(),
+        j["flush_bytes_p90"].as_u64().unwrap(),
+    );
+    assert!(4096 <= p10 && p10 <= p50 && p50 <= p90, "{j}");
     // 4 MiB segments: a second of appends fills several, zero-filled or recycled.
     let segments =
         j["segments_zero_filled"].as_u64().unwrap() + j["segments_recycled"].as_u64().unwrap();

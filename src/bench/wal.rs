@@ -98,6 +98,12 @@ pub struct WalReport {
     pub mean_us: f64,
     pub flush_p50_us: u64,
     pub flush_p99_us: u64,
+    /// Mean flushes in flight per group (of `flushes_in_flight` at most).
+    pub flushes_in_flight_mean: f64,
+    /// Bytes written per flush, percentiles (the mean hides a mix of small and large ones).
+    pub flush_bytes_p10: u64,
+    pub flush_bytes_p50: u64,
+    pub flush_bytes_p90: u64,
     pub cpu_us_per_append: f64,
     pub segments_zero_filled: u64,
     /// What the directory's block device wrote while the appends ran (the logs' flushes,
@@ -111,9 +117,14 @@ pub struct WalReport {
 struct GroupResult {
     hist: Histogram<u64>,
     flush_hist: Histogram<u64>,
+    /// Bytes written by each flush of the measured interval.
+    flush_bytes: Histogram<u64>,
     appends: u64,
     flushes: u64,
     bytes_written: u64,
+    /// Growth of `LogStats::flushes_in_flight_ns` over the measured interval, and its length.
+    flushes_in_flight_ns: u64,
+    measured_ns: u64,
     zero_filled: u64,
     recycled: u64,
     errors: u64,
@@ -196,12 +207,20 @@ pub fn run(args: &WalArgs) -> Result<WalReport, String> {
     let disk_written = disk.as_ref().and_then(|d| d.since(disk0));
     let mut hist = latency_histogram();
     let mut flush_hist = latency_histogram();
+    let mut flush_bytes: Option<Histogram<u64>> = None;
     let (mut appends, mut flushes, mut bytes_written, mut zero_filled, mut recycled, mut errors) =
         (0, 0, 0, 0, 0, 0);
     let mut first_error = None;
+    let n_groups = results.len().max(1) as f64;
+    let mut inflight_mean = 0.0;
     for r in results {
+        inflight_mean += r.flushes_in_flight_ns as f64 / r.measured_ns.max(1) as f64 / n_groups;
         hist.add(&r.hist).map_err(|e| e.to_string())?;
         flush_hist.add(&r.flush_hist).map_err(|e| e.to_string())?;
+        match &mut flush_bytes {
+            None => flush_bytes = Some(r.flush_bytes.clone()),
+            Some(h) => h.add(&r.flush_bytes).map_err(|e| e.to_string())?,
+        }
         appends += r.appends;
         flushes += r.flushes;
         bytes_written += r.bytes_written;
@@ -238,6 +257,10 @@ pub fn run(args: &WalArgs) -> Result<WalReport, String> {
         mean_us: hist.mean(),
         flush_p50_us: flush_hist.value_at_quantile(0.5),
         flush_p99_us: flush_hist.value_at_quantile(0.99),
+        flushes_in_flight_mean: inflight_mean,
+        flush_bytes_p10: flush_bytes.as_ref().map_or(0, |h| h.value_at_quantile(0.1)),
+        flush_bytes_p50: flush_bytes.as_ref().map_or(0, |h| h.value_at_quantile(0.5)),
+        flush_bytes_p90: flush_bytes.as_ref().map_or(0, |h| h.value_at_quantile(0.9)),
         cpu_us_per_append: if appends > 0 { cpu.as_secs_f64() * 1e6 / appends as f64 } else { 0.0 },
         segments_zero_filled: zero_filled,
         segments_recycled: recycled,
@@ -263,12 +286,19 @@ fn print_report(r: &WalReport) {
     println!("MiB/s              {:>12.1}", r.mib_per_sec);
     println!("flushes/s          {:>12.0}", r.flushes_per_sec);
     println!("entries per flush  {:>12.1}", r.entries_per_flush);
-    println!("bytes per flush    {:>12.0}", r.bytes_per_flush);
+    println!(
+        "bytes per flush    {:>12.0} (p10 {} p50 {} p90 {})",
+        r.bytes_per_flush, r.flush_bytes_p10, r.flush_bytes_p50, r.flush_bytes_p90
+    );
     println!(
         "durable latency us p50 {} p90 {} p99 {} p99.9 {} max {} (mean {:.0})",
         r.p50_us, r.p90_us, r.p99_us, r.p999_us, r.max_us, r.mean_us
     );
     println!("flush latency us   p50 {} p99 {}", r.flush_p50_us, r.flush_p99_us);
+    println!(
+        "flushes in flight  {:>12.2} mean per group (at most {})",
+        r.flushes_in_flight_mean, r.flushes_in_flight
+    );
     println!("cpu per append us  {:>12.2}", r.cpu_us_per_append);
     if let Some(d) = r.disk_write_mib_per_sec {
         println!("disk wrote MiB/s   {d:>12.1} (flushes, segment preparation, metadata)");
@@ -385,11 +415,15 @@ async fn run_group(group: u64, dir: PathBuf, args: WalArgs) -> Result<GroupResul
     // Snapshot the counters when the warm-up ends.
     crate::rt::sleep(measure_from.saturating_duration_since(Instant::now())).await;
     let s0 = log.stats();
+    let measured = Instant::now();
     for t in tasks {
         t.await;
     }
     trimmer.await;
     let s1 = log.stats();
+    let measured_ns = measured.elapsed().as_nanos() as u64;
+    let mut flush_bytes = s1.flush_bytes.clone();
+    flush_bytes.subtract(&s0.flush_bytes).map_err(|e| e.to_string())?;
     let mut flush_hist = latency_histogram();
     for v in s1.flush_latency_ns.iter_recorded() {
         flush_hist.saturating_record_n((v.value_iterated_to() / 1000).max(1), v.count_at_value());
@@ -403,9 +437,12 @@ async fn run_group(group: u64, dir: PathBuf, args: WalArgs) -> Result<GroupResul
     Ok(GroupResult {
         hist,
         flush_hist,
+        flush_bytes,
         appends: appends.get(),
         flushes: s1.flushes - s0.flushes,
         bytes_written: s1.bytes_written - s0.bytes_written,
+        flushes_in_flight_ns: s1.flushes_in_flight_ns - s0.flushes_in_flight_ns,
+        measured_ns,
         zero_filled: s1.segments_zero_filled,
         recycled: s1.segments_recycled,
         errors: errors.get(),

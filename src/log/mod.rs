@@ -114,6 +114,10 @@ pub struct LogStats {
     pub spares_deleted: u64,
     /// Most flushes that were in flight at once.
     pub peak_flushes_in_flight: u64,
+    /// Flushes in flight integrated over time, in flush-nanoseconds: its growth over an
+    /// interval divided by the interval's nanoseconds is the mean number in flight (how well
+    /// the pipeline kept the device busy), up to the last change of that number.
+    pub flushes_in_flight_ns: u64,
     /// Frames that reads took from disk (the rest came from memory).
     pub frames_read_from_disk: u64,
     /// Reads that found a frame neither in memory nor durable and waited for its flush
@@ -136,6 +140,7 @@ impl LogStats {
             segments_activated: 0,
             segments_zero_filled: 0,
             peak_flushes_in_flight: 0,
+            flushes_in_flight_ns: 0,
             frames_read_from_disk: 0,
             reads_waited_for_flush: 0,
             segments_recycled: 0,
@@ -204,6 +209,8 @@ struct Flush {
     id: u64,
     /// Segment file offset where this flush's bytes end.
     end: u64,
+    /// Bytes of frames it carries (new ones, not the rewritten start of its first block).
+    fresh: usize,
     /// Last index of the frames this flush completes (0: none).
     last_index: u64,
     done: bool,
@@ -321,6 +328,8 @@ struct State {
     /// Ends (segment offset) and last indexes of frames appended but not yet in any flush.
     unflushed: VecDeque<(u64, u64)>,
     inflight: VecDeque<Flush>,
+    /// When `inflight.len()` last changed (for [`LogStats::flushes_in_flight_ns`]).
+    inflight_since: Instant,
     next_flush_id: u64,
     /// The flush path of linked write + fdatasync, when `cfg.io_engine` is `Uring` and it
     /// could be set up.
@@ -438,6 +447,14 @@ impl State {
         for (_, (_, w)) in std::mem::take(&mut self.space_waiters) {
             w.wake();
         }
+    }
+
+    /// Adds the time since the last change of the flushes in flight to their integral; call
+    /// before changing their number.
+    fn count_inflight(&mut self, now: Instant) {
+        let ns = now.saturating_duration_since(self.inflight_since).as_nanos() as u64;
+        self.stats.flushes_in_flight_ns += ns * self.inflight.len() as u64;
+        self.inflight_since = now;
     }
 
     fn changed(&mut self) {
@@ -744,6 +761,7 @@ impl Log {
             open: None,
             unflushed: VecDeque::new(),
             inflight: VecDeque::new(),
+            inflight_since: Instant::now(),
             next_flush_id: 0,
             side,
             flush_scheduled: false,
@@ -1113,6 +1131,13 @@ impl Log {
             }
             let fresh = open.len - open.flushed_len;
             let pipeline = st.cfg.flushes_in_flight_max > 1 && fresh >= st.cfg.pipeline_bytes;
+            // A flush joining others in flight carries at least half of what the latest one
+            // did: it becomes durable only after them anyway, so a small one buys no latency
+            // and costs a whole fdatasync. Without this, a slot freed while the open buffer was
+            // nearly empty went to a flush of `pipeline_bytes`, and at 2,048 appends in flight
+            // half the flushes carried 64 KiB and half 1 MiB.
+            let worth_joining =
+                pipeline && st.inflight.back().is_none_or(|last| fresh >= last.fresh / 2);
             let cut = match st.inflight.back() {
                 // Nothing in flight: take everything (the latency of light load), unless enough
                 // has gathered to pipeline: then cut at the last block boundary, so the next
@@ -1126,7 +1151,7 @@ impl Log {
                     // A concurrent flush starts at the block where the one in flight ended, so
                     // that one must have ended on a block boundary (two writes never race on
                     // one block), and enough must have gathered to be worth an fdatasync.
-                    if last.end % BLOCK as u64 != 0 || !pipeline {
+                    if last.end % BLOCK as u64 != 0 || !worth_joining {
                         return;
                     }
                     align_down(open.len as u64) as usize
@@ -1135,6 +1160,7 @@ impl Log {
             if cut <= open.flushed_len {
                 return;
             }
+            let carries = cut - open.flushed_len;
             // Take the buffer: the carried tail (from the last full block) moves to a fresh one.
             let open = st.open.take().expect("checked");
             let segment = open.segment;
@@ -1167,7 +1193,15 @@ impl Log {
             }
             let id = st.next_flush_id;
             st.next_flush_id += 1;
-            st.inflight.push_back(Flush { id, end, last_index, done: false, submitted: None });
+            st.count_inflight(Instant::now());
+            st.inflight.push_back(Flush {
+                id,
+                end,
+                fresh: carries,
+                last_index,
+                done: false,
+                submitted: None,
+            });
             st.stats.peak_flushes_in_flight =
                 st.stats.peak_flushes_in_flight.max(st.inflight.len() as u64);
             let buf = Rc::new(old);
@@ -1228,6 +1262,7 @@ impl Log {
                         f.done = true;
                         f.submitted = Some(started);
                     }
+                    st.count_inflight(now);
                     while st.inflight.front().is_some_and(|f| f.done) {
                         let f = st.inflight.pop_front().expect("non-empty");
                         if f.last_index > st.durable_index {
