@@ -30,6 +30,14 @@ use slab::Slab;
 /// Submission queue entries; the completion queue is twice that (the kernel's default).
 const RING_ENTRIES: u32 = 1024;
 
+/// Slots of the table of registered ("fixed") buffers each ring has: the buffers written from
+/// (pooled, so a log registers a handful and reuses them).
+const FIXED_BUFFERS: u32 = 512;
+
+/// Tells runtimes apart, so a buffer registered with one ring is never used by index with
+/// another.
+static NEXT_RUNTIME_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Tasks run between two looks at the completion queue, so a busy run queue cannot hold
 /// completed I/O back for long.
 const TASKS_PER_TURN: usize = 256;
@@ -49,7 +57,7 @@ pub(crate) fn current() -> Rc<Runtime> {
     try_current().expect("corelog::rt: not on an executor thread (start one with rt::Executor)")
 }
 
-fn try_current() -> Option<Rc<Runtime>> {
+pub(crate) fn try_current() -> Option<Rc<Runtime>> {
     CURRENT.try_with(|c| c.borrow().clone()).ok().flatten()
 }
 
@@ -162,6 +170,11 @@ pub(crate) struct Runtime {
     spin: Option<Duration>,
     /// The kernel can skip a successful op's completion (`IOSQE_CQE_SKIP_SUCCESS`, 5.17).
     skip_success: bool,
+    /// Unique among the runtimes of this process.
+    pub(crate) id: u64,
+    /// Free slots of the fixed-buffer table; `None` once registering is not possible (no
+    /// sparse tables before 5.13, or the locked-memory limit reached).
+    fixed_free: RefCell<Option<Vec<u16>>>,
 }
 
 impl Runtime {
@@ -174,6 +187,11 @@ impl Runtime {
             ));
         }
         let skip_success = ring.params().is_feature_skip_cqe_on_success();
+        let fixed_free = ring
+            .submitter()
+            .register_buffers_sparse(FIXED_BUFFERS)
+            .ok()
+            .map(|()| (0..FIXED_BUFFERS as u16).rev().collect());
         // Blocking: a read on the ring then waits for a write (io_uring would answer EAGAIN at
         // once for a non-blocking descriptor).
         // SAFETY: plain eventfd creation; the descriptor is checked before use.
@@ -200,6 +218,8 @@ impl Runtime {
             eventfd_armed: Cell::new(false),
             spin: None,
             skip_success,
+            id: NEXT_RUNTIME_ID.fetch_add(1, Ordering::Relaxed),
+            fixed_free: RefCell::new(fixed_free),
         })
     }
 
@@ -232,6 +252,45 @@ impl Runtime {
                 }
                 Err(e) => panic!("io_uring submit failed: {e}"),
             }
+        }
+    }
+
+    /// Registers the `len` bytes at `ptr` as a fixed buffer of this ring; returns its index,
+    /// or `None` when the table is full or registering failed (then the caller writes from
+    /// plain memory, and after a failure this ring stops trying: it is the locked-memory
+    /// limit, which a later buffer would meet too).
+    ///
+    /// # Safety
+    /// The memory must stay allocated until [`Runtime::unregister_buffer`] or the ring's end.
+    pub(crate) unsafe fn register_buffer(&self, ptr: *mut u8, len: usize) -> Option<u16> {
+        let mut free = self.fixed_free.borrow_mut();
+        let idx = free.as_mut()?.pop()?;
+        let iov = libc::iovec { iov_base: ptr.cast(), iov_len: len };
+        // SAFETY: the caller keeps the memory alive while it is registered.
+        let r = unsafe {
+            self.ring.borrow().submitter().register_buffers_update(u32::from(idx), &[iov], None)
+        };
+        match r {
+            Ok(()) => Some(idx),
+            Err(e) => {
+                tracing::debug!(error = %e, "registering a buffer failed; writing from plain memory");
+                *free = None;
+                None
+            }
+        }
+    }
+
+    /// Empties slot `idx` of the fixed-buffer table (its memory is about to be freed; no op
+    /// uses it, since ops hold their buffers until their completions).
+    pub(crate) fn unregister_buffer(&self, idx: u16) {
+        let iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+        // SAFETY: an empty entry refers to no memory.
+        let r = unsafe {
+            self.ring.borrow().submitter().register_buffers_update(u32::from(idx), &[iov], None)
+        };
+        // On failure the slot stays registered and is not reused: the ring's end releases it.
+        if let (Ok(()), Some(free)) = (r, self.fixed_free.borrow_mut().as_mut()) {
+            free.push(idx);
         }
     }
 

@@ -7,7 +7,10 @@
 //! freed memory.
 //!
 //! Buffers are 4 KiB-aligned heap memory, recycled through a per-thread pool by capacity, so
-//! a log that takes a fresh buffer per flush does not page-fault a new mapping each time.
+//! a log that takes a fresh buffer per flush does not page-fault a new mapping each time. A
+//! buffer written from is registered with the executor's ring the first time (a fixed buffer,
+//! kept registered while pooled): the kernel then pins its pages once instead of at every
+//! write, which cost ~12% of an executor's time at 2.6 GiB/s of flushes.
 
 use std::cell::{Cell, RefCell};
 use std::ffi::CString;
@@ -20,16 +23,22 @@ use std::rc::Rc;
 
 use io_uring::{opcode, types};
 
-use super::super::exec::{Op, check, write_then_fdatasync};
+use super::super::exec::{Op, Runtime, check, current, try_current, write_then_fdatasync};
 
 /// Alignment of every buffer: a page, which covers any logical block size.
 const ALIGN: usize = 4096;
 
+/// A buffer's registration with a ring: (the runtime's id, the index in its table).
+type Fixed = Option<(u64, u16)>;
+
+/// A free buffer: its memory and its registration.
+type Free = (NonNull<u8>, Fixed);
+
 /// Free buffers by capacity; freed for good when the thread ends.
-struct Pool(Vec<(usize, Vec<NonNull<u8>>)>);
+struct Pool(Vec<(usize, Vec<Free>)>);
 
 impl Pool {
-    fn of(&mut self, cap: usize) -> &mut Vec<NonNull<u8>> {
+    fn of(&mut self, cap: usize) -> &mut Vec<Free> {
         let i = match self.0.iter().position(|(c, _)| *c == cap) {
             Some(i) => i,
             None => {
@@ -44,9 +53,8 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         for (cap, bufs) in &self.0 {
-            for p in bufs {
-                // SAFETY: allocated by `DmaBuffer::new` with this layout, owned by the pool.
-                unsafe { std::alloc::dealloc(p.as_ptr(), layout(*cap)) };
+            for &(p, fixed) in bufs {
+                release(p, *cap, fixed);
             }
         }
     }
@@ -74,11 +82,25 @@ fn layout(cap: usize) -> std::alloc::Layout {
     std::alloc::Layout::from_size_align(cap, ALIGN).expect("buffer layout")
 }
 
+/// Frees a buffer's memory, first taking it out of its ring's table if it is registered and
+/// that ring is this thread's (a ring that is gone took its table with it).
+fn release(ptr: NonNull<u8>, cap: usize, fixed: Fixed) {
+    if let (Some((id, idx)), Some(rt)) = (fixed, try_current())
+        && rt.id == id
+    {
+        rt.unregister_buffer(idx);
+    }
+    // SAFETY: allocated by `DmaBuffer::new` with this layout, owned by the caller.
+    unsafe { std::alloc::dealloc(ptr.as_ptr(), layout(cap)) };
+}
+
 /// A 4 KiB-aligned buffer for O_DIRECT I/O.
 pub struct DmaBuffer {
     ptr: NonNull<u8>,
     len: usize,
     cap: usize,
+    /// Registered with a ring (see [`DmaBuffer::fixed_index`]).
+    fixed: Cell<Fixed>,
 }
 
 impl std::fmt::Debug for DmaBuffer {
@@ -92,19 +114,36 @@ impl DmaBuffer {
     pub fn new(len: usize) -> DmaBuffer {
         let cap = capacity_of(len);
         let reused = POOL.try_with(|p| p.borrow_mut().of(cap).pop()).ok().flatten();
-        let ptr = match reused {
-            Some(ptr) => {
+        let (ptr, fixed) = match reused {
+            Some(reused) => {
                 POOL_BYTES.with(|b| b.set(b.get() - cap));
-                ptr
+                reused
             }
             None => {
                 // SAFETY: the layout has a non-zero size. Zeroed, so every byte of a buffer is
                 // initialised from the start (large zeroed allocations are fresh mappings).
                 let p = unsafe { std::alloc::alloc_zeroed(layout(cap)) };
-                NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout(cap)))
+                let p =
+                    NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout(cap)));
+                (p, None)
             }
         };
-        DmaBuffer { ptr, len, cap }
+        DmaBuffer { ptr, len, cap, fixed: Cell::new(fixed) }
+    }
+
+    /// Its index in `rt`'s table of fixed buffers, registering it there first if needed;
+    /// `None` if it cannot be registered (then it is written from as plain memory).
+    fn fixed_index(&self, rt: &Runtime) -> Option<u16> {
+        match self.fixed.get() {
+            Some((id, idx)) if id == rt.id => Some(idx),
+            _ => {
+                // SAFETY: the whole allocation, which lives until `release` (which takes it
+                // out of the table first) or past the ring (buffers stay on their thread).
+                let idx = unsafe { rt.register_buffer(self.ptr.as_ptr(), self.cap) }?;
+                self.fixed.set(Some((rt.id, idx)));
+                Some(idx)
+            }
+        }
     }
 
     /// Its length in bytes.
@@ -155,14 +194,22 @@ impl Drop for DmaBuffer {
             if !room {
                 return false;
             }
-            p.borrow_mut().of(cap).push(self.ptr);
+            p.borrow_mut().of(cap).push((self.ptr, self.fixed.get()));
             POOL_BYTES.with(|b| b.set(b.get() + cap));
             true
         });
         if kept != Ok(true) {
-            // SAFETY: allocated with this layout by `new` and not in the pool.
-            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout(cap)) };
+            release(self.ptr, cap, self.fixed.get());
         }
+    }
+}
+
+/// A write of `buf` at `pos`: from the ring's fixed buffer when it is (or can be) registered.
+fn write_entry(fd: types::Fd, buf: &DmaBuffer, pos: u64) -> io_uring::squeue::Entry {
+    let len = buf.len() as u32;
+    match buf.fixed_index(&current()) {
+        Some(idx) => opcode::WriteFixed::new(fd, buf.as_ptr(), len, idx).offset(pos).build(),
+        None => opcode::Write::new(fd, buf.as_ptr(), len).offset(pos).build(),
     }
 }
 
@@ -330,9 +377,7 @@ impl DmaFile {
 
     /// Writes the whole of `buf` at `pos`; returns the bytes written (short only on error).
     pub async fn write_rc_at(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<usize> {
-        let e = opcode::Write::new(types::Fd(self.fd()), buf.as_ptr(), buf.len() as u32)
-            .offset(pos)
-            .build();
+        let e = write_entry(types::Fd(self.fd()), &buf, pos);
         check(Op::submit(e, Some(Box::new((buf, self.hold()))), false).await)
     }
 
@@ -346,7 +391,7 @@ impl DmaFile {
         sync: bool,
     ) -> io::Result<ChainResult> {
         let fd = types::Fd(self.fd());
-        let w = opcode::Write::new(fd, buf.as_ptr(), buf.len() as u32).offset(pos).build();
+        let w = write_entry(fd, &buf, pos);
         if !sync {
             let r = Op::submit(w, Some(Box::new((buf, self.hold()))), false).await;
             return Ok(ChainResult { write: check(r), sync: None });
@@ -456,4 +501,59 @@ pub async fn remove(path: impl AsRef<Path>) -> io::Result<()> {
     let c = cpath(path.as_ref())?;
     let e = opcode::UnlinkAt::new(types::Fd(libc::AT_FDCWD), c.as_ptr()).build();
     check(Op::submit(e, Some(Box::new(c)), false).await).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `fill` from a 64 KiB pooled buffer into `path` and reads it back; returns the
+    /// runtime the write ran on and the buffer's registration after it.
+    async fn write_and_check(path: &Path, fill: u8) -> (u64, Fixed) {
+        let f =
+            OpenOptions::new().read(true).write(true).create(true).dma_open(path).await.unwrap();
+        let mut buf = DmaBuffer::new(64 << 10);
+        buf.as_bytes_mut().fill(fill);
+        let buf = Rc::new(buf);
+        assert_eq!(f.write_rc_at(buf.clone(), 0).await.unwrap(), 64 << 10);
+        let fixed = buf.fixed.get();
+        drop(buf);
+        let back = f.read_at(0, 64 << 10).await.unwrap();
+        assert!(back.iter().all(|&b| b == fill), "read back other bytes than {fill}");
+        f.close().await.unwrap();
+        (current().id, fixed)
+    }
+
+    /// A written buffer is registered with its ring and stays so while pooled; on a later
+    /// ring of the same thread (a new executor) the pooled buffer is registered anew, never
+    /// used by a stale index, and the bytes written are still the buffer's.
+    #[test]
+    fn a_pooled_buffer_is_registered_with_the_ring_it_is_written_on() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let path = dir.path().join("f");
+        std::thread::spawn(move || {
+            let p = path.clone();
+            let (id1, fixed1) = super::super::super::exec::block_on(
+                || async move { write_and_check(&p, 1).await },
+                None,
+                None,
+            )
+            .unwrap();
+            let p = path.clone();
+            let (id2, fixed2) = super::super::super::exec::block_on(
+                || async move { write_and_check(&p, 2).await },
+                None,
+                None,
+            )
+            .unwrap();
+            assert_ne!(id1, id2);
+            match (fixed1, fixed2) {
+                (Some((r1, _)), Some((r2, _))) => assert_eq!((r1, r2), (id1, id2)),
+                (None, None) => eprintln!("fixed buffers unavailable here: plain writes tested"),
+                other => panic!("registered on one ring only: {other:?}"),
+            }
+        })
+        .join()
+        .unwrap();
+    }
 }
