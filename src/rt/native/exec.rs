@@ -175,6 +175,8 @@ pub(crate) struct Runtime {
     /// Free slots of the fixed-buffer table; `None` once registering is not possible (no
     /// sparse tables before 5.13, or the locked-memory limit reached).
     fixed_free: RefCell<Option<Vec<u16>>>,
+    /// Slots whose buffers were freed while the ring was borrowed (see `unregister_buffer`).
+    fixed_unregister: RefCell<Vec<u16>>,
 }
 
 impl Runtime {
@@ -220,6 +222,7 @@ impl Runtime {
             skip_success,
             id: NEXT_RUNTIME_ID.fetch_add(1, Ordering::Relaxed),
             fixed_free: RefCell::new(fixed_free),
+            fixed_unregister: RefCell::new(Vec::new()),
         })
     }
 
@@ -281,16 +284,29 @@ impl Runtime {
     }
 
     /// Empties slot `idx` of the fixed-buffer table (its memory is about to be freed; no op
-    /// uses it, since ops hold their buffers until their completions).
+    /// uses it, since ops hold their buffers until their completions). A buffer can be freed
+    /// while the ring is borrowed (an op slot dropped as a completion is reaped): then the slot
+    /// is emptied at the next turn, and not reused before. Freeing the memory first is sound:
+    /// no op refers to the slot, and the kernel holds the pages it pinned until then.
     pub(crate) fn unregister_buffer(&self, idx: u16) {
+        let Ok(ring) = self.ring.try_borrow() else {
+            self.fixed_unregister.borrow_mut().push(idx);
+            return;
+        };
         let iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
         // SAFETY: an empty entry refers to no memory.
-        let r = unsafe {
-            self.ring.borrow().submitter().register_buffers_update(u32::from(idx), &[iov], None)
-        };
+        let r = unsafe { ring.submitter().register_buffers_update(u32::from(idx), &[iov], None) };
         // On failure the slot stays registered and is not reused: the ring's end releases it.
         if let (Ok(()), Some(free)) = (r, self.fixed_free.borrow_mut().as_mut()) {
             free.push(idx);
+        }
+    }
+
+    /// Empties the fixed-buffer slots whose buffers were freed while the ring was borrowed.
+    fn unregister_deferred(&self) {
+        let pending = std::mem::take(&mut *self.fixed_unregister.borrow_mut());
+        for idx in pending {
+            self.unregister_buffer(idx);
         }
     }
 
@@ -480,6 +496,7 @@ impl Runtime {
     /// One turn of the loop: run what is ready, then take I/O and timers, sleeping for them
     /// if nothing is ready. Returns at once, without sleeping, once `done()`.
     fn turn(&self, done: &dyn Fn() -> bool) -> io::Result<()> {
+        self.unregister_deferred();
         self.run_ready();
         if done() {
             return Ok(());

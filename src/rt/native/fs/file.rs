@@ -556,4 +556,44 @@ mod tests {
         .join()
         .unwrap();
     }
+
+    /// A registered buffer freed when the completion of its cancelled write is reaped (the
+    /// executor ends with the write in flight, and the pool keeps nothing) leaves the ring's
+    /// table at the next turn instead of borrowing the ring inside the reap.
+    #[test]
+    fn a_registered_buffer_freed_while_its_completion_is_reaped() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let path = dir.path().join("f");
+        std::thread::spawn(move || {
+            let r = super::super::super::exec::block_on(
+                || async move {
+                    set_pool_bytes(0);
+                    let f = Rc::new(
+                        OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .create(true)
+                            .dma_open(&path)
+                            .await
+                            .unwrap(),
+                    );
+                    for round in 0..3u8 {
+                        let mut buf = DmaBuffer::new(1 << 20);
+                        buf.as_bytes_mut().fill(round);
+                        let (f, buf) = (f.clone(), Rc::new(buf));
+                        // Awaited: registers the buffer; then a second write of it, left in
+                        // flight (the last round's ends with the executor).
+                        f.write_rc_at(buf.clone(), 0).await.unwrap();
+                        crate::rt::spawn(async move { f.write_rc_at(buf, 1 << 20).await }).detach();
+                        crate::rt::sleep(std::time::Duration::from_micros(1)).await;
+                    }
+                },
+                None,
+                None,
+            );
+            assert!(r.is_ok());
+        })
+        .join()
+        .expect("the executor ended without a panic");
+    }
 }
