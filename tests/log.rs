@@ -690,3 +690,50 @@ fn appenders_waiting_for_space_go_in_arrival_order() {
         log.close().await.unwrap();
     });
 }
+
+/// An append dropped while it rolls the log to a new segment (its caller gave up) neither
+/// cancels the roll halfway nor leaves the log busy for good: the roll finishes on its own,
+/// later appends go on, and everything reads back after reopening.
+#[test]
+fn an_append_dropped_while_rolling_the_segment_leaves_the_log_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let cfg = small_config();
+        let (log, _) = Log::open(&path, cfg.clone()).await.unwrap();
+        let mut dropped = 0;
+        while dropped < 3 {
+            // One append at a time, each durable before the next: an append that has not
+            // taken its place after a moment is rolling the segment (draining the flushes in
+            // flight, renaming a spare); drop it then.
+            let before = log.last_index();
+            let activated = log.stats().segments_activated;
+            let l2 = log.clone();
+            let a = corelog::rt::spawn(async move { append_n(&l2, 1, 1, 1, 4000).await });
+            corelog::rt::sleep(std::time::Duration::from_micros(1)).await;
+            if log.last_index() != before {
+                let last = a.await;
+                log.wait_durable(last).await.unwrap();
+                continue;
+            }
+            drop(a);
+            dropped += 1;
+            // The roll goes on without it.
+            let t0 = std::time::Instant::now();
+            while log.stats().segments_activated == activated {
+                assert!(t0.elapsed().as_secs() < 10, "the dropped append's roll never finished");
+                corelog::rt::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            let last = append_n(&log, 1, 3, 1, 4000).await;
+            log.wait_durable(last).await.unwrap();
+        }
+        let last = log.last_index();
+        log.sync().await.unwrap();
+        check_range(&log, 1, last, 4000).await;
+        log.close().await.unwrap();
+        let (log, report) = Log::open(&path, cfg).await.unwrap();
+        assert_eq!(log.last_index(), last, "{report:?}");
+        check_range(&log, 1, last, 4000).await;
+        log.close().await.unwrap();
+    });
+}

@@ -1000,6 +1000,12 @@ impl Log {
                     let open = st.open.as_ref().expect("open buffer");
                     let end = open.base + open.len as u64;
                     if end + len as u64 > st.cfg.segment_bytes {
+                        // Rolling takes a while: hold the turn meanwhile, so that appenders
+                        // arriving during the roll queue behind this one.
+                        if ticket.number.is_none() {
+                            ticket.number = Some(st.space_tail);
+                            st.space_tail += 1;
+                        }
                         Next::Roll
                     } else if open.len + len <= st.cfg.flush_bytes_max + BLOCK {
                         Next::Ready
@@ -1019,16 +1025,20 @@ impl Log {
                 }
                 Next::Roll => {
                     self.shared.st.borrow_mut().exclusive = true;
-                    let r = self.roll().await;
-                    let mut st = self.shared.st.borrow_mut();
-                    st.exclusive = false;
-                    st.changed();
-                    r?;
+                    let log = self.clone();
+                    detached(async move {
+                        let r = log.roll().await;
+                        let mut st = log.shared.st.borrow_mut();
+                        st.exclusive = false;
+                        st.changed();
+                        r
+                    })
+                    .await?;
                 }
                 Next::TryFlush => {
                     // Full: start a flush that frees the buffer if the rules allow, else wait
                     // for one to start or complete.
-                    self.start_flushes();
+                    self.start_flushes_for(len);
                     let fits = {
                         let st = self.shared.st.borrow();
                         st.open
@@ -1119,6 +1129,14 @@ impl Log {
 
     /// Starts as many flushes as the rules allow (see the module docs).
     fn start_flushes(&self) {
+        self.start_flushes_for(0)
+    }
+
+    /// [`Log::start_flushes`] for an appender at the head of the space queue that needs room
+    /// for `need` bytes: if they do not fit beside what has gathered, a flush joining others
+    /// in flight starts however little it carries (the half-of-the-latest rule would wait for
+    /// appends that queue behind this one).
+    fn start_flushes_for(&self, need: usize) {
         loop {
             let mut st = self.shared.st.borrow_mut();
             if st.poisoned.is_some() || st.inflight.len() >= st.cfg.flushes_in_flight_max {
@@ -1136,8 +1154,9 @@ impl Log {
             // and costs a whole fdatasync. Without this, a slot freed while the open buffer was
             // nearly empty went to a flush of `pipeline_bytes`, and at 2,048 appends in flight
             // half the flushes carried 64 KiB and half 1 MiB.
-            let worth_joining =
-                pipeline && st.inflight.back().is_none_or(|last| fresh >= last.fresh / 2);
+            let blocked = open.len + need > st.cfg.flush_bytes_max + BLOCK;
+            let worth_joining = pipeline
+                && (blocked || st.inflight.back().is_none_or(|last| fresh >= last.fresh / 2));
             let cut = match st.inflight.back() {
                 // Nothing in flight: take everything (the latency of light load), unless enough
                 // has gathered to pipeline: then cut at the last block boundary, so the next
@@ -1874,7 +1893,7 @@ impl Log {
     async fn exclusive<F, Fut>(&self, f: F) -> LogResult<()>
     where
         F: FnOnce(Log) -> Fut,
-        Fut: Future<Output = LogResult<()>>,
+        Fut: Future<Output = LogResult<()>> + 'static,
     {
         loop {
             let epoch = {
@@ -1888,11 +1907,16 @@ impl Log {
             };
             self.changed_since(epoch).await;
         }
-        let r = f(self.clone()).await;
-        let mut st = self.shared.st.borrow_mut();
-        st.exclusive = false;
-        st.changed();
-        r
+        let log = self.clone();
+        let work = f(self.clone());
+        detached(async move {
+            let r = work.await;
+            let mut st = log.shared.st.borrow_mut();
+            st.exclusive = false;
+            st.changed();
+            r
+        })
+        .await
     }
 
     /// Flushes everything, waits for it to be durable, lets a spare preparation finish, and
@@ -1932,6 +1956,34 @@ impl Log {
 }
 
 /// A place in the queue of appenders waiting for buffer space (see `Log::reserve`).
+/// Runs `work` in a task of its own and resolves to its result. A caller dropped while it waits
+/// does not cancel the work halfway: a roll, truncation or reset cut short could leave a spare
+/// renamed but not in use, or the log marked busy for good.
+fn detached<T: 'static>(work: impl Future<Output = T> + 'static) -> impl Future<Output = T> {
+    type Slot<T> = Rc<RefCell<(Option<T>, Option<Waker>)>>;
+    let slot: Slot<T> = Rc::new(RefCell::new((None, None)));
+    let s = slot.clone();
+    crate::rt::spawn(async move {
+        let v = work.await;
+        let mut s = s.borrow_mut();
+        s.0 = Some(v);
+        if let Some(w) = s.1.take() {
+            w.wake();
+        }
+    })
+    .detach();
+    std::future::poll_fn(move |cx| {
+        let mut s = slot.borrow_mut();
+        match s.0.take() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                s.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    })
+}
+
 struct Ticket<'a> {
     log: &'a Log,
     number: Option<u64>,
