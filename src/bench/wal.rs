@@ -419,9 +419,10 @@ async fn run_group(group: u64, dir: PathBuf, args: WalArgs) -> Result<GroupResul
     for t in tasks {
         t.await;
     }
-    trimmer.await;
+    // Before the trimmer's last pass, which may run after the appends stopped.
     let s1 = log.stats();
     let measured_ns = measured.elapsed().as_nanos() as u64;
+    trimmer.await;
     let mut flush_bytes = s1.flush_bytes.clone();
     flush_bytes.subtract(&s0.flush_bytes).map_err(|e| e.to_string())?;
     let mut flush_hist = latency_histogram();
