@@ -457,6 +457,12 @@ impl State {
         self.inflight_since = now;
     }
 
+    /// A roll, truncation or reset is over: appends may go on.
+    fn end_exclusive(&mut self) {
+        self.exclusive = false;
+        self.changed();
+    }
+
     fn changed(&mut self) {
         self.epoch += 1;
         for w in self.change_waiters.drain(..) {
@@ -1028,9 +1034,7 @@ impl Log {
                     let log = self.clone();
                     detached(async move {
                         let r = log.roll().await;
-                        let mut st = log.shared.st.borrow_mut();
-                        st.exclusive = false;
-                        st.changed();
+                        log.shared.st.borrow_mut().end_exclusive();
                         r
                     })
                     .await?;
@@ -1911,9 +1915,7 @@ impl Log {
         let work = f(self.clone());
         detached(async move {
             let r = work.await;
-            let mut st = log.shared.st.borrow_mut();
-            st.exclusive = false;
-            st.changed();
+            log.shared.st.borrow_mut().end_exclusive();
             r
         })
         .await
@@ -1955,7 +1957,6 @@ impl Log {
     }
 }
 
-/// A place in the queue of appenders waiting for buffer space (see `Log::reserve`).
 /// Runs `work` in a task of its own and resolves to its result. A caller dropped while it waits
 /// does not cancel the work halfway: a roll, truncation or reset cut short could leave a spare
 /// renamed but not in use, or the log marked busy for good.
@@ -1984,6 +1985,7 @@ fn detached<T: 'static>(work: impl Future<Output = T> + 'static) -> impl Future<
     })
 }
 
+/// A place in the queue of appenders waiting for buffer space (see `Log::reserve`).
 struct Ticket<'a> {
     log: &'a Log,
     number: Option<u64>,

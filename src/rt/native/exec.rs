@@ -266,13 +266,13 @@ impl Runtime {
     /// # Safety
     /// The memory must stay allocated until [`Runtime::unregister_buffer`] or the ring's end.
     pub(crate) unsafe fn register_buffer(&self, ptr: *mut u8, len: usize) -> Option<u16> {
+        // A write is built while no ring borrow is held; were one held, write from plain memory.
+        let ring = self.ring.try_borrow().ok()?;
         let mut free = self.fixed_free.borrow_mut();
         let idx = free.as_mut()?.pop()?;
         let iov = libc::iovec { iov_base: ptr.cast(), iov_len: len };
         // SAFETY: the caller keeps the memory alive while it is registered.
-        let r = unsafe {
-            self.ring.borrow().submitter().register_buffers_update(u32::from(idx), &[iov], None)
-        };
+        let r = unsafe { ring.submitter().register_buffers_update(u32::from(idx), &[iov], None) };
         match r {
             Ok(()) => Some(idx),
             Err(e) => {
@@ -304,6 +304,9 @@ impl Runtime {
 
     /// Empties the fixed-buffer slots whose buffers were freed while the ring was borrowed.
     fn unregister_deferred(&self) {
+        if self.fixed_unregister.borrow().is_empty() {
+            return;
+        }
         let pending = std::mem::take(&mut *self.fixed_unregister.borrow_mut());
         for idx in pending {
             self.unregister_buffer(idx);

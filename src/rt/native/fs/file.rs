@@ -505,6 +505,7 @@ pub async fn remove(path: impl AsRef<Path>) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::super::exec::block_on;
     use super::*;
 
     /// Writes `fill` from a 64 KiB pooled buffer into `path` and reads it back; returns the
@@ -532,20 +533,12 @@ mod tests {
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         let path = dir.path().join("f");
         std::thread::spawn(move || {
-            let p = path.clone();
-            let (id1, fixed1) = super::super::super::exec::block_on(
-                || async move { write_and_check(&p, 1).await },
-                None,
-                None,
-            )
-            .unwrap();
-            let p = path.clone();
-            let (id2, fixed2) = super::super::super::exec::block_on(
-                || async move { write_and_check(&p, 2).await },
-                None,
-                None,
-            )
-            .unwrap();
+            let on_a_new_ring = |fill| {
+                let p = path.clone();
+                block_on(|| async move { write_and_check(&p, fill).await }, None, None).unwrap()
+            };
+            let (id1, fixed1) = on_a_new_ring(1);
+            let (id2, fixed2) = on_a_new_ring(2);
             assert_ne!(id1, id2);
             match (fixed1, fixed2) {
                 (Some((r1, _)), Some((r2, _))) => assert_eq!((r1, r2), (id1, id2)),
@@ -565,7 +558,7 @@ mod tests {
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         let path = dir.path().join("f");
         std::thread::spawn(move || {
-            let r = super::super::super::exec::block_on(
+            let r = block_on(
                 || async move {
                     set_pool_bytes(0);
                     let f = Rc::new(
