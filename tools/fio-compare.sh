@@ -268,17 +268,21 @@ CEIL_JOBS=()
 for pair in "${CEIL_LIST[@]}"; do
     [[ "$pair" == *:* ]] || die "--ceiling takes BS:QD pairs, not '$pair'"
     b=$(to_bytes "${pair%%:*}"); qd=${pair#*:}
-    fio_job "b_bs${b}_qd${qd}_nosync" --bs="$b" --iodepth="$qd"
     CEIL_JOBS+=("b_bs${b}_qd${qd}_nosync")
 done
+ceiling_jobs() { # suffix of the job names: the ceiling (b), one job per BS:QD pair
+    local pair b qd
+    for pair in "${CEIL_LIST[@]}"; do
+        b=$(to_bytes "${pair%%:*}"); qd=${pair#*:}
+        fio_job "b_bs${b}_qd${qd}_nosync$1" --bs="$b" --iodepth="$qd"
+    done
+}
+ceiling_jobs ""
 fio_job "c_bs4096_qd1_fdatasync" --bs=4k --iodepth=1 --fdatasync=1
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "--rounds takes a positive number, not '$ROUNDS'"
 for ((r = 2; r <= ROUNDS; r++)); do
     [[ $FIO_ONLY -eq 1 ]] || corelog_run "bandwidth_r$r" "$CONC"
-    for pair in "${CEIL_LIST[@]}"; do
-        b=$(to_bytes "${pair%%:*}"); qd=${pair#*:}
-        fio_job "b_bs${b}_qd${qd}_nosync_r$r" --bs="$b" --iodepth="$qd"
-    done
+    ceiling_jobs "_r$r"
 done
 
 # --- report --------------------------------------------------------------------------
