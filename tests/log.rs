@@ -5,6 +5,8 @@ mod common;
 use common::*;
 use corelog::frame::{EntryKind, EntryRef, Frame, FrameLimits, encode_frame};
 use corelog::log::{IoEngine, Log, LogConfig, LogError, SyncMethod};
+use std::cell::Cell;
+use std::rc::Rc;
 
 #[test]
 fn append_read_reopen() {
@@ -656,7 +658,7 @@ fn appenders_waiting_for_space_go_in_arrival_order() {
             })
             .collect();
         // Let every appender reach the queue, then drop some of those still waiting.
-        corelog::rt::sleep(std::time::Duration::from_micros(1)).await;
+        futures_lite::future::yield_now().await;
         let waiting = TASKS as usize - got.borrow().len();
         assert!(waiting > 200, "only {waiting} appenders waited");
         for t in tasks.iter_mut().skip(150).step_by(10).take(10) {
@@ -703,14 +705,21 @@ fn an_append_dropped_while_rolling_the_segment_leaves_the_log_usable() {
         let (log, _) = Log::open(&path, cfg.clone()).await.unwrap();
         let mut dropped = 0;
         while dropped < 3 {
-            // One append at a time, each durable before the next: an append that has not
-            // taken its place after a moment is rolling the segment (draining the flushes in
-            // flight, renaming a spare); drop it then.
+            // One append at a time, each durable before the next: an append that has run
+            // but not taken its place is rolling the segment (draining the flushes in flight,
+            // renaming a spare); drop it then.
             let before = log.last_index();
             let activated = log.stats().segments_activated;
             let l2 = log.clone();
-            let a = corelog::rt::spawn(async move { append_n(&l2, 1, 1, 1, 4000).await });
-            corelog::rt::sleep(std::time::Duration::from_micros(1)).await;
+            let started = Rc::new(Cell::new(false));
+            let s2 = started.clone();
+            let a = corelog::rt::spawn(async move {
+                s2.set(true);
+                append_n(&l2, 1, 1, 1, 4000).await
+            });
+            while !started.get() {
+                futures_lite::future::yield_now().await;
+            }
             if log.last_index() != before {
                 let last = a.await;
                 log.wait_durable(last).await.unwrap();

@@ -578,7 +578,7 @@ mod tests {
                         // flight (the last round's ends with the executor).
                         f.write_rc_at(buf.clone(), 0).await.unwrap();
                         crate::rt::spawn(async move { f.write_rc_at(buf, 1 << 20).await }).detach();
-                        crate::rt::sleep(std::time::Duration::from_micros(1)).await;
+                        futures_lite::future::yield_now().await;
                     }
                 },
                 None,
