@@ -153,8 +153,17 @@ fn default_phases_write_every_report_and_the_page_renders() {
         assert!(total >= 2.0 * payload, "replicas wrote {each:?} MiB/s of {payload} MiB/s: {p}");
         assert!(each.iter().all(|&x| x > 0.0), "{p}");
         assert!(p["frames_read_back"].is_u64(), "{p}");
+        let waits: Vec<f64> = p["replica_log_wait_share"]
+            .as_array()
+            .expect("replica wait shares")
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(waits.len(), 3, "{p}");
+        assert!(waits.iter().all(|&x| (0.0..=1.05).contains(&x)), "{p}");
     }
     assert!(stdout.contains("  replicas   logs wrote "), "{stdout}");
+    assert!(stdout.contains("  log room   the replicas waited for room"), "{stdout}");
 
     // latency.hgrm: the percentile distribution format.
     let hgrm = std::fs::read_to_string(out.join("latency.hgrm")).unwrap();

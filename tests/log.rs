@@ -23,6 +23,8 @@ fn append_read_reopen() {
         check_range(&log, 1, 150, 100).await;
         check_range(&log, 37, 41, 100).await;
         assert_eq!(log.term(10), Some(1));
+        // 50 appends of 300 bytes never fill a buffer: nothing waited for room.
+        assert_eq!((log.stats().space_waits, log.stats().space_wait_ns), (0, 0));
         log.close().await.unwrap();
 
         let (log, report) = Log::open(&path, small_config()).await.unwrap();
@@ -675,6 +677,11 @@ fn appenders_waiting_for_space_go_in_arrival_order() {
         let last = log.last_index();
         assert_eq!(last, got.len() as u64);
         assert_eq!(log.durable_index(), last);
+        // The waits are counted: at least those that were waiting at the first look, but for
+        // the ten dropped.
+        let st = log.stats();
+        assert!(st.space_waits >= waiting as u64 - 10, "{} waits", st.space_waits);
+        assert!(st.space_wait_ns >= st.space_waits, "{} ns", st.space_wait_ns);
         log.close().await.unwrap();
 
         let (log, _) = Log::open(&path, cfg).await.unwrap();

@@ -248,6 +248,8 @@ fn a_running_cluster_exposes_metrics_that_move() {
         assert!(a.get("corelog_log_segments_zero_filled_total", &[("group", "0")]) >= 1.0);
         assert!(a.has("corelog_log_segments_recycled_total"), "node {i}");
         assert!(a.has("corelog_log_frames_read_from_disk_total"), "node {i}");
+        assert!(a.has("corelog_log_space_waits_total"), "node {i}");
+        assert!(a.has("corelog_log_space_wait_seconds_total"), "node {i}");
         assert!(a.get("corelog_leader_changes_total", &[]) >= 1.0, "node {i} saw no leader");
         for peer in (1..=3u64).filter(|p| *p != i as u64 + 1) {
             let p = peer.to_string();

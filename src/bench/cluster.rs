@@ -252,6 +252,10 @@ pub struct PhaseReport {
     /// from disk (a leader feeding a follower that fell behind its entry cache).
     pub replica_write_mib_per_sec: Option<Vec<f64>>,
     pub frames_read_back: Option<u64>,
+    /// Per replica (node order): the share of the phase its group drivers stood waiting for
+    /// room in their logs (their time waiting, summed over groups, over the phase's length and
+    /// the group count).
+    pub replica_log_wait_share: Option<Vec<f64>>,
 }
 
 /// One level of the concurrency sweep: a short closed loop.
@@ -319,7 +323,7 @@ fn q(h: &Histogram<u64>, p: f64) -> u64 {
     if h.is_empty() { 0 } else { h.value_at_quantile(p) }
 }
 
-fn phase_report(p: &PhaseResult, replicas: u64) -> PhaseReport {
+fn phase_report(p: &PhaseResult, replicas: u64, groups: u64) -> PhaseReport {
     let h = &p.latency;
     let replicated = (p.bytes * replicas) as f64;
     let secs = p.duration.as_secs_f64();
@@ -360,6 +364,9 @@ fn phase_report(p: &PhaseResult, replicas: u64) -> PhaseReport {
             .as_ref()
             .map(|r| r.iter().map(|c| c.written as f64 / secs / (1 << 20) as f64).collect()),
         frames_read_back: p.replicas.as_ref().map(|r| r.iter().map(|c| c.frames_read_back).sum()),
+        replica_log_wait_share: p.replicas.as_ref().map(|r| {
+            r.iter().map(|c| c.space_wait_ns as f64 * 1e-9 / secs / groups as f64).collect()
+        }),
     }
 }
 
@@ -475,6 +482,14 @@ fn print_phase(p: &PhaseReport) {
                      cache and was fed from the leader's disk)"
                 )
             }
+        );
+    }
+    if let Some(w) = &p.replica_log_wait_share {
+        let each: Vec<String> = w.iter().map(|x| format!("{:.0}%", x * 100.0)).collect();
+        println!(
+            "  log room   the replicas waited for room in their logs' buffers {} of the time \
+             (their flushes full; a driver waiting takes in nothing else)",
+            each.join(" / ")
         );
     }
 }
@@ -687,7 +702,8 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
         )?);
     }
     let replicas = if local { args.replicas } else { args.addresses.len() as u64 };
-    let reports: Vec<PhaseReport> = phases.iter().map(|p| phase_report(p, replicas)).collect();
+    let reports: Vec<PhaseReport> =
+        phases.iter().map(|p| phase_report(p, replicas, args.groups.max(1))).collect();
     let sat = reports.iter().find(|p| p.offered_per_sec.is_none()).unwrap_or(&reports[0]);
     let open = reports.iter().find(|p| p.offered_per_sec.is_some()).unwrap_or(&reports[0]);
     let r = ClusterReport {
@@ -1000,6 +1016,7 @@ fn replica_probe(
                     c.flushes += log.flushes;
                     c.written += log.bytes_written;
                     c.frames_read_back += log.frames_read_from_disk;
+                    c.space_wait_ns += log.space_wait_ns;
                 }
                 Some(c)
             })

@@ -240,6 +240,8 @@ pub struct ReplicaCounts {
     /// Frames its reads took from disk instead of memory: on a leader, mostly entries for a
     /// follower that fell behind what the leader keeps in memory.
     pub frames_read_back: u64,
+    /// Time appends to its logs waited for room in the log's buffer, summed, ns.
+    pub space_wait_ns: u64,
 }
 
 impl ReplicaCounts {
@@ -248,6 +250,7 @@ impl ReplicaCounts {
             flushes: self.flushes.saturating_sub(before.flushes),
             written: self.written.saturating_sub(before.written),
             frames_read_back: self.frames_read_back.saturating_sub(before.frames_read_back),
+            space_wait_ns: self.space_wait_ns.saturating_sub(before.space_wait_ns),
         }
     }
 }

@@ -118,6 +118,11 @@ pub struct LogStats {
     /// interval divided by the interval's nanoseconds is the mean number in flight (how well
     /// the pipeline kept the device busy), up to the last change of that number.
     pub flushes_in_flight_ns: u64,
+    /// Appends that waited for room in the open buffer (backpressure: every flush slot busy
+    /// and the buffer full, or a roll), and their time waiting, summed, in nanoseconds.
+    pub space_waits: u64,
+    /// See `space_waits`.
+    pub space_wait_ns: u64,
     /// Frames that reads took from disk (the rest came from memory).
     pub frames_read_from_disk: u64,
     /// Reads that found a frame neither in memory nor durable and waited for its flush
@@ -141,6 +146,8 @@ impl LogStats {
             segments_zero_filled: 0,
             peak_flushes_in_flight: 0,
             flushes_in_flight_ns: 0,
+            space_waits: 0,
+            space_wait_ns: 0,
             frames_read_from_disk: 0,
             reads_waited_for_flush: 0,
             segments_recycled: 0,
@@ -988,6 +995,7 @@ impl Log {
             Wait,
         }
         let mut ticket = Ticket { log: self, number: None };
+        let mut waited: Option<Instant> = None;
         loop {
             let next = {
                 let mut st = self.shared.st.borrow_mut();
@@ -1027,9 +1035,15 @@ impl Log {
             match next {
                 Next::Ready => {
                     ticket.consume();
+                    if let Some(t) = waited {
+                        let mut st = self.shared.st.borrow_mut();
+                        st.stats.space_waits += 1;
+                        st.stats.space_wait_ns += t.elapsed().as_nanos() as u64;
+                    }
                     return Ok(());
                 }
                 Next::Roll => {
+                    waited.get_or_insert_with(Instant::now);
                     self.shared.st.borrow_mut().exclusive = true;
                     let log = self.clone();
                     detached(async move {
@@ -1050,10 +1064,12 @@ impl Log {
                             .is_some_and(|o| o.len + len <= st.cfg.flush_bytes_max + BLOCK)
                     };
                     if !fits {
+                        waited.get_or_insert_with(Instant::now);
                         self.space_wait(ticket.number.expect("a ticket was taken"), len).await;
                     }
                 }
                 Next::Wait => {
+                    waited.get_or_insert_with(Instant::now);
                     self.space_wait(ticket.number.expect("a ticket was taken"), len).await
                 }
             }

@@ -638,6 +638,12 @@ impl NodeSnapshot {
                 Box::new(|g| g.log.spares_deleted),
             ),
             (
+                "corelog_log_space_waits_total",
+                "counter",
+                "Appends that waited for room in the log's buffer.",
+                Box::new(|g| g.log.space_waits),
+            ),
+            (
                 "corelog_log_frames_read_from_disk_total",
                 "counter",
                 "Frames that reads (followers catching up, tails, clients) took from disk, not memory.",
@@ -680,6 +686,22 @@ impl NodeSnapshot {
                 &g.log.flush_bytes,
                 1.0,
                 &BYTES_BUCKETS,
+            );
+        }
+        header(
+            &mut out,
+            "corelog_log_space_wait_seconds_total",
+            "counter",
+            "Time appends waited for room in the log's buffer (every flush slot busy and the \
+             buffer full, or a segment roll), summed over appends: on a group, the time its \
+             driver stood still behind its disk.",
+        );
+        for g in &groups {
+            sample(
+                &mut out,
+                "corelog_log_space_wait_seconds_total",
+                &format!("group=\"{}\"", g.group),
+                g.log.space_wait_ns as f64 * 1e-9,
             );
         }
         header(
