@@ -161,6 +161,9 @@ fn default_phases_write_every_report_and_the_page_renders() {
             .collect();
         assert_eq!(waits.len(), 3, "{p}");
         assert!(waits.iter().all(|&x| (0.0..=1.05).contains(&x)), "{p}");
+        let flights = p["replica_flushes_in_flight"].as_array().expect("flushes in flight");
+        // Every replica wrote, so each had a flush in flight some of the time; at most 4.
+        assert!(flights.iter().all(|x| x.as_f64().is_some_and(|v| v > 0.0 && v <= 4.05)), "{p}");
     }
     assert!(stdout.contains("  replicas   logs wrote "), "{stdout}");
     assert!(stdout.contains("  log room   the replicas waited for room"), "{stdout}");

@@ -256,6 +256,8 @@ pub struct PhaseReport {
     /// room in their logs (their time waiting, summed over groups, over the phase's length and
     /// the group count).
     pub replica_log_wait_share: Option<Vec<f64>>,
+    /// Per replica (node order): mean flushes in flight per group.
+    pub replica_flushes_in_flight: Option<Vec<f64>>,
 }
 
 /// One level of the concurrency sweep: a short closed loop.
@@ -366,6 +368,9 @@ fn phase_report(p: &PhaseResult, replicas: u64, groups: u64) -> PhaseReport {
         frames_read_back: p.replicas.as_ref().map(|r| r.iter().map(|c| c.frames_read_back).sum()),
         replica_log_wait_share: p.replicas.as_ref().map(|r| {
             r.iter().map(|c| c.space_wait_ns as f64 * 1e-9 / secs / groups as f64).collect()
+        }),
+        replica_flushes_in_flight: p.replicas.as_ref().map(|r| {
+            r.iter().map(|c| c.inflight_ns as f64 * 1e-9 / secs / groups as f64).collect()
         }),
     }
 }
@@ -484,12 +489,15 @@ fn print_phase(p: &PhaseReport) {
             }
         );
     }
-    if let Some(w) = &p.replica_log_wait_share {
+    if let (Some(w), Some(f)) = (&p.replica_log_wait_share, &p.replica_flushes_in_flight) {
         let each: Vec<String> = w.iter().map(|x| format!("{:.0}%", x * 100.0)).collect();
+        let flights: Vec<String> = f.iter().map(|x| format!("{x:.1}")).collect();
         println!(
-            "  log room   the replicas waited for room in their logs' buffers {} of the time \
-             (their flushes full; a driver waiting takes in nothing else)",
-            each.join(" / ")
+            "  log room   the replicas waited for room in their logs' buffers {} of the time, \
+             with {} flushes in flight on average (a group's driver waiting takes in nothing \
+             else)",
+            each.join(" / "),
+            flights.join(" / ")
         );
     }
 }
@@ -1017,6 +1025,7 @@ fn replica_probe(
                     c.written += log.bytes_written;
                     c.frames_read_back += log.frames_read_from_disk;
                     c.space_wait_ns += log.space_wait_ns;
+                    c.inflight_ns += log.flushes_in_flight_ns;
                 }
                 Some(c)
             })

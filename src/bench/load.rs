@@ -242,6 +242,8 @@ pub struct ReplicaCounts {
     pub frames_read_back: u64,
     /// Time appends to its logs waited for room in the log's buffer, summed, ns.
     pub space_wait_ns: u64,
+    /// Its logs' flushes in flight integrated over time (`LogStats::flushes_in_flight_ns`).
+    pub inflight_ns: u64,
 }
 
 impl ReplicaCounts {
@@ -251,6 +253,7 @@ impl ReplicaCounts {
             written: self.written.saturating_sub(before.written),
             frames_read_back: self.frames_read_back.saturating_sub(before.frames_read_back),
             space_wait_ns: self.space_wait_ns.saturating_sub(before.space_wait_ns),
+            inflight_ns: self.inflight_ns.saturating_sub(before.inflight_ns),
         }
     }
 }
