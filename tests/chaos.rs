@@ -410,6 +410,54 @@ fn proxied_cluster_with_two_cores_replicates_every_group() {
     assert!(c.proxy().stats("1", "2").bytes_forwarded > 0);
 }
 
+/// A leader frozen for longer than an election timeout (SIGSTOP: a long GC pause, a stalled
+/// VM) serves no stale read when it wakes: a read that was waiting in its socket, sent after
+/// the two others elected a new leader and committed an append, is refused or redirected, or
+/// includes that append. The leader's lease is counted in ticks; a frozen process misses its
+/// ticks, so unless the node counts them by the clock, the lease would look fresh on waking.
+#[test]
+fn a_leader_woken_from_a_long_pause_serves_no_stale_read() {
+    let _serial = serial();
+    let mut c = ProcCluster::start(Options::default());
+    let (old, term) = c.leader(Duration::from_secs(10));
+    let mut client = c.client();
+    for n in 0..5 {
+        client.append(0, &payload(0, n)).expect("append");
+    }
+    // A reader of the old leader only, connected before the pause.
+    let mut cfg = corelog::client::ClientConfig::new(vec![c.addr(old)]);
+    cfg.deadline = Duration::from_secs(3);
+    cfg.attempt_timeout = Duration::from_secs(3);
+    let mut reader = corelog::client::Client::new(cfg).unwrap();
+    reader.read(0, 1, u64::MAX, 1 << 20).expect("the leader answers before its pause");
+    c.sigstop(old);
+    // The two others elect a leader among themselves and commit an append.
+    let others: Vec<_> = (1..=3).filter(|&i| i != old).map(|i| c.addr(i)).collect();
+    let mut cfg = corelog::client::ClientConfig::new(others);
+    cfg.deadline = Duration::from_secs(20);
+    cfg.attempt_timeout = Duration::from_millis(500);
+    let mut after = corelog::client::Client::new(cfg).unwrap();
+    let marker = b"appended under the new leader".to_vec();
+    let pos = after.append(0, &marker).expect("the majority side appends");
+    assert!(pos.term > term, "the append went to a new leader: {pos:?}, old term {term}");
+    // A read sent to the frozen leader waits in its socket; then it wakes.
+    let read = std::thread::spawn(move || reader.read(0, 1, u64::MAX, 1 << 20));
+    std::thread::sleep(Duration::from_millis(300));
+    c.sigcont(old);
+    match read.join().unwrap() {
+        Ok((commit, entries)) => {
+            let data: Vec<_> = entries.iter().map(|e| e.data.clone()).collect();
+            assert!(
+                commit >= pos.index && data.contains(&marker),
+                "the woken leader answered a read with commit {commit}, without index {} that \
+                 a new leader had acknowledged before the read was sent",
+                pos.index
+            );
+        }
+        Err(e) => eprintln!("the woken leader refused the read (as it may): {e}"),
+    }
+}
+
 /// The chaos test across network namespaces (root only; skipped with a reason otherwise).
 #[test]
 fn chaos_across_network_namespaces() {

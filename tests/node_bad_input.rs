@@ -294,15 +294,26 @@ struct HelloMeta {
     cluster_id: U64,
     node_id: U64,
     core: U32,
-    reserved: U32,
+    /// The sender's election timeout, ms (every node's must be the same).
+    election_ms: U32,
+}
+
+/// The election timeout of these tests' nodes (the defaults), ms.
+fn election_ms() -> u32 {
+    let d = NodeConfig::default();
+    (u64::from(d.election_ticks) * d.tick_ms) as u32
 }
 
 fn hello(cluster_id: u64, node_id: u64, core: u32) -> Vec<u8> {
+    hello_timed(cluster_id, node_id, core, election_ms())
+}
+
+fn hello_timed(cluster_id: u64, node_id: u64, core: u32, election_ms: u32) -> Vec<u8> {
     let meta = HelloMeta {
         cluster_id: U64::new(cluster_id),
         node_id: U64::new(node_id),
         core: U32::new(core),
-        reserved: U32::ZERO,
+        election_ms: U32::new(election_ms),
     };
     let mut out = Vec::new();
     wire::encode(&mut out, Kind::Hello, 0, node_id, meta.as_bytes(), 0);
@@ -556,6 +567,15 @@ fn a_peer_of_another_cluster_is_refused() {
         (hello(42, other, 0), "cluster id 42 does not match this node's 1".to_string()),
         (hello(1, 77, 0), "node 77 is not a member".to_string()),
         (hello(1, me, 0), format!("node {me} is not a member")),
+        // Another election timeout: leases would not be safe.
+        (
+            hello_timed(1, other, 0, 3 * election_ms()),
+            format!(
+                "node {other} has an election timeout of {} ms and this node {} ms",
+                3 * election_ms(),
+                election_ms()
+            ),
+        ),
     ] {
         let mut p = connect(c.peer_addr(leader));
         let text = call(&mut p, &hello).error();

@@ -97,11 +97,45 @@ impl PeerStamp {
     }
 }
 
+/// The node's clock of ticks: tick `k` is due `k` tick lengths after `start`. The consensus
+/// core measures time in ticks (elections, the leader's lease), so a process that was frozen
+/// (SIGSTOP, a stalled VM) or starved of CPU is handed every tick it missed when it runs again,
+/// and until its driver has counted them a lease read is refused: on waking, a leader's lease
+/// would otherwise look as fresh as when it froze, while the others may have elected a new
+/// leader and committed past it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TickClock {
+    pub start: Instant,
+    pub tick: std::time::Duration,
+}
+
+impl TickClock {
+    /// When tick `k` is due.
+    pub fn at(&self, k: u64) -> Instant {
+        let nanos = u64::try_from(self.tick.as_nanos()).unwrap_or(u64::MAX);
+        self.start + std::time::Duration::from_nanos(nanos.saturating_mul(k))
+    }
+
+    /// Ticks due by `now`.
+    pub fn due(&self, now: Instant) -> u64 {
+        let nanos = now.saturating_duration_since(self.start).as_nanos();
+        (nanos / self.tick.as_nanos().max(1)) as u64
+    }
+}
+
+/// Ticks the consensus core is given at once after a pause, at most: past an election
+/// timeout's worth every timer has expired anyway.
+fn ticks_applied_max(election_ticks: u32) -> u64 {
+    2 * u64::from(election_ticks) + 2
+}
+
 /// Inputs of a group driver.
 pub(crate) enum Input {
     /// A consensus message; for an append, also its frames as received (verified).
     Peer(Message, PeerStamp, Vec<VerifiedFrame>),
-    Tick,
+    /// This many ticks of the node's [`TickClock`] passed since the last (more than one after
+    /// the process was frozen or starved).
+    Tick(u64),
     /// Entries up to `index` are durable; `flush`: when the flush that did it was submitted
     /// and completed, when the log still knew.
     Durable {
@@ -167,6 +201,9 @@ pub(crate) struct GroupHandle {
     /// Bytes of client appends taken in and not yet answered (`uncommitted_bytes_max`): a
     /// connection whose append does not fit waits here, unread (see `server`).
     pub admission: Rc<crate::rt::sync::Semaphore>,
+    /// The node's clock of ticks (the same for every group of the node; set when the tick
+    /// loop starts, after every group has opened).
+    pub clock: Cell<TickClock>,
 }
 
 pub(crate) struct GroupDriver {
@@ -188,6 +225,9 @@ pub(crate) struct GroupDriver {
     /// so answering allocates nothing).
     answer: Vec<u8>,
     commit: u64,
+    /// Ticks of `handle.clock` counted so far (given to the core, or skipped past
+    /// [`ticks_applied_max`]).
+    ticks_seen: u64,
     metrics: Rc<CoreMetrics>,
     gauges: Rc<GroupGauges>,
     /// Stage timing of appends (see [`super::stages`]).
@@ -357,6 +397,10 @@ impl GroupDriver {
             )
             .unwrap_or(usize::MAX)
             .max(consensus::Config::default().max_pending_proposals),
+            // A lease read is served with up to one tick of the clock not yet counted (see
+            // `leader_read_refused`): one tick more of margin than the core's default.
+            lease_margin_ticks: (consensus::Config::default().lease_margin_ticks + 1)
+                .min(cfg.election_ticks.saturating_sub(1)),
             ..consensus::Config::default()
         };
         let mut snapshot_meta = None;
@@ -452,6 +496,7 @@ impl GroupDriver {
             pending: HashMap::with_hasher(SessionHasherBuilder::random()),
             answer: Vec::new(),
             commit,
+            ticks_seen: 0,
             metrics,
             gauges,
             timeline,
@@ -605,8 +650,11 @@ impl GroupDriver {
                     self.received.retain(|f| f.frame().first_index() <= taken);
                 }
             }
-            Input::Tick => {
-                self.node.tick();
+            Input::Tick(n) => {
+                self.ticks_seen += n;
+                for _ in 0..n.min(ticks_applied_max(self.cfg.election_ticks)) {
+                    self.node.tick();
+                }
                 let mut lag = self.gauges.follower_lag.borrow_mut();
                 lag.clear();
                 if self.node.role() == Role::Leader {
@@ -870,6 +918,13 @@ impl GroupDriver {
                 "a new leader has not yet committed an entry of its term, so its commit index \
                  may be behind: retry",
             )
+        } else if self.node.config().lease_read && self.ticks_behind() > 1 {
+            // One tick may be on its way; more means the process was frozen or starved, and
+            // the lease, counted in ticks, is older than the core knows.
+            Some(
+                "this node's ticks are behind the clock (it was frozen or starved of CPU), so \
+                 its lease cannot be trusted yet: retry",
+            )
         } else if self.node.config().lease_read && !self.node.lease_valid() {
             Some(
                 "the leader has not heard from a quorum within its lease (it may have been \
@@ -878,6 +933,11 @@ impl GroupDriver {
         } else {
             None
         }
+    }
+
+    /// Ticks of the node's clock due but not yet counted by this driver.
+    fn ticks_behind(&self) -> u64 {
+        self.handle.clock.get().due(Instant::now()).saturating_sub(self.ticks_seen)
     }
 
     /// Answers a request the leader's log has no room for (`what`: its entries, in words).

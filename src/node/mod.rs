@@ -62,7 +62,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub use config::{NodeConfig, PeerConfig};
-use group::{GroupDriver, GroupHandle, Input};
+use group::{GroupDriver, GroupHandle, Input, TickClock};
 pub use peer::LinkState;
 use peer::Peers;
 
@@ -321,12 +321,14 @@ async fn run_core(
         errors_unknown_group: Cell::new(0),
     });
     let mut drivers = Vec::new();
+    let tick = Duration::from_millis(cfg.tick_ms);
     for g in (core as u64..cfg.groups).step_by(cfg.cores) {
         let handle = Rc::new(GroupHandle {
             inbox: Default::default(),
             commit: Default::default(),
             log: RefCell::new(None),
             admission: Rc::new(crate::rt::sync::Semaphore::new(cfg.uncommitted_bytes_max)),
+            clock: Cell::new(TickClock { start: Instant::now(), tick }),
         });
         match GroupDriver::open(g, cfg.clone(), handle.clone(), peers.clone()).await {
             Ok(d) => {
@@ -345,13 +347,22 @@ async fn run_core(
     let client_server = crate::rt::spawn(server::serve(ctx.clone(), client_listener));
     let local_server = crate::rt::spawn(server::serve_local(ctx.clone(), acceptor.clone()));
     let _ = ready.send(Ok(()));
-    // The tick: every group on this core, every `tick_ms`; also watches for shutdown and
-    // answers metrics requests.
-    let tick = Duration::from_millis(cfg.tick_ms);
+    // The tick: every group on this core, by the clock (tick `k` is due `k * tick_ms` after
+    // the loop starts; a pause or a late wake-up hands the groups every tick missed, in one
+    // input); also watches for shutdown and answers metrics requests.
+    let clock = TickClock { start: Instant::now(), tick };
+    for g in ctx.groups.borrow().values() {
+        g.clock.set(clock);
+    }
+    let mut delivered = 0u64;
     while !stop_all.load(Ordering::SeqCst) {
-        crate::rt::sleep(tick).await;
-        for g in ctx.groups.borrow().values() {
-            g.inbox.push(Input::Tick);
+        crate::rt::sleep(clock.at(delivered + 1).saturating_duration_since(Instant::now())).await;
+        let due = clock.due(Instant::now());
+        if due > delivered {
+            for g in ctx.groups.borrow().values() {
+                g.inbox.push(Input::Tick(due - delivered));
+            }
+            delivered = due;
         }
         metrics::answer(&asks, &core_metrics, || metrics::CoreExtra {
             client_connections: ctx.client_connections.get() as u64,

@@ -39,7 +39,15 @@ struct HelloMeta {
     cluster_id: U64,
     node_id: U64,
     core: U32,
-    reserved: U32,
+    /// The sender's election timeout (`election_ticks` x `tick_ms`), ms. A leader's lease is
+    /// safe only because the other voters wait at least as long as its lease before they help
+    /// elect another leader, so every node must have the same: a peer that differs is refused.
+    election_ms: U32,
+}
+
+/// This node's election timeout as a hello states it (see [`HelloMeta::election_ms`]).
+fn election_ms(cfg: &super::config::NodeConfig) -> u32 {
+    u32::try_from(u64::from(cfg.election_ticks).saturating_mul(cfg.tick_ms)).unwrap_or(u32::MAX)
 }
 
 /// Bytes queued for one peer before further messages are dropped.
@@ -122,7 +130,7 @@ impl Peers {
                 cluster_id: U64::new(ctx_cfg.cluster_id),
                 node_id: U64::new(ctx_cfg.node_id),
                 core: U32::new(core as u32),
-                reserved: U32::ZERO,
+                election_ms: U32::new(election_ms(ctx_cfg)),
             };
             let running = TaskCount::new(tasks);
             crate::rt::spawn(drive_link(link.clone(), hello, stop.clone(), running)).detach();
@@ -608,12 +616,24 @@ async fn handle_conn(ctx: Rc<CoreCtx>, mut stream: TcpStream, handshaking: TaskC
         refuse(&mut stream, &format!("core {} dialed core {}", hello.core.get(), ctx.core)).await;
         return;
     }
+    if hello.election_ms.get() != election_ms(&cfg) {
+        let why = format!(
+            "node {peer} has an election timeout of {} ms and this node {} ms: election_ticks x \
+             tick_ms must be the same on every node (a leader's lease relies on the others \
+             waiting as long before they elect another)",
+            hello.election_ms.get(),
+            election_ms(&cfg)
+        );
+        tracing::warn!(peer, "{why}");
+        refuse(&mut stream, &why).await;
+        return;
+    }
     let mut out = Vec::new();
     let ok = HelloMeta {
         cluster_id: U64::new(cfg.cluster_id),
         node_id: U64::new(cfg.node_id),
         core: U32::new(ctx.core as u32),
-        reserved: U32::ZERO,
+        election_ms: U32::new(election_ms(&cfg)),
     };
     wire::encode(&mut out, Kind::HelloOk, 0, cfg.node_id, ok.as_bytes(), 0);
     if stream.write_all(&out).await.is_err() {
