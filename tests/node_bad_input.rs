@@ -294,26 +294,30 @@ struct HelloMeta {
     cluster_id: U64,
     node_id: U64,
     core: U32,
-    /// The sender's election timeout, ms (every node's must be the same).
-    election_ms: U32,
+    /// The sender's election_ticks (high 16 bits) and tick_ms (low 16); 0: not stated.
+    timing: U32,
 }
 
-/// The election timeout of these tests' nodes (the defaults), ms.
-fn election_ms() -> u32 {
+/// The timing of these tests' nodes (the defaults), as a hello states it.
+fn timing(election_ticks: u32, tick_ms: u32) -> u32 {
+    election_ticks << 16 | tick_ms
+}
+
+fn default_timing() -> u32 {
     let d = NodeConfig::default();
-    (u64::from(d.election_ticks) * d.tick_ms) as u32
+    timing(d.election_ticks, d.tick_ms as u32)
 }
 
 fn hello(cluster_id: u64, node_id: u64, core: u32) -> Vec<u8> {
-    hello_timed(cluster_id, node_id, core, election_ms())
+    hello_timed(cluster_id, node_id, core, default_timing())
 }
 
-fn hello_timed(cluster_id: u64, node_id: u64, core: u32, election_ms: u32) -> Vec<u8> {
+fn hello_timed(cluster_id: u64, node_id: u64, core: u32, timing: u32) -> Vec<u8> {
     let meta = HelloMeta {
         cluster_id: U64::new(cluster_id),
         node_id: U64::new(node_id),
         core: U32::new(core),
-        election_ms: U32::new(election_ms),
+        timing: U32::new(timing),
     };
     let mut out = Vec::new();
     wire::encode(&mut out, Kind::Hello, 0, node_id, meta.as_bytes(), 0);
@@ -567,14 +571,10 @@ fn a_peer_of_another_cluster_is_refused() {
         (hello(42, other, 0), "cluster id 42 does not match this node's 1".to_string()),
         (hello(1, 77, 0), "node 77 is not a member".to_string()),
         (hello(1, me, 0), format!("node {me} is not a member")),
-        // Another election timeout: leases would not be safe.
+        // Other timing, even with the same election timeout in ms: leases would not be safe.
         (
-            hello_timed(1, other, 0, 3 * election_ms()),
-            format!(
-                "node {other} has an election timeout of {} ms and this node {} ms",
-                3 * election_ms(),
-                election_ms()
-            ),
+            hello_timed(1, other, 0, timing(60, 5)),
+            format!("node {other} has election_ticks 60 and tick_ms 5, this node 30 and 10"),
         ),
     ] {
         let mut p = connect(c.peer_addr(leader));
@@ -582,6 +582,10 @@ fn a_peer_of_another_cluster_is_refused() {
         assert!(text.contains(&want), "wanted {want:?}: {text}");
         expect_closed(&mut p, Duration::from_millis(500));
     }
+    // A hello that does not state its timing (an older build) is accepted.
+    let mut p = connect(c.peer_addr(leader));
+    assert_eq!(call(&mut p, &hello_timed(1, other, 0, 0)).kind, Kind::HelloOk);
+    drop(p);
     // A client request at the peer port.
     let mut p = connect(c.peer_addr(leader));
     let text = call(&mut p, &status_request(0, 1)).error();

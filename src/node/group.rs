@@ -99,10 +99,13 @@ impl PeerStamp {
 
 /// The node's clock of ticks: tick `k` is due `k` tick lengths after `start`. The consensus
 /// core measures time in ticks (elections, the leader's lease), so a process that was frozen
-/// (SIGSTOP, a stalled VM) or starved of CPU is handed every tick it missed when it runs again,
-/// and until its driver has counted them a lease read is refused: on waking, a leader's lease
-/// would otherwise look as fresh as when it froze, while the others may have elected a new
-/// leader and committed past it.
+/// (SIGSTOP, a stalled VM) or starved of CPU must count every tick it missed when it runs
+/// again, before anything that arrived meanwhile: a leader's lease would otherwise look as
+/// fresh as when it froze, while the others may have elected a new leader and committed past
+/// it; and a follower would count the missed ticks after the leader's queued heartbeats, so it
+/// would help elect another leader while that leader's lease still holds. The driver counts
+/// them at the start of each batch of inputs ([`GroupDriver::count_ticks`]), and a lease read
+/// is refused while more than one is due beyond those counted.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TickClock {
     pub start: Instant,
@@ -123,19 +126,21 @@ impl TickClock {
     }
 }
 
-/// Ticks the consensus core is given at once after a pause, at most: past an election
-/// timeout's worth every timer has expired anyway.
+/// Ticks the consensus core is given at once after a pause, at most: an election timeout's
+/// worth, which ends a lease (shorter) and lets a follower campaign or vote, but crosses at
+/// most one of a leader's check-quorum points, so a leader that was only stalled (its
+/// followers' acks waiting in its socket) is not made to step down by the count alone.
 fn ticks_applied_max(election_ticks: u32) -> u64 {
-    2 * u64::from(election_ticks) + 2
+    u64::from(election_ticks)
 }
 
 /// Inputs of a group driver.
 pub(crate) enum Input {
     /// A consensus message; for an append, also its frames as received (verified).
     Peer(Message, PeerStamp, Vec<VerifiedFrame>),
-    /// This many ticks of the node's [`TickClock`] passed since the last (more than one after
-    /// the process was frozen or starved).
-    Tick(u64),
+    /// A tick of the node's [`TickClock`] is due: the driver counts every tick due by the
+    /// clock, however many were missed, when it next takes a batch of inputs.
+    Tick,
     /// Entries up to `index` are durable; `flush`: when the flush that did it was submitted
     /// and completed, when the log still knew.
     Durable {
@@ -516,6 +521,9 @@ impl GroupDriver {
     pub async fn run(mut self) {
         let mut batch = Vec::new();
         while self.handle.inbox.drain_into(&mut batch).await {
+            if self.stopped.is_none() {
+                self.count_ticks();
+            }
             for input in batch.drain(..) {
                 match &self.stopped {
                     Some(why) => refuse(self.group, input, why),
@@ -650,24 +658,8 @@ impl GroupDriver {
                     self.received.retain(|f| f.frame().first_index() <= taken);
                 }
             }
-            Input::Tick(n) => {
-                self.ticks_seen += n;
-                for _ in 0..n.min(ticks_applied_max(self.cfg.election_ticks)) {
-                    self.node.tick();
-                }
-                let mut lag = self.gauges.follower_lag.borrow_mut();
-                lag.clear();
-                if self.node.role() == Role::Leader {
-                    let last = self.node.last_index();
-                    lag.extend(
-                        self.node
-                            .progress_match()
-                            .into_iter()
-                            .filter(|(id, _)| *id != self.cfg.node_id)
-                            .map(|(id, m)| (id, last.saturating_sub(m))),
-                    );
-                }
-            }
+            // Counted by the clock at the start of the batch (`count_ticks`).
+            Input::Tick => {}
             Input::Durable { index, term, flush } => {
                 if let Some(f) = flush
                     && self.timeline.enabled()
@@ -932,6 +924,32 @@ impl GroupDriver {
             )
         } else {
             None
+        }
+    }
+
+    /// Gives the core every tick of the node's clock due since the last count (at most
+    /// [`ticks_applied_max`] at once), before the batch's inputs: see [`TickClock`].
+    fn count_ticks(&mut self) {
+        let due = self.handle.clock.get().due(Instant::now());
+        if due <= self.ticks_seen {
+            return;
+        }
+        let n = due - self.ticks_seen;
+        self.ticks_seen = due;
+        for _ in 0..n.min(ticks_applied_max(self.cfg.election_ticks)) {
+            self.node.tick();
+        }
+        let mut lag = self.gauges.follower_lag.borrow_mut();
+        lag.clear();
+        if self.node.role() == Role::Leader {
+            let last = self.node.last_index();
+            lag.extend(
+                self.node
+                    .progress_match()
+                    .into_iter()
+                    .filter(|(id, _)| *id != self.cfg.node_id)
+                    .map(|(id, m)| (id, last.saturating_sub(m))),
+            );
         }
     }
 

@@ -347,9 +347,10 @@ async fn run_core(
     let client_server = crate::rt::spawn(server::serve(ctx.clone(), client_listener));
     let local_server = crate::rt::spawn(server::serve_local(ctx.clone(), acceptor.clone()));
     let _ = ready.send(Ok(()));
-    // The tick: every group on this core, by the clock (tick `k` is due `k * tick_ms` after
-    // the loop starts; a pause or a late wake-up hands the groups every tick missed, in one
-    // input); also watches for shutdown and answers metrics requests.
+    // The tick: wakes every group on this core when a tick of the clock is due (tick `k` is
+    // due `k * tick_ms` after the loop starts; each driver counts by the clock every tick due,
+    // however many a pause or a late wake-up missed); also watches for shutdown and answers
+    // metrics requests.
     let clock = TickClock { start: Instant::now(), tick };
     for g in ctx.groups.borrow().values() {
         g.clock.set(clock);
@@ -359,8 +360,9 @@ async fn run_core(
         crate::rt::sleep(clock.at(delivered + 1).saturating_duration_since(Instant::now())).await;
         let due = clock.due(Instant::now());
         if due > delivered {
+            // A wake-up: each driver counts the ticks due by the clock itself.
             for g in ctx.groups.borrow().values() {
-                g.inbox.push(Input::Tick(due - delivered));
+                g.inbox.push(Input::Tick);
             }
             delivered = due;
         }

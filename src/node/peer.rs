@@ -39,15 +39,19 @@ struct HelloMeta {
     cluster_id: U64,
     node_id: U64,
     core: U32,
-    /// The sender's election timeout (`election_ticks` x `tick_ms`), ms. A leader's lease is
-    /// safe only because the other voters wait at least as long as its lease before they help
-    /// elect another leader, so every node must have the same: a peer that differs is refused.
-    election_ms: U32,
+    /// The sender's timing: `election_ticks` in the high 16 bits, `tick_ms` in the low 16
+    /// (each saturated); 0 from a node that does not say (an older build). A leader's lease is
+    /// safe only because the other voters wait at least as long as it, counted the same way,
+    /// before they help elect another leader, so every node must have the same: a peer that
+    /// states another is refused.
+    timing: U32,
 }
 
-/// This node's election timeout as a hello states it (see [`HelloMeta::election_ms`]).
-fn election_ms(cfg: &super::config::NodeConfig) -> u32 {
-    u32::try_from(u64::from(cfg.election_ticks).saturating_mul(cfg.tick_ms)).unwrap_or(u32::MAX)
+/// This node's timing as a hello states it (see [`HelloMeta::timing`]).
+fn timing(cfg: &super::config::NodeConfig) -> u32 {
+    let ticks = cfg.election_ticks.min(0xffff);
+    let ms = u32::try_from(cfg.tick_ms.min(0xffff)).expect("at most 16 bits");
+    ticks << 16 | ms
 }
 
 /// Bytes queued for one peer before further messages are dropped.
@@ -130,7 +134,7 @@ impl Peers {
                 cluster_id: U64::new(ctx_cfg.cluster_id),
                 node_id: U64::new(ctx_cfg.node_id),
                 core: U32::new(core as u32),
-                election_ms: U32::new(election_ms(ctx_cfg)),
+                timing: U32::new(timing(ctx_cfg)),
             };
             let running = TaskCount::new(tasks);
             crate::rt::spawn(drive_link(link.clone(), hello, stop.clone(), running)).detach();
@@ -616,13 +620,22 @@ async fn handle_conn(ctx: Rc<CoreCtx>, mut stream: TcpStream, handshaking: TaskC
         refuse(&mut stream, &format!("core {} dialed core {}", hello.core.get(), ctx.core)).await;
         return;
     }
-    if hello.election_ms.get() != election_ms(&cfg) {
+    let theirs = hello.timing.get();
+    if theirs == 0 {
+        tracing::warn!(
+            peer,
+            "the peer does not state its election_ticks and tick_ms (an older build): they \
+             must be the same as this node's for leases to be safe"
+        );
+    } else if theirs != timing(&cfg) {
         let why = format!(
-            "node {peer} has an election timeout of {} ms and this node {} ms: election_ticks x \
-             tick_ms must be the same on every node (a leader's lease relies on the others \
-             waiting as long before they elect another)",
-            hello.election_ms.get(),
-            election_ms(&cfg)
+            "node {peer} has election_ticks {} and tick_ms {}, this node {} and {}: both must \
+             be the same on every node (a leader's lease relies on the others waiting as long \
+             before they help elect another)",
+            theirs >> 16,
+            theirs & 0xffff,
+            cfg.election_ticks,
+            cfg.tick_ms
         );
         tracing::warn!(peer, "{why}");
         refuse(&mut stream, &why).await;
@@ -633,7 +646,7 @@ async fn handle_conn(ctx: Rc<CoreCtx>, mut stream: TcpStream, handshaking: TaskC
         cluster_id: U64::new(cfg.cluster_id),
         node_id: U64::new(cfg.node_id),
         core: U32::new(ctx.core as u32),
-        election_ms: U32::new(election_ms(&cfg)),
+        timing: U32::new(timing(&cfg)),
     };
     wire::encode(&mut out, Kind::HelloOk, 0, cfg.node_id, ok.as_bytes(), 0);
     if stream.write_all(&out).await.is_err() {
