@@ -141,29 +141,24 @@ fn default_phases_write_every_report_and_the_page_renders() {
     // payload (every replica writes every append, give or take the flushes in flight at the
     // window's edges and a follower that is behind), and the frames read back from disk.
     for p in j["phases"].as_array().unwrap() {
-        let each: Vec<f64> = p["replica_write_mib_per_sec"]
-            .as_array()
-            .expect("replica figures")
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
-        assert_eq!(each.len(), 3, "{p}");
+        // A figure per replica, in node order.
+        let per_replica = |key: &str| -> Vec<f64> {
+            let v = p[key].as_array().unwrap_or_else(|| panic!("no {key}: {p}"));
+            let v: Vec<f64> = v.iter().map(|x| x.as_f64().unwrap()).collect();
+            assert_eq!(v.len(), 3, "{key}: {p}");
+            v
+        };
+        let each = per_replica("replica_write_mib_per_sec");
         let payload = p["mib_per_sec"].as_f64().unwrap();
         let total: f64 = each.iter().sum();
         assert!(total >= 2.0 * payload, "replicas wrote {each:?} MiB/s of {payload} MiB/s: {p}");
         assert!(each.iter().all(|&x| x > 0.0), "{p}");
         assert!(p["frames_read_back"].is_u64(), "{p}");
-        let waits: Vec<f64> = p["replica_log_wait_share"]
-            .as_array()
-            .expect("replica wait shares")
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
-        assert_eq!(waits.len(), 3, "{p}");
+        let waits = per_replica("replica_log_wait_share");
         assert!(waits.iter().all(|&x| (0.0..=1.05).contains(&x)), "{p}");
-        let flights = p["replica_flushes_in_flight"].as_array().expect("flushes in flight");
         // Every replica wrote, so each had a flush in flight some of the time; at most 4.
-        assert!(flights.iter().all(|x| x.as_f64().is_some_and(|v| v > 0.0 && v <= 4.05)), "{p}");
+        let flights = per_replica("replica_flushes_in_flight");
+        assert!(flights.iter().all(|&x| x > 0.0 && x <= 4.05), "{p}");
     }
     assert!(stdout.contains("  replicas   logs wrote "), "{stdout}");
     assert!(stdout.contains("  log room   the replicas waited for room"), "{stdout}");
