@@ -467,6 +467,77 @@ fn a_leader_woken_from_a_long_pause_serves_no_stale_read() {
     }
 }
 
+/// The leader lease at work, node level: node C is cut off from leader L (it campaigns
+/// through F, who refuses while it hears L); F is frozen for 250 ms of the 300 ms election
+/// timeout and woken, and L is then cut off from F too; C and F elect a leader and commit an
+/// append. A read sent to L (and to L only) after that append was acknowledged must not
+/// succeed without it. With the lease check removed, L answered such reads from its old commit
+/// index (round 0, 2 of 2 runs): its check-quorum step-down came later than the new commit.
+/// The round also wakes a follower whose ticks were missed while heartbeats waited in its
+/// socket (it must count the ticks first, or it could vote early); counting them after did
+/// not show here (F's wake-up took its ticks first). Several rounds, since C's campaigns come
+/// at random times.
+#[test]
+fn a_leader_cut_off_beside_a_paused_follower_serves_no_stale_read() {
+    let _serial = serial();
+    let mut c = ProcCluster::start(Options { proxy: true, ..Options::default() });
+    for round in 0..4u64 {
+        let (l, _) = c.leader(Duration::from_secs(10));
+        let others: Vec<u64> = (1..=3).filter(|&i| i != l).collect();
+        let (f, cand) = (others[0], others[1]);
+        c.client().append(0, &payload(9, round)).expect("append before the round");
+        c.proxy().blackhole(&format!("{cand}<->{l}")).unwrap();
+        // Long enough for C's election timer to fire: it campaigns, F refuses.
+        std::thread::sleep(Duration::from_millis(700));
+        let stop = Arc::new(AtomicBool::new(false));
+        let reads = {
+            let (stop, at) = (stop.clone(), c.addr(l));
+            std::thread::spawn(move || {
+                let mut cfg = corelog::client::ClientConfig::new(vec![at]);
+                cfg.deadline = Duration::from_millis(50);
+                cfg.attempt_timeout = Duration::from_millis(50);
+                let mut r = corelog::client::Client::new(cfg).unwrap();
+                let mut out = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let got = r.read(0, 1, u64::MAX, 1 << 20).map(|(commit, e)| {
+                        (commit, e.iter().map(|e| e.data.clone()).collect::<Vec<_>>())
+                    });
+                    out.push((sent, got));
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                out
+            })
+        };
+        c.sigstop(f);
+        std::thread::sleep(Duration::from_millis(250));
+        c.sigcont(f);
+        // F answers the heartbeats that waited (renewing L's lease), then L is alone.
+        std::thread::sleep(Duration::from_millis(15));
+        c.proxy().blackhole(&format!("{l}<->{f}")).unwrap();
+        let mut cfg = corelog::client::ClientConfig::new(vec![c.addr(f), c.addr(cand)]);
+        cfg.deadline = Duration::from_secs(20);
+        cfg.attempt_timeout = Duration::from_millis(300);
+        let mut after = corelog::client::Client::new(cfg).unwrap();
+        let marker = format!("round {round}: appended under a new leader").into_bytes();
+        let pos = after.append(0, &marker).expect("C and F append");
+        let acked = Instant::now();
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        for (sent, got) in reads.join().unwrap() {
+            if let (true, Ok((commit, entries))) = (sent > acked, &got) {
+                assert!(
+                    *commit >= pos.index && entries.contains(&marker),
+                    "round {round}: L answered a read with commit {commit}, without index {} \
+                     that C and F had acknowledged before the read was sent",
+                    pos.index
+                );
+            }
+        }
+        c.proxy().heal_all();
+    }
+}
+
 /// The chaos test across network namespaces (root only; skipped with a reason otherwise).
 #[test]
 fn chaos_across_network_namespaces() {
