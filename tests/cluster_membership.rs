@@ -69,3 +69,40 @@ fn add_learner_promote_and_remove_a_voter_while_appending() {
         acked.len()
     );
 }
+
+/// A node whose `tick_ms` differs from the others' (its election timeout, and so its view of
+/// a leader's lease, would differ) is refused by its peers at the handshake, and both sides
+/// say why; the two others form a majority and serve.
+#[test]
+fn a_node_with_other_timing_is_refused_and_says_why() {
+    let mut c = ProcCluster::new(3, 3, |cfg| {
+        if cfg.node_id == 3 {
+            cfg.tick_ms = 20;
+        }
+    });
+    for id in 1..=3 {
+        c.spawn(id);
+    }
+    let mut client =
+        corelog::client::Client::new(corelog::client::ClientConfig::new(c.addrs(&[1, 2]))).unwrap();
+    client.append(0, b"served by two of three").expect("nodes 1 and 2 serve");
+    let why = "node 3 has election_ticks 30 and tick_ms 20, this node 30 and 10";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // The acceptors (1 and 2) refuse node 3's links; node 3, dialing, is told why.
+        let (one, three) = (c.stderr(1), c.stderr(3));
+        let told = three.matches("peer refused the link").count();
+        if one.contains(why) && told >= 1 {
+            // Said once per link, not at every retry (node 3 dials 1 and 2).
+            assert!(told <= 2, "{three}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 1:\n{one}\nnode 3:\n{three}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Node 3 never joined: it knows no leader and nothing committed, while the others do.
+    let three = c.status(3).expect("node 3 answers its status");
+    assert!(three["leader"].is_null() && three["commit_index"] == 0, "{three}");
+    let one = c.status(1).expect("node 1 answers its status");
+    assert!(one["commit_index"].as_u64().unwrap() >= 1, "{one}");
+}

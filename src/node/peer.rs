@@ -54,6 +54,9 @@ fn timing(cfg: &super::config::NodeConfig) -> u32 {
     ticks << 16 | ms
 }
 
+/// How a refusal from a peer's handshake begins (see `drive_link`).
+const REFUSED: &str = "peer refused the link: ";
+
 /// Bytes queued for one peer before further messages are dropped.
 const LINK_QUEUE_BYTES_MAX: usize = 64 << 20;
 
@@ -292,6 +295,9 @@ fn send_vectored(fd: std::os::fd::RawFd, parts: &[&[u8]]) -> usize {
 async fn drive_link(link: Rc<Link>, hello: HelloMeta, stop: Rc<Cell<bool>>, _running: TaskCount) {
     let mut backoff = Duration::from_millis(20);
     let mut spare = Vec::new();
+    // The last refusal said, so that a peer refusing for a reason (another cluster id, other
+    // timing) is reported once, not at every retry.
+    let mut refused = String::new();
     while !stop.get() {
         match until_stopped(&stop, STOP_CHECK, connect(&link, &hello, &stop))
             .await
@@ -299,6 +305,7 @@ async fn drive_link(link: Rc<Link>, hello: HelloMeta, stop: Rc<Cell<bool>>, _run
         {
             Ok(mut stream) => {
                 backoff = Duration::from_millis(20);
+                refused.clear();
                 link.fd.set(Some(std::os::fd::AsRawFd::as_raw_fd(&stream)));
                 link.connected.set(true);
                 tracing::debug!(peer = link.peer, addr = %link.addr, "peer link up");
@@ -333,6 +340,12 @@ async fn drive_link(link: Rc<Link>, hello: HelloMeta, stop: Rc<Cell<bool>>, _run
                 link.queue.borrow_mut().clear();
                 let _ = stream.close().await;
             }
+            Err(e) if e.starts_with(REFUSED) => {
+                if e != refused {
+                    tracing::warn!(peer = link.peer, addr = %link.addr, "{e}");
+                    refused = e;
+                }
+            }
             Err(e) => {
                 tracing::trace!(peer = link.peer, addr = %link.addr, error = %e, "peer unreachable")
             }
@@ -356,7 +369,7 @@ async fn connect(link: &Link, hello: &HelloMeta, stop: &Cell<bool>) -> Result<Tc
     let msg = wire::verify(&reply, 1 << 16).map_err(|e| e.to_string())?;
     match msg.kind {
         Kind::HelloOk => Ok(stream),
-        Kind::Error => Err(format!("peer refused: {}", String::from_utf8_lossy(msg.frames))),
+        Kind::Error => Err(format!("{REFUSED}{}", String::from_utf8_lossy(msg.frames))),
         k => Err(format!("unexpected {k:?} in the handshake")),
     }
 }

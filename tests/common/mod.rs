@@ -847,6 +847,11 @@ impl ProcCluster {
         self.dir.path().join(format!("n{id}.stderr"))
     }
 
+    /// What node `id` wrote to stderr so far (its warnings).
+    pub fn stderr(&self, id: u64) -> String {
+        std::fs::read_to_string(self.stderr_path(id)).unwrap_or_default()
+    }
+
     /// Client address of node `id`.
     pub fn addr(&self, id: u64) -> std::net::SocketAddr {
         self.cfgs[id as usize - 1].me().client_addr
