@@ -410,6 +410,18 @@ fn proxied_cluster_with_two_cores_replicates_every_group() {
     assert!(c.proxy().stats("1", "2").bytes_forwarded > 0);
 }
 
+/// A client of `nodes` only, giving up after `deadline` (each attempt after `attempt`).
+fn client_of(
+    nodes: Vec<std::net::SocketAddr>,
+    deadline: Duration,
+    attempt: Duration,
+) -> corelog::client::Client {
+    let mut cfg = corelog::client::ClientConfig::new(nodes);
+    cfg.deadline = deadline;
+    cfg.attempt_timeout = attempt;
+    corelog::client::Client::new(cfg).unwrap()
+}
+
 /// A leader frozen for longer than an election timeout (SIGSTOP: a long GC pause, a stalled
 /// VM) serves no stale read when it wakes: a read that was waiting in its socket, sent after
 /// the two others elected a new leader and committed an append, is refused or redirected, or
@@ -425,18 +437,12 @@ fn a_leader_woken_from_a_long_pause_serves_no_stale_read() {
         client.append(0, &payload(0, n)).expect("append");
     }
     // A reader of the old leader only, connected before the pause.
-    let mut cfg = corelog::client::ClientConfig::new(vec![c.addr(old)]);
-    cfg.deadline = Duration::from_secs(3);
-    cfg.attempt_timeout = Duration::from_secs(3);
-    let mut reader = corelog::client::Client::new(cfg).unwrap();
+    let mut reader = client_of(vec![c.addr(old)], Duration::from_secs(3), Duration::from_secs(3));
     reader.read(0, 1, u64::MAX, 1 << 20).expect("the leader answers before its pause");
     c.sigstop(old);
     // The two others elect a leader among themselves and commit an append.
     let others: Vec<_> = (1..=3).filter(|&i| i != old).map(|i| c.addr(i)).collect();
-    let mut cfg = corelog::client::ClientConfig::new(others);
-    cfg.deadline = Duration::from_secs(20);
-    cfg.attempt_timeout = Duration::from_millis(500);
-    let mut after = corelog::client::Client::new(cfg).unwrap();
+    let mut after = client_of(others, Duration::from_secs(20), Duration::from_millis(500));
     let marker = b"appended under the new leader".to_vec();
     let pos = after.append(0, &marker).expect("the majority side appends");
     assert!(pos.term > term, "the append went to a new leader: {pos:?}, old term {term}");
@@ -493,10 +499,8 @@ fn a_leader_cut_off_beside_a_paused_follower_serves_no_stale_read() {
         let reads = {
             let (stop, at) = (stop.clone(), c.addr(l));
             std::thread::spawn(move || {
-                let mut cfg = corelog::client::ClientConfig::new(vec![at]);
-                cfg.deadline = Duration::from_millis(50);
-                cfg.attempt_timeout = Duration::from_millis(50);
-                let mut r = corelog::client::Client::new(cfg).unwrap();
+                let mut r =
+                    client_of(vec![at], Duration::from_millis(50), Duration::from_millis(50));
                 let mut out = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let sent = Instant::now();
@@ -515,10 +519,11 @@ fn a_leader_cut_off_beside_a_paused_follower_serves_no_stale_read() {
         // F answers the heartbeats that waited (renewing L's lease), then L is alone.
         std::thread::sleep(Duration::from_millis(15));
         c.proxy().blackhole(&format!("{l}<->{f}")).unwrap();
-        let mut cfg = corelog::client::ClientConfig::new(vec![c.addr(f), c.addr(cand)]);
-        cfg.deadline = Duration::from_secs(20);
-        cfg.attempt_timeout = Duration::from_millis(300);
-        let mut after = corelog::client::Client::new(cfg).unwrap();
+        let mut after = client_of(
+            vec![c.addr(f), c.addr(cand)],
+            Duration::from_secs(20),
+            Duration::from_millis(300),
+        );
         let marker = format!("round {round}: appended under a new leader").into_bytes();
         let pos = after.append(0, &marker).expect("C and F append");
         let acked = Instant::now();
