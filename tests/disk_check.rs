@@ -67,8 +67,10 @@ fn choices_follow_the_figures() {
     let lat = |p50: f64, p99: f64| Latency { p50_us: p50, p99_us: p99, ..Default::default() };
     // FUA-like device: a DSYNC write is much cheaper than write + fdatasync.
     assert_eq!(choose_sync(&lat(500.0, 2000.0), &lat(60.0, 120.0)), SyncMethod::Dsync);
-    // Emulated FUA: about the same, so keep fdatasync.
-    assert_eq!(choose_sync(&lat(500.0, 2000.0), &lat(480.0, 2100.0)), SyncMethod::Fdatasync);
+    // Emulated FUA: about the same, so RWF_DSYNC only where one flush goes out alone.
+    assert_eq!(choose_sync(&lat(500.0, 2000.0), &lat(480.0, 2100.0)), SyncMethod::Adaptive);
+    // A dearer DSYNC write: fdatasync for every flush.
+    assert_eq!(choose_sync(&lat(500.0, 2000.0), &lat(520.0, 2000.0)), SyncMethod::Fdatasync);
     // A cheaper median but a worse tail is not a win.
     assert_eq!(choose_sync(&lat(500.0, 2000.0), &lat(300.0, 9000.0)), SyncMethod::Fdatasync);
 
@@ -165,7 +167,7 @@ fn node_config_applies_a_profile() {
     profile(SyncMethod::Dsync, 512 << 10, 6).save(&path).unwrap();
     let text = format!("node_id = 1\ndisk_profile = {:?}\n", path.to_str().unwrap());
     let mut cfg: NodeConfig = toml::from_str(&text).unwrap();
-    assert_eq!(cfg.log_config(2).sync, SyncMethod::Fdatasync);
+    assert_eq!(cfg.log_config(2).sync, SyncMethod::Adaptive);
     cfg.apply_disk_profile().unwrap();
     let l = cfg.log_config(2);
     assert_eq!(
@@ -244,7 +246,7 @@ fn serve_applies_the_profile() {
     // Stop the node before any assertion, so a failure never leaves it running.
     stop(child);
     let defaults = format!(
-        "sync fdatasync, flush_bytes_max 1048576, flushes_in_flight_max {}",
+        "sync adaptive, flush_bytes_max 1048576, flushes_in_flight_max {}",
         corelog::log::LogConfig::new(0).flushes_in_flight_max
     );
     assert!(line.contains(&defaults), "{line}");

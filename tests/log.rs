@@ -403,6 +403,69 @@ fn dsync_mode_works() {
     });
 }
 
+/// `SyncMethod::Adaptive`: a flush that goes out alone under light load is one `RWF_DSYNC`
+/// write, flushes that pipeline are write + fdatasync; either way every entry is durable and
+/// intact after reopening. With the runtime's file API (no per-write flags) every flush is
+/// write + fdatasync.
+#[test]
+fn adaptive_sync_writes_lone_flushes_with_rwf_dsync() {
+    for engine in [IoEngine::Uring, IoEngine::Runtime] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let cfg = LogConfig {
+            sync: SyncMethod::Adaptive,
+            io_engine: engine,
+            ..pipelining_config(1 << 20)
+        };
+        run(move || async move {
+            let (log, _) = Log::open(&path, cfg.clone()).await.unwrap();
+            // One appender waiting for each append: every flush goes out alone.
+            let mut last = 0;
+            for _ in 0..20 {
+                last = append_n(&log, 1, 1, 1, 300).await;
+                log.wait_durable(last).await.unwrap();
+            }
+            let one = log.stats();
+            assert_eq!(one.flushes, 20);
+            let lone = if engine == IoEngine::Uring { one.flushes } else { 0 };
+            assert_eq!(one.dsync_flushes, lone, "{engine}: one appender");
+            // Many appenders of frames far above `pipeline_bytes`: flushes pipeline, and those
+            // use fdatasync.
+            let mut tasks = Vec::new();
+            for t in 0..16u64 {
+                let log = log.clone();
+                tasks.push(corelog::rt::spawn(async move {
+                    for _ in 0..10 {
+                        let data = vec![t as u8; 6000];
+                        let e =
+                            [EntryRef { kind: EntryKind::Normal, session: t, seq: 0, data: &data }];
+                        let r = log.append_entries(1, &e).await.unwrap();
+                        log.wait_durable(r.last).await.unwrap();
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await;
+            }
+            let all = log.stats();
+            assert!(all.peak_flushes_in_flight >= 2, "{engine}: flushes never overlapped");
+            assert!(
+                all.flushes - one.flushes > all.dsync_flushes - one.dsync_flushes,
+                "{engine}: {} of {} flushes under load were RWF_DSYNC writes",
+                all.dsync_flushes - one.dsync_flushes,
+                all.flushes - one.flushes
+            );
+            assert_eq!(log.durable_index(), last + 160);
+            log.close().await.unwrap();
+            let (log, report) = Log::open(&path, cfg).await.unwrap();
+            assert_eq!(report.torn_bytes_cut, 0, "{engine}");
+            assert_eq!(log.last_index(), last + 160);
+            check_range(&log, 1, last, 300).await;
+            log.close().await.unwrap();
+        });
+    }
+}
+
 /// A flush that pipelines is cut at the last block boundary, which usually lies inside a
 /// frame: its first part goes out with that flush, the rest stays in the next buffer. Such a
 /// frame is still handed out whole (a copy assembled from both buffers), so a leader sends it

@@ -1,10 +1,11 @@
 //! Crash test with real processes: a child appends entries of known contents and prints each
 //! durable index; the parent SIGKILLs it at random moments, reopens the log, and checks that
 //! every index reported durable is present, intact and in order, and that nothing after the
-//! cut is garbage. Rounds: 12 by default, `CORELOG_CRASH_ROUNDS` for more. Odd rounds write
-//! with `O_DSYNC` segments (`sync = "dsync"`, which `corelog disk-check` may choose), even
-//! rounds with write + fdatasync, on the same log: both ways of making a flush durable are
-//! killed mid-flight, and each reopens what the other wrote.
+//! cut is garbage. Rounds: 12 by default, `CORELOG_CRASH_ROUNDS` for more. The rounds take the
+//! sync methods in turn on the same log: write + fdatasync, `O_DSYNC` segments (`sync =
+//! "dsync"`, which `corelog disk-check` may choose), and `adaptive` (lone flushes as one
+//! `RWF_DSYNC` write, the others write + fdatasync): every way of making a flush durable is
+//! killed mid-flight, and each reopens what the others wrote.
 
 mod common;
 
@@ -56,7 +57,7 @@ fn sigkill_at_random_moments_loses_nothing_reported_durable() {
     let a = args(dir.path());
     let mut max_durable_ever = 0u64;
     for round in 0..rounds {
-        let sync = if round % 2 == 1 { "dsync" } else { "fdatasync" };
+        let sync = ["fdatasync", "dsync", "adaptive"][round as usize % 3];
         let mut child = Command::new(env!("CARGO_BIN_EXE_corelog"))
             .args(["crash-writer", "--dir"])
             .arg(dir.path())

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use crate::rt::WriteSync;
 use crate::rt::fs::{DmaBuffer, DmaFile, OpenOptions};
 pub(crate) use crate::rt::to_io;
 
@@ -139,32 +140,38 @@ pub(crate) async fn write_all_at(
     Ok(())
 }
 
-/// Writes a whole aligned buffer at `pos` and, if `sync`, fdatasyncs the file, as one chain on
-/// the runtime's flush path (`rt::fs::FlushRing`). Errors are reported as by [`write_all_at`] and
-/// [`fdatasync`]; the fault injection of tests applies the same way.
+/// Writes a whole aligned buffer at `pos`, made durable as `sync` says (an fdatasync in the same
+/// chain, or the write flagged `RWF_DSYNC`), on the runtime's flush path (`rt::fs::FlushRing`).
+/// Errors are reported as by [`write_all_at`] and [`fdatasync`]; the fault injection of tests
+/// applies the same way (an `RWF_DSYNC` write counts as a write and a sync).
 pub(crate) async fn write_then_sync(
     ring: &crate::rt::fs::FlushRing,
     file: &DmaFile,
     path: &Path,
     buf: Rc<DmaBuffer>,
     pos: u64,
-    sync: bool,
+    sync: WriteSync,
 ) -> LogResult<()> {
     if faults::write_should_fail() {
         return Err(injected_eio("writing", path, pos));
     }
-    let fail_sync = sync && faults::sync_should_fail();
+    let fail_sync = sync != WriteSync::None && faults::sync_should_fail();
     debug_assert_eq!(pos % BLOCK as u64, 0);
     debug_assert_eq!(buf.len() % BLOCK, 0);
     let len = buf.len();
     let r = ring
-        .write_then_sync(file, buf, pos, sync && !fail_sync)
+        .write_then_sync(file, buf, pos, if fail_sync { WriteSync::None } else { sync })
         .await
         .map_err(|e| LogError::io("writing", path, pos, e))?;
-    let n = r.write.map_err(|e| LogError::io("writing", path, pos, e))?;
+    let what = if sync == WriteSync::Dsync { "writing (RWF_DSYNC)" } else { "writing" };
+    let n = r.write.map_err(|e| LogError::io(what, path, pos, e))?;
     check_whole(path, pos, n, len)?;
     if fail_sync {
-        return Err(injected_eio("fdatasync", path, 0));
+        return Err(injected_eio(
+            if sync == WriteSync::Dsync { what } else { "fdatasync" },
+            path,
+            0,
+        ));
     }
     if let Some(s) = r.sync {
         s.map_err(|e| LogError::io("fdatasync", path, 0, e))?;

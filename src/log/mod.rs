@@ -24,6 +24,11 @@
 //! is in flight: up to [`LogConfig::flushes_in_flight_max`] flushes keep the device busy. The
 //! durable index advances only over the contiguous prefix of completed flushes.
 //!
+//! How a flush becomes durable is [`LogConfig::sync`]: a write linked to an fdatasync (one
+//! submission), a write to an `O_DSYNC` segment, or, adaptively, a write flagged `RWF_DSYNC`
+//! for a flush that goes out alone under light load (one operation, where one appender waits
+//! for just that flush) and write + fdatasync for flushes that pipeline.
+//!
 //! # Durability and failure
 //! A write or fdatasync error poisons the log: every waiting append gets the error and every
 //! later call fails with [`LogError::Poisoned`]. Retrying an fdatasync after a failure proves
@@ -60,6 +65,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
+use crate::rt::WriteSync;
 use crate::rt::fs::{DmaBuffer, DmaFile, ReadResult};
 use hdrhistogram::Histogram;
 
@@ -104,6 +110,9 @@ pub struct LogStats {
     pub flushes: u64,
     /// Bytes written by flushes (whole blocks, counting rewritten partial blocks).
     pub bytes_written: u64,
+    /// Flushes started as one write flagged `RWF_DSYNC` (with [`SyncMethod::Adaptive`]; the
+    /// others were a write and an fdatasync).
+    pub dsync_flushes: u64,
     /// Segments put in use.
     pub segments_activated: u64,
     /// Segments prepared by zero-filling.
@@ -142,6 +151,7 @@ impl LogStats {
             bytes_appended: 0,
             flushes: 0,
             bytes_written: 0,
+            dsync_flushes: 0,
             segments_activated: 0,
             segments_zero_filled: 0,
             peak_flushes_in_flight: 0,
@@ -1200,6 +1210,22 @@ impl Log {
                 return;
             }
             let carries = cut - open.flushed_len;
+            let how = match st.cfg.sync {
+                SyncMethod::Dsync => WriteSync::None,
+                SyncMethod::Fdatasync => WriteSync::Fdatasync,
+                // Light load: someone waits for just this flush, and one operation answers
+                // sooner than two. A flush that others may join keeps write + fdatasync, whose
+                // bandwidth is the better under load.
+                SyncMethod::Adaptive
+                    if st.inflight.is_empty()
+                        && carries < st.cfg.pipeline_bytes
+                        && st.side.is_some() =>
+                {
+                    st.stats.dsync_flushes += 1;
+                    WriteSync::Dsync
+                }
+                SyncMethod::Adaptive => WriteSync::Fdatasync,
+            };
             // Take the buffer: the carried tail (from the last full block) moves to a fresh one.
             let open = st.open.take().expect("checked");
             let segment = open.segment;
@@ -1245,7 +1271,6 @@ impl Log {
                 st.stats.peak_flushes_in_flight.max(st.inflight.len() as u64);
             let buf = Rc::new(old);
             st.cache(segment, base, buf.clone());
-            let sync = st.cfg.sync;
             let side = st.side.clone();
             // Room was freed: appenders waiting for space may go on.
             st.changed();
@@ -1254,14 +1279,11 @@ impl Log {
             crate::rt::spawn(async move {
                 let started = Instant::now();
                 let bytes = buf.len() as u64;
-                let fdatasync = sync == SyncMethod::Fdatasync;
                 let r = match side {
-                    Some(ring) => {
-                        io::write_then_sync(&ring, &file, &path, buf, base, fdatasync).await
-                    }
+                    Some(ring) => io::write_then_sync(&ring, &file, &path, buf, base, how).await,
                     None => {
                         let mut r = io::write_all_at(&file, &path, buf, base).await;
-                        if r.is_ok() && fdatasync {
+                        if r.is_ok() && how != WriteSync::None {
                             r = io::fdatasync(&file, &path).await;
                         }
                         r

@@ -73,7 +73,8 @@ pub struct NodeConfig {
     /// append and about half the open-loop median at 1 KiB, and +18% at 16 KiB. At most half
     /// of `flush_bytes_max` takes effect.
     pub flush_pipeline_bytes: usize,
-    /// How a log flush is made durable: "fdatasync" or "dsync".
+    /// How a log flush is made durable: "fdatasync", "dsync" or "adaptive" (see
+    /// `log::SyncMethod`).
     pub sync: SyncMethod,
     /// A disk profile written by `corelog disk-check --profile FILE` (a path relative to the
     /// working directory). When set, its `flush_bytes_max`, `flushes_in_flight_max` and `sync`
@@ -157,7 +158,7 @@ impl Default for NodeConfig {
             flush_bytes_max: 1 << 20,
             flushes_in_flight_max: LogConfig::new(0).flushes_in_flight_max,
             flush_pipeline_bytes: 256 << 10,
-            sync: SyncMethod::Fdatasync,
+            sync: SyncMethod::Adaptive,
             disk_profile: None,
             message_bytes_max: 4 << 20,
             client_connections_max: 1024,
@@ -457,7 +458,9 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         key: "sync",
         flag: "sync",
-        doc: "How a log flush is made durable: \"fdatasync\" or \"dsync\".",
+        doc: "How a log flush is made durable: \"fdatasync\" (write, then fdatasync), \"dsync\"\n\
+              (O_DSYNC segments) or \"adaptive\" (a flush that goes out alone under light load\n\
+              is one RWF_DSYNC write, the others write + fdatasync).",
     },
     Setting {
         key: "disk_profile",

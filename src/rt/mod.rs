@@ -42,6 +42,17 @@ use native as backend;
 #[cfg(not(feature = "glommio"))]
 pub use native::*;
 
+/// What makes one write of a log's flush durable (see [`crate::log::SyncMethod`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteSync {
+    /// Nothing more: the file was opened `O_DSYNC`, or durability is not wanted.
+    None,
+    /// The write is linked to an fdatasync of the file (one submission of two operations).
+    Fdatasync,
+    /// The write carries `RWF_DSYNC`: it completes once its data is durable (one operation).
+    Dsync,
+}
+
 /// The name of the runtime this build uses (reports print it).
 pub const RUNTIME: &str = if cfg!(feature = "glommio") { "glommio 0.9" } else { "native io_uring" };
 

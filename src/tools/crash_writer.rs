@@ -31,7 +31,7 @@ pub struct CrashWriterArgs {
     #[arg(long, default_value_t = 64 << 10)]
     pub flush_bytes_max: usize,
     /// How flushes are made durable.
-    #[arg(long, default_value = "fdatasync")]
+    #[arg(long, default_value = "adaptive")]
     pub sync: SyncMethod,
     /// Stop after this index (0: run until killed).
     #[arg(long, default_value_t = 0)]

@@ -148,16 +148,18 @@ impl FlushRing {
         Ok(FlushRing { inner })
     }
 
-    /// Writes `buf` at `pos` of `fd`, then (if `sync`) fdatasyncs it, as one chain; resolves when
-    /// both are done. The buffer is kept alive until the kernel is done with it, even if this
+    /// Writes `buf` at `pos` of `fd`, made durable as `how` says (then an fdatasync in the same
+    /// chain, or the write flagged `RWF_DSYNC`); resolves when the chain is done. The buffer is kept alive until the kernel is done with it, even if this
     /// future is dropped early.
     pub async fn write_then_sync(
         &self,
         file: &glommio::io::DmaFile,
         buf: Rc<DmaBuffer>,
         pos: u64,
-        sync: bool,
+        how: crate::rt::WriteSync,
     ) -> io::Result<ChainResult> {
+        let sync = how == crate::rt::WriteSync::Fdatasync;
+        let rw_flags = if how == crate::rt::WriteSync::Dsync { libc::RWF_DSYNC } else { 0 };
         if let Some(why) = self.inner.broken.borrow().as_ref() {
             return Err(io::Error::other(why.clone()));
         }
@@ -167,6 +169,7 @@ impl FlushRing {
         let len = u32::try_from(buf.len()).map_err(|_| io::Error::other("flush over 4 GiB"))?;
         let write = opcode::Write::new(types::Fd(fd), buf.as_ptr(), len)
             .offset(pos)
+            .rw_flags(rw_flags)
             .build()
             .user_data(id << 2 | OP_WRITE)
             .flags(squeue::Flags::IO_HARDLINK);

@@ -88,7 +88,7 @@ pub mod fs {
             file: &DmaFile,
             buf: std::rc::Rc<DmaBuffer>,
             pos: u64,
-            sync: bool,
+            sync: crate::rt::WriteSync,
         ) -> std::io::Result<ChainResult> {
             file.write_then_sync(buf, pos, sync).await
         }

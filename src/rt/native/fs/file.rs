@@ -24,6 +24,7 @@ use std::rc::Rc;
 use io_uring::{opcode, types};
 
 use super::super::exec::{Op, Runtime, check, current, try_current, write_then_fdatasync};
+use crate::rt::WriteSync;
 
 /// Alignment of every buffer: a page, which covers any logical block size.
 const ALIGN: usize = 4096;
@@ -204,12 +205,16 @@ impl Drop for DmaBuffer {
     }
 }
 
-/// A write of `buf` at `pos`: from the ring's fixed buffer when it is (or can be) registered.
-fn write_entry(fd: types::Fd, buf: &DmaBuffer, pos: u64) -> io_uring::squeue::Entry {
+/// A write of `buf` at `pos` with `rw_flags` (`RWF_*`): from the ring's fixed buffer when it
+/// is (or can be) registered.
+fn write_entry(fd: types::Fd, buf: &DmaBuffer, pos: u64, rw_flags: i32) -> io_uring::squeue::Entry {
     let len = buf.len() as u32;
     match buf.fixed_index(&current()) {
-        Some(idx) => opcode::WriteFixed::new(fd, buf.as_ptr(), len, idx).offset(pos).build(),
-        None => opcode::Write::new(fd, buf.as_ptr(), len).offset(pos).build(),
+        Some(idx) => opcode::WriteFixed::new(fd, buf.as_ptr(), len, idx)
+            .offset(pos)
+            .rw_flags(rw_flags)
+            .build(),
+        None => opcode::Write::new(fd, buf.as_ptr(), len).offset(pos).rw_flags(rw_flags).build(),
     }
 }
 
@@ -377,25 +382,29 @@ impl DmaFile {
 
     /// Writes the whole of `buf` at `pos`; returns the bytes written (short only on error).
     pub async fn write_rc_at(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<usize> {
-        let e = write_entry(types::Fd(self.fd()), &buf, pos);
+        let e = write_entry(types::Fd(self.fd()), &buf, pos, 0);
         check(Op::submit(e, Some(Box::new((buf, self.hold()))), false).await)
     }
 
-    /// Writes `buf` at `pos` and, if `sync`, fdatasyncs the file, as one chain of two linked
-    /// submissions (see `exec::write_then_fdatasync`: a failed or short write reports its
-    /// error and the fdatasync does not run, or runs and reports its own result).
+    /// Writes `buf` at `pos`, made durable as `sync` says: with `WriteSync::Fdatasync` as one
+    /// chain of two linked submissions (see `exec::write_then_fdatasync`: a failed or short
+    /// write reports its error and the fdatasync does not run, or runs and reports its own
+    /// result); with `WriteSync::Dsync` as one write flagged `RWF_DSYNC`, whose result
+    /// includes the sync's.
     pub async fn write_then_sync(
         &self,
         buf: Rc<DmaBuffer>,
         pos: u64,
-        sync: bool,
+        sync: WriteSync,
     ) -> io::Result<ChainResult> {
         let fd = types::Fd(self.fd());
-        let w = write_entry(fd, &buf, pos);
-        if !sync {
+        if sync != WriteSync::Fdatasync {
+            let flags = if sync == WriteSync::Dsync { libc::RWF_DSYNC } else { 0 };
+            let w = write_entry(fd, &buf, pos, flags);
             let r = Op::submit(w, Some(Box::new((buf, self.hold()))), false).await;
             return Ok(ChainResult { write: check(r), sync: None });
         }
+        let w = write_entry(fd, &buf, pos, 0);
         let len = buf.len();
         let s = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build();
         // The head's slot holds the buffer and the descriptor until the tail has run.
