@@ -1337,6 +1337,155 @@ impl GroupDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::consensus::Body;
+    use crate::node::config::PeerConfig;
+
+    /// A tick of the test's clock: long enough that real time adds none while a test runs; the
+    /// test sets how many are due by moving the clock's start back.
+    const TICK: std::time::Duration = std::time::Duration::from_secs(60);
+
+    fn set_due(handle: &GroupHandle, ticks: u64) {
+        let back = TICK * u32::try_from(ticks).unwrap() + std::time::Duration::from_secs(1);
+        let start = Instant::now().checked_sub(back).expect("uptime covers the test's clock");
+        handle.clock.set(TickClock { start, tick: TICK });
+    }
+
+    fn deliver(handle: &GroupHandle, msgs: Vec<Message>) {
+        for m in msgs {
+            let stamp = PeerStamp { received: Instant::now(), ack_local_ns: None };
+            handle.inbox.push(Input::Peer(m, stamp, Vec::new()));
+        }
+    }
+
+    fn heartbeat(term: u64) -> Message {
+        Message {
+            from: 1,
+            to: 2,
+            term,
+            body: Body::Heartbeat { commit: 0, round: term, sent_tick: 0, trimmed: 0 },
+        }
+    }
+
+    /// Waits (a bounded while) until the driver has sent something to `peer`; returns it all.
+    async fn sent_to(peers: &Peers, peer: u64) -> Vec<Message> {
+        for _ in 0..2_000 {
+            let sent = peers.take_sent(peer);
+            if !sent.is_empty() {
+                return sent;
+            }
+            crate::rt::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        panic!("nothing was sent to node {peer}");
+    }
+
+    /// A follower frozen for longer than an election timeout wakes with the leader's
+    /// heartbeats waiting in its socket. It must count the ticks it missed before it handles
+    /// them: its answer to the heartbeat renews the leader's lease, so for an election timeout
+    /// after that answer it must not help another node win. Had it counted them after the
+    /// heartbeat, its election timer would already have run out and it would grant the vote
+    /// below while the leader still serves reads on its lease.
+    #[test]
+    fn a_woken_follower_counts_its_missed_ticks_before_the_heartbeats_that_waited() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().to_path_buf();
+        crate::rt::Executor::new("group-test")
+            .run(move || async move {
+                let local = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+                let cfg = NodeConfig {
+                    node_id: 2,
+                    data_dir,
+                    members: (1..=3)
+                        .map(|id| PeerConfig { id, peer_addr: local(9), client_addr: local(9) })
+                        .collect(),
+                    election_ticks: 10,
+                    heartbeat_ticks: 1,
+                    ..NodeConfig::default()
+                };
+                cfg.validate().unwrap();
+                let election = u64::from(cfg.election_ticks);
+                let handle = Rc::new(GroupHandle {
+                    inbox: Default::default(),
+                    commit: Default::default(),
+                    log: RefCell::new(None),
+                    admission: Rc::new(crate::rt::sync::Semaphore::new(cfg.uncommitted_bytes_max)),
+                    clock: Cell::new(TickClock { start: Instant::now(), tick: TICK }),
+                });
+                set_due(&handle, 0);
+                let peers = Peers::for_test(&[1, 3]);
+                let driver = GroupDriver::open(0, Rc::new(cfg), handle.clone(), peers.clone())
+                    .await
+                    .unwrap();
+                let run = crate::rt::spawn(driver.run());
+                // Past the vote guard of a restarted node (whatever it campaigned for meanwhile
+                // is of no interest), then a follower of node 1 in term 1.
+                let mut due = 0;
+                for _ in 0..3 {
+                    due += election;
+                    set_due(&handle, due);
+                    handle.inbox.push(Input::Tick);
+                }
+                deliver(&handle, vec![heartbeat(1)]);
+                let _ = sent_to(&peers, 1).await;
+                let _ = peers.take_sent(3);
+
+                // Frozen for two election timeouts; the leader's heartbeat waited meanwhile.
+                due += 2 * election;
+                set_due(&handle, due);
+                deliver(&handle, vec![heartbeat(1)]);
+                let answered = sent_to(&peers, 1).await;
+                assert!(
+                    answered
+                        .iter()
+                        .any(|m| m.term == 1 && matches!(m.body, Body::HeartbeatResponse { .. })),
+                    "{answered:?}"
+                );
+                let _ = peers.take_sent(3);
+
+                // Node 3 asks for a vote right after; no tick has passed since the answer. A
+                // heartbeat behind it shows when the driver has handled both.
+                let vote = Message {
+                    from: 3,
+                    to: 2,
+                    term: 2,
+                    body: Body::RequestVote {
+                        pre_vote: false,
+                        last_index: 0,
+                        last_term: 0,
+                        priority: 1,
+                        transfer: false,
+                    },
+                };
+                deliver(&handle, vec![vote.clone(), heartbeat(1)]);
+                let to_leader = sent_to(&peers, 1).await;
+                let to_candidate = peers.take_sent(3);
+                assert!(
+                    !to_candidate
+                        .iter()
+                        .any(|m| matches!(m.body, Body::VoteResponse { granted: true, .. })),
+                    "voted for node 3 inside the lease it had just renewed: {to_candidate:?}"
+                );
+                assert!(
+                    to_leader.iter().all(|m| m.term == 1),
+                    "left term 1 for node 3's election: {to_leader:?}"
+                );
+
+                // The same request after an election timeout without the leader is granted:
+                // the check above can see a vote.
+                due += election;
+                set_due(&handle, due);
+                deliver(&handle, vec![vote]);
+                let granted = sent_to(&peers, 3).await;
+                assert!(
+                    granted
+                        .iter()
+                        .any(|m| matches!(m.body, Body::VoteResponse { granted: true, .. })),
+                    "{granted:?}"
+                );
+                handle.inbox.close();
+                run.await;
+            })
+            .unwrap();
+    }
 
     #[test]
     fn session_file_round_trip_and_rejects_damage() {

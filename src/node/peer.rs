@@ -87,6 +87,24 @@ struct Link {
     direct_partial: Cell<u64>,
 }
 
+impl Link {
+    /// A link that is down until its task connects it.
+    fn new(peer: u64, addr: SocketAddr) -> Link {
+        Link {
+            peer,
+            addr,
+            queue: RefCell::new(Vec::new()),
+            waker: Cell::new(None),
+            connected: Cell::new(false),
+            dropped: Cell::new(0),
+            fd: Cell::new(None),
+            writing: Cell::new(false),
+            direct_sends: Cell::new(0),
+            direct_partial: Cell::new(0),
+        }
+    }
+}
+
 /// What the metrics show of one outbound link.
 #[derive(Debug, Clone, Copy)]
 pub struct LinkState {
@@ -121,18 +139,7 @@ impl Peers {
             }
             let mut addr = m.peer_addr;
             addr.set_port(addr.port() + core as u16);
-            let link = Rc::new(Link {
-                peer: m.id,
-                addr,
-                queue: RefCell::new(Vec::new()),
-                waker: Cell::new(None),
-                connected: Cell::new(false),
-                dropped: Cell::new(0),
-                fd: Cell::new(None),
-                writing: Cell::new(false),
-                direct_sends: Cell::new(0),
-                direct_partial: Cell::new(0),
-            });
+            let link = Rc::new(Link::new(m.id, addr));
             let hello = HelloMeta {
                 cluster_id: U64::new(ctx_cfg.cluster_id),
                 node_id: U64::new(ctx_cfg.node_id),
@@ -228,6 +235,39 @@ impl Peers {
         if let Some(w) = link.waker.take() {
             w.wake();
         }
+    }
+
+    /// Links to `peers` that count as up but have no task: what is sent to them stays queued,
+    /// for a test to read with [`Peers::take_sent`].
+    #[cfg(test)]
+    pub fn for_test(peers: &[u64]) -> Rc<Peers> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9));
+        let links = peers
+            .iter()
+            .map(|&id| {
+                let link = Link::new(id, addr);
+                link.connected.set(true);
+                (id, Rc::new(link))
+            })
+            .collect();
+        Rc::new(Peers { links })
+    }
+
+    /// The messages queued for `peer` so far (taken off its queue), decoded.
+    #[cfg(test)]
+    pub fn take_sent(&self, peer: u64) -> Vec<Message> {
+        let q = std::mem::take(&mut *self.links[&peer].queue.borrow_mut());
+        let buf = Bytes::from(q);
+        let mut at = 0;
+        let mut out = Vec::new();
+        while at < buf.len() {
+            let env = wire::check_envelope(&buf[at..], u32::MAX).expect("an envelope");
+            let part = buf.slice(at..at + wire::message_len(env));
+            let msg = wire::verify(&part, u32::MAX).expect("a whole message");
+            out.push(super::codec::decode(&part, &msg, &FrameLimits::default()).expect("decodes"));
+            at += part.len();
+        }
+        out
     }
 
     /// The state of every link, for the metrics.
