@@ -235,6 +235,8 @@ fn io_errors_fail_every_waiter_and_poison_the_log() {
             let (log, _) = Log::open(&p, LogConfig { sync, ..small_config() }).await.unwrap();
             let last = append_n(&log, 1, 10, 1, 500).await;
             log.wait_durable(last).await.unwrap();
+            // Light load: adaptive writes these (and so the failing flush) with RWF_DSYNC.
+            assert_eq!(log.stats().dsync_flushes > 0, sync == SyncMethod::Adaptive);
             if fail_sync {
                 faults::fail_fdatasync_after(0);
             } else {

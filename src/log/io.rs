@@ -64,7 +64,8 @@ pub mod faults {
         WRITE_FAILS_AFTER.with(|c| c.set(Some(n)));
     }
 
-    /// The next `n` fdatasyncs on this thread succeed; the one after fails with EIO.
+    /// The next `n` syncs on this thread (fdatasyncs, and writes flagged `RWF_DSYNC`, whose
+    /// write then goes out unflagged) succeed; the one after fails with EIO.
     pub fn fail_fdatasync_after(n: u64) {
         SYNC_FAILS_AFTER.with(|c| c.set(Some(n)));
     }
@@ -167,11 +168,10 @@ pub(crate) async fn write_then_sync(
     let n = r.write.map_err(|e| LogError::io(what, path, pos, e))?;
     check_whole(path, pos, n, len)?;
     if fail_sync {
-        return Err(injected_eio(
-            if sync == WriteSync::Dsync { what } else { "fdatasync" },
-            path,
-            0,
-        ));
+        return Err(match sync {
+            WriteSync::Dsync => injected_eio(what, path, pos),
+            _ => injected_eio("fdatasync", path, 0),
+        });
     }
     if let Some(s) = r.sync {
         s.map_err(|e| LogError::io("fdatasync", path, 0, e))?;

@@ -27,7 +27,9 @@
 //! How a flush becomes durable is [`LogConfig::sync`]: a write linked to an fdatasync (one
 //! submission), a write to an `O_DSYNC` segment, or, adaptively, a write flagged `RWF_DSYNC`
 //! for a flush that goes out alone under light load (one operation, where one appender waits
-//! for just that flush) and write + fdatasync for flushes that pipeline.
+//! for just that flush) and write + fdatasync for flushes that pipeline. Each flush is made
+//! durable by its own sync; none relies on a later one's (with FUA, an `RWF_DSYNC` write makes
+//! only its own range durable).
 //!
 //! # Durability and failure
 //! A write or fdatasync error poisons the log: every waiting append gets the error and every
@@ -110,8 +112,8 @@ pub struct LogStats {
     pub flushes: u64,
     /// Bytes written by flushes (whole blocks, counting rewritten partial blocks).
     pub bytes_written: u64,
-    /// Flushes started as one write flagged `RWF_DSYNC` (with [`SyncMethod::Adaptive`]; the
-    /// others were a write and an fdatasync).
+    /// Flushes completed that were one write flagged `RWF_DSYNC` (with
+    /// [`SyncMethod::Adaptive`]; the others were a write and an fdatasync).
     pub dsync_flushes: u64,
     /// Segments put in use.
     pub segments_activated: u64,
@@ -233,6 +235,8 @@ struct Flush {
     done: bool,
     /// When its write was handed to the kernel (set at completion).
     submitted: Option<Instant>,
+    /// Made durable by one `RWF_DSYNC` write (see [`SyncMethod::Adaptive`]).
+    dsync: bool,
 }
 
 /// When the flush that made an index durable was submitted and completed (for the latency
@@ -330,7 +334,9 @@ struct State {
     /// Term of `last_index` (or of the entry before `first_index` when empty, if known).
     last_term: u64,
     /// Highest index known durable. Invariant: `durable_index <= last_index`, and every index
-    /// up to it was covered by a completed write (and fdatasync where that is the method).
+    /// up to it was covered by a completed flush, each made durable by its own sync (its
+    /// fdatasync, its `RWF_DSYNC` write, or the segment's `O_DSYNC`): none relies on a later
+    /// flush's sync to cover it (a FUA write makes only its own range durable).
     durable_index: u64,
     next_seq: u64,
     spares: Vec<Spare>,
@@ -1213,15 +1219,15 @@ impl Log {
             let how = match st.cfg.sync {
                 SyncMethod::Dsync => WriteSync::None,
                 SyncMethod::Fdatasync => WriteSync::Fdatasync,
-                // Light load: someone waits for just this flush, and one operation answers
-                // sooner than two. A flush that others may join keeps write + fdatasync, whose
-                // bandwidth is the better under load.
+                // Light load (nothing in flight, too little gathered to pipeline: this flush
+                // takes everything): someone waits for just this flush, and one operation
+                // answers sooner than two. A flush cut so that others may join it keeps write
+                // + fdatasync, whose bandwidth is the better under load.
                 SyncMethod::Adaptive
                     if st.inflight.is_empty()
-                        && carries < st.cfg.pipeline_bytes
+                        && fresh < st.cfg.pipeline_bytes
                         && st.side.is_some() =>
                 {
-                    st.stats.dsync_flushes += 1;
                     WriteSync::Dsync
                 }
                 SyncMethod::Adaptive => WriteSync::Fdatasync,
@@ -1266,6 +1272,7 @@ impl Log {
                 last_index,
                 done: false,
                 submitted: None,
+                dsync: how == WriteSync::Dsync,
             });
             st.stats.peak_flushes_in_flight =
                 st.stats.peak_flushes_in_flight.max(st.inflight.len() as u64);
@@ -1319,10 +1326,13 @@ impl Log {
                     let ns = (now.duration_since(started).as_nanos() as u64)
                         .clamp(1_000, 60_000_000_000);
                     st.stats.flush_latency_ns.saturating_record(ns);
+                    let mut dsync = false;
                     if let Some(f) = st.inflight.iter_mut().find(|f| f.id == id) {
                         f.done = true;
                         f.submitted = Some(started);
+                        dsync = f.dsync;
                     }
+                    st.stats.dsync_flushes += u64::from(dsync);
                     st.count_inflight(now);
                     while st.inflight.front().is_some_and(|f| f.done) {
                         let f = st.inflight.pop_front().expect("non-empty");

@@ -8,10 +8,11 @@
 //!
 //! - sequential write bandwidth by block size (4 KiB..1 MiB) and queue depth (1..32), with a
 //!   final fdatasync inside the timed span so a volatile write cache cannot flatter it;
-//! - at queue depth 1, 4 KiB: write then fdatasync (corelog's default flush), a write with
-//!   `RWF_DSYNC` (what `sync = "dsync"` does), fdatasync alone with nothing new to write (the
-//!   cost of the device's cache flush), and optionally a write linked to an fdatasync
-//!   (`IOSQE_IO_LINK`: one submission, no wake-up between the two);
+//! - at queue depth 1, 4 KiB: write then fdatasync, a write with `RWF_DSYNC` (what `sync =
+//!   "adaptive"` does for a flush that goes out alone, and what an `O_DSYNC` segment of `sync =
+//!   "dsync"` does for every write), fdatasync alone with nothing new to write (the cost of
+//!   the device's cache flush), and optionally a write linked to an fdatasync (`IOSQE_IO_LINK`:
+//!   one submission, no wake-up between the two; how the log makes its other flushes);
 //! - flushes as the log makes them (a write of the chosen flush size, then its sync) with 1, 2,
 //!   4 and 8 in flight.
 //!
@@ -193,6 +194,14 @@ pub struct Report {
     pub linked: Option<Latency>,
     /// `(flushes in flight, MB/s)` at the chosen flush size and sync method.
     pub flushes: Vec<(usize, f64)>,
+}
+
+impl Report {
+    /// The 4 KiB write + fdatasync the log would otherwise make: linked, when that was
+    /// measured (`--linked`), as the log submits it; else write, then fdatasync.
+    pub fn write_then_sync(&self) -> &Latency {
+        self.linked.as_ref().unwrap_or(&self.write_fdatasync)
+    }
 }
 
 /// The sync method a report argues for: `dsync` for every flush when an RWF_DSYNC write is
@@ -526,7 +535,7 @@ pub fn measure(
     if linked {
         r.linked = Some(p.latency(Pattern::Linked, dur)?);
     }
-    let sync = choose_sync(&r.write_fdatasync, &r.dsync);
+    let sync = choose_sync(r.write_then_sync(), &r.dsync);
     let flush = choose_flush_bytes(&r.bandwidth);
     let fcell = (dur / 3).max(Duration::from_millis(50));
     for n in [1, 2, 4, 8] {
@@ -538,7 +547,7 @@ pub fn measure(
 
 /// The profile a report argues for.
 pub fn profile_of(r: &Report, dir: &Path, device: &str) -> DiskProfile {
-    let sync = choose_sync(&r.write_fdatasync, &r.dsync);
+    let sync = choose_sync(r.write_then_sync(), &r.dsync);
     let n = choose_in_flight(&r.flushes);
     DiskProfile {
         log: ProfileLog {
@@ -719,7 +728,7 @@ pub fn render(r: &Report) -> String {
     if let Some(l) = &r.linked {
         row("write linked to fdatasync (IO_LINK)", l);
     }
-    let sync = choose_sync(&r.write_fdatasync, &r.dsync);
+    let sync = choose_sync(r.write_then_sync(), &r.dsync);
     s += &format!(
         "\nflushes of {} ({sync}), MB/s made durable by flushes in flight:",
         size_label(choose_flush_bytes(&r.bandwidth))

@@ -18,7 +18,9 @@
 //! fdatasync after a failed write is harmless; the flush reports the write's error, and the log
 //! poisons itself as for any write error (see the log's module docs).
 //!
-//! With `SyncMethod::Dsync` the segment is opened `O_DSYNC`, so the chain is `write -> notify`.
+//! With `SyncMethod::Dsync` the segment is opened `O_DSYNC`, so the chain is `write -> notify`;
+//! so it is for a flush written with `RWF_DSYNC` (`WriteSync::Dsync`, see
+//! `SyncMethod::Adaptive`), whose write completes once durable.
 //!
 //! Ordering of results: the write and fdatasync completions are posted before the notification
 //! is even started (the chain runs in order), so once its byte has arrived they are in the

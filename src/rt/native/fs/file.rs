@@ -205,6 +205,11 @@ impl Drop for DmaBuffer {
     }
 }
 
+/// The `RWF_*` flags of a flush's write made durable as `sync` says.
+fn rw_flags_of(sync: WriteSync) -> i32 {
+    if sync == WriteSync::Dsync { libc::RWF_DSYNC } else { 0 }
+}
+
 /// A write of `buf` at `pos` with `rw_flags` (`RWF_*`): from the ring's fixed buffer when it
 /// is (or can be) registered.
 fn write_entry(fd: types::Fd, buf: &DmaBuffer, pos: u64, rw_flags: i32) -> io_uring::squeue::Entry {
@@ -399,8 +404,7 @@ impl DmaFile {
     ) -> io::Result<ChainResult> {
         let fd = types::Fd(self.fd());
         if sync != WriteSync::Fdatasync {
-            let flags = if sync == WriteSync::Dsync { libc::RWF_DSYNC } else { 0 };
-            let w = write_entry(fd, &buf, pos, flags);
+            let w = write_entry(fd, &buf, pos, rw_flags_of(sync));
             let r = Op::submit(w, Some(Box::new((buf, self.hold()))), false).await;
             return Ok(ChainResult { write: check(r), sync: None });
         }
@@ -516,6 +520,54 @@ pub async fn remove(path: impl AsRef<Path>) -> io::Result<()> {
 mod tests {
     use super::super::super::exec::block_on;
     use super::*;
+
+    /// A flush written with `WriteSync::Dsync` reaches the kernel flagged `RWF_DSYNC` (and no
+    /// other write is): nothing else would show its absence, since a flush acknowledged
+    /// without its sync looks the same until the power fails. The flags are read from the
+    /// submission entry itself (kernel ABI: opcode at byte 0, `rw_flags` at bytes 28..32), for
+    /// a buffer from the heap and one registered with the ring.
+    #[test]
+    fn a_dsync_flush_write_is_flagged_rwf_dsync() {
+        block_on(
+            || async {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("f");
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .dma_open(&path)
+                    .await
+                    .unwrap();
+                let buf = Rc::new(DmaBuffer::new(4096));
+                // Registered by its first write.
+                f.write_rc_at(buf.clone(), 0).await.unwrap();
+                for (sync, want) in [
+                    (WriteSync::Dsync, libc::RWF_DSYNC),
+                    (WriteSync::Fdatasync, 0),
+                    (WriteSync::None, 0),
+                ] {
+                    let e = write_entry(types::Fd(f.fd()), &buf, 0, rw_flags_of(sync));
+                    // SAFETY: `Entry` is `repr(C)` around the kernel's 64-byte SQE.
+                    let raw: [u8; 64] = unsafe { std::mem::transmute(e) };
+                    let op = raw[0];
+                    assert!(
+                        op == opcode::Write::CODE || op == opcode::WriteFixed::CODE,
+                        "opcode {op}"
+                    );
+                    let flags = i32::from_le_bytes(raw[28..32].try_into().unwrap());
+                    assert_eq!(flags, want, "{sync:?}");
+                }
+                // And the write so flagged succeeds on an O_DIRECT file.
+                let r = f.write_then_sync(buf, 0, WriteSync::Dsync).await.unwrap();
+                assert_eq!(r.write.unwrap(), 4096);
+                f.close().await.unwrap();
+            },
+            None,
+            None,
+        )
+        .unwrap();
+    }
 
     /// Writes `fill` from a 64 KiB pooled buffer into `path` and reads it back; returns the
     /// runtime the write ran on and the buffer's registration after it.
