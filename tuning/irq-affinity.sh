@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Moves the interrupts of the data directory's disk and of the replication NIC off the cores
-# corelog pins, onto the other online cores.
+# corelog pins, onto the other online cores. This protects a busy core's throughput; for one
+# appender's lowest latency on a disk with a single completion queue the opposite holds (on
+# the project's VM an executor on the interrupt's CPU: 88-93 µs p50 per durable append, on
+# the other: 121-128 µs; docs/measurements/2026-11-28-adaptive-sync.md).
 # Usage: tuning/irq-affinity.sh [--apply] --avoid CPULIST [--dir DATA_DIR] [--nic IFACE]
 #        (dry run by default; CPULIST as in 0-3,8: the cores corelog pins, 0..cores-1)
 . "$(dirname "$0")/lib.sh"
-usage() { sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
 parse_args "$@"
 avoid=""
 dir=.
