@@ -240,6 +240,9 @@ fn a_running_cluster_exposes_metrics_that_move() {
         let moved = |name: &str| a.get(name, &[("group", "0")]) - b.get(name, &[("group", "0")]);
         assert!(moved("corelog_log_written_bytes_total") > 0.0, "node {i} wrote nothing");
         assert!(moved("corelog_log_flushes_total") > 0.0, "node {i} flushed nothing");
+        // sync = adaptive (the default): flushes that went out alone were RWF_DSYNC writes.
+        let dsync = moved("corelog_log_dsync_flushes_total");
+        assert!(dsync > 0.0 && dsync <= moved("corelog_log_flushes_total"), "node {i}: {dsync}");
         assert!(moved("corelog_log_flush_size_bytes_count") > 0.0, "node {i}");
         assert!(moved("corelog_log_flush_duration_seconds_count") > 0.0, "node {i}");
         assert!(moved("corelog_log_entries_appended_total") >= n, "node {i}");

@@ -602,6 +602,13 @@ impl NodeSnapshot {
                 Box::new(|g| g.log.flushes),
             ),
             (
+                "corelog_log_dsync_flushes_total",
+                "counter",
+                "Log flushes made durable by one RWF_DSYNC write (sync = adaptive: those that \
+                 went out alone); the others were a write and an fdatasync.",
+                Box::new(|g| g.log.dsync_flushes),
+            ),
+            (
                 "corelog_log_written_bytes_total",
                 "counter",
                 "Bytes written by log flushes (whole blocks).",
