@@ -243,7 +243,7 @@ pub struct PhaseReport {
     /// padding to blocks, segment preparation, file-system metadata, other writers).
     pub disk_write_mib_per_sec: Option<f64>,
     pub disk_write_per_replicated_byte: Option<f64>,
-    /// A local cluster: the slowest flush (write + fdatasync) of any replica in the phase, µs,
+    /// A local cluster: the slowest flush (a write made durable) of any replica in the phase, µs,
     /// and the second it completed in (1-based); the other seconds' are in timeseries.csv.
     pub slowest_flush_us: Option<u64>,
     pub slowest_flush_second: Option<u64>,

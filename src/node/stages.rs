@@ -65,11 +65,11 @@ pub const STAGES: [(&str, &str); 8] = [
         "flush_wait",
         "-> the leader's write submitted (group commit: waiting for the flush in flight)",
     ),
-    ("leader_flush", "-> durable on the leader (O_DIRECT write + fdatasync)"),
+    ("leader_flush", "-> durable on the leader (O_DIRECT write, with RWF_DSYNC or then fdatasync)"),
     (
         "follower_flush",
         "-> durable on the slowest follower of the majority, beyond the leader's flush \
-         (network out, follower's queue, write and fdatasync)",
+         (network out, follower's queue, its durable write)",
     ),
     ("follower_ack", "-> that follower's ack received by the leader (network back)"),
     ("commit", "-> the commit index passed the append"),
