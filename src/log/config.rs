@@ -18,8 +18,8 @@ pub enum SyncMethod {
     /// FUA write and no metadata commit; without FUA the kernel emulates it with a cache flush,
     /// and it costs about what write + fdatasync costs. Measure both with `corelog bench wal`.
     Dsync,
-    /// A flush that starts with no other in flight and carries less than
-    /// [`LogConfig::pipeline_bytes`] (light load: someone waits for just this flush) is one
+    /// A flush that starts with no other in flight and takes everything gathered, less than
+    /// [`LogConfig::pipeline_bytes`] (light load: someone waits for just this flush), is one
     /// write flagged `RWF_DSYNC`; every other flush is a write then an fdatasync. One operation
     /// instead of two where latency is what counts (on this project's test VM one appender's
     /// p50 98 -> 89 µs), the bandwidth of write + fdatasync where flushes pipeline. With the

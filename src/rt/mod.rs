@@ -53,6 +53,13 @@ pub enum WriteSync {
     Dsync,
 }
 
+impl WriteSync {
+    /// The `RWF_*` flags of the write.
+    pub(crate) fn rw_flags(self) -> i32 {
+        if self == WriteSync::Dsync { libc::RWF_DSYNC } else { 0 }
+    }
+}
+
 /// The name of the runtime this build uses (reports print it).
 pub const RUNTIME: &str = if cfg!(feature = "glommio") { "glommio 0.9" } else { "native io_uring" };
 

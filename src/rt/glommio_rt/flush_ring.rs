@@ -151,8 +151,8 @@ impl FlushRing {
     }
 
     /// Writes `buf` at `pos` of `fd`, made durable as `how` says (then an fdatasync in the same
-    /// chain, or the write flagged `RWF_DSYNC`); resolves when the chain is done. The buffer is kept alive until the kernel is done with it, even if this
-    /// future is dropped early.
+    /// chain, or the write flagged `RWF_DSYNC`); resolves when the chain is done. The buffer is
+    /// kept alive until the kernel is done with it, even if this future is dropped early.
     pub async fn write_then_sync(
         &self,
         file: &glommio::io::DmaFile,
@@ -161,7 +161,6 @@ impl FlushRing {
         how: crate::rt::WriteSync,
     ) -> io::Result<ChainResult> {
         let sync = how == crate::rt::WriteSync::Fdatasync;
-        let rw_flags = if how == crate::rt::WriteSync::Dsync { libc::RWF_DSYNC } else { 0 };
         if let Some(why) = self.inner.broken.borrow().as_ref() {
             return Err(io::Error::other(why.clone()));
         }
@@ -171,7 +170,7 @@ impl FlushRing {
         let len = u32::try_from(buf.len()).map_err(|_| io::Error::other("flush over 4 GiB"))?;
         let write = opcode::Write::new(types::Fd(fd), buf.as_ptr(), len)
             .offset(pos)
-            .rw_flags(rw_flags)
+            .rw_flags(how.rw_flags())
             .build()
             .user_data(id << 2 | OP_WRITE)
             .flags(squeue::Flags::IO_HARDLINK);

@@ -205,11 +205,6 @@ impl Drop for DmaBuffer {
     }
 }
 
-/// The `RWF_*` flags of a flush's write made durable as `sync` says.
-fn rw_flags_of(sync: WriteSync) -> i32 {
-    if sync == WriteSync::Dsync { libc::RWF_DSYNC } else { 0 }
-}
-
 /// A write of `buf` at `pos` with `rw_flags` (`RWF_*`): from the ring's fixed buffer when it
 /// is (or can be) registered.
 fn write_entry(fd: types::Fd, buf: &DmaBuffer, pos: u64, rw_flags: i32) -> io_uring::squeue::Entry {
@@ -404,7 +399,7 @@ impl DmaFile {
     ) -> io::Result<ChainResult> {
         let fd = types::Fd(self.fd());
         if sync != WriteSync::Fdatasync {
-            let w = write_entry(fd, &buf, pos, rw_flags_of(sync));
+            let w = write_entry(fd, &buf, pos, sync.rw_flags());
             let r = Op::submit(w, Some(Box::new((buf, self.hold()))), false).await;
             return Ok(ChainResult { write: check(r), sync: None });
         }
@@ -524,8 +519,7 @@ mod tests {
     /// A flush written with `WriteSync::Dsync` reaches the kernel flagged `RWF_DSYNC` (and no
     /// other write is): nothing else would show its absence, since a flush acknowledged
     /// without its sync looks the same until the power fails. The flags are read from the
-    /// submission entry itself (kernel ABI: opcode at byte 0, `rw_flags` at bytes 28..32), for
-    /// a buffer from the heap and one registered with the ring.
+    /// submission entry itself (kernel ABI: opcode at byte 0, `rw_flags` at bytes 28..32).
     #[test]
     fn a_dsync_flush_write_is_flagged_rwf_dsync() {
         block_on(
@@ -547,7 +541,7 @@ mod tests {
                     (WriteSync::Fdatasync, 0),
                     (WriteSync::None, 0),
                 ] {
-                    let e = write_entry(types::Fd(f.fd()), &buf, 0, rw_flags_of(sync));
+                    let e = write_entry(types::Fd(f.fd()), &buf, 0, sync.rw_flags());
                     // SAFETY: `Entry` is `repr(C)` around the kernel's 64-byte SQE.
                     let raw: [u8; 64] = unsafe { std::mem::transmute(e) };
                     let op = raw[0];
