@@ -8,6 +8,11 @@
 # All three run with the same --entry-size, --concurrency and --duration, interleaved
 # (corelog, raft-engine, buffered, then again: 2 rounds by default) because the disk
 # drifts by up to 30% within an hour; ratios are computed within each round.
+# corelog runs pinned (bench wal's default), except at --concurrency 1, where it runs
+# unpinned (`--no-pin`) as the baselines' threads do: on a disk with one completion queue a
+# pinned executor away from the disk's interrupt CPU pays a cross-CPU wake-up per flush,
+# which one appender feels whole (docs/measurements/2026-11-28-adaptive-sync.md; with 64 in
+# flight pinning measured 2.9x raft-engine's appends/s, unpinned 2.2x).
 #
 # Usage: tools/compare-wal.sh [--dir DIR] [--corelog BIN] [--entry-size BYTES]
 #                             [--concurrency N] [--duration 10s] [--rounds 2]
@@ -150,6 +155,9 @@ log "entry size $ENTRY, concurrency $CONC, duration $DURATION, $ROUNDS round(s);
     echo "run_prefix=${RUN_PREFIX[*]:-}"
 } > "$OUT/env.txt"
 
+if [[ "$CONC" == 1 && " ${CORELOG_ARGS[*]:-} " != *" --no-pin "* ]]; then
+    CORELOG_ARGS+=(--no-pin)
+fi
 COMMON=(--duration "$DURATION" --entry-size "$ENTRY" --concurrency "$CONC")
 run_one() { # tool round
     local tool=$1 round=$2 json="$OUT/${1}_r${2}.json" logf="$OUT/${1}_r${2}.log"
