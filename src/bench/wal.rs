@@ -292,15 +292,12 @@ fn humanize(d: Duration) -> String {
 fn print_report(r: &WalReport) {
     println!("appends/s          {:>12.0}", r.appends_per_sec);
     println!("MiB/s              {:>12.1}", r.mib_per_sec);
-    if r.dsync_flush_share > 0.0 {
-        println!(
-            "flushes/s          {:>12.0} ({:.0}% as one RWF_DSYNC write)",
-            r.flushes_per_sec,
-            r.dsync_flush_share * 100.0
-        );
+    let dsync = if r.dsync_flush_share > 0.0 {
+        format!(" ({:.0}% as one RWF_DSYNC write)", r.dsync_flush_share * 100.0)
     } else {
-        println!("flushes/s          {:>12.0}", r.flushes_per_sec);
-    }
+        String::new()
+    };
+    println!("flushes/s          {:>12.0}{dsync}", r.flushes_per_sec);
     println!("entries per flush  {:>12.1}", r.entries_per_flush);
     println!(
         "bytes per flush    {:>12.0} (p10 {} p50 {} p90 {})",

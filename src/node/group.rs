@@ -211,6 +211,20 @@ pub(crate) struct GroupHandle {
     pub clock: Cell<TickClock>,
 }
 
+impl GroupHandle {
+    /// A group's handle before its driver opens: an empty inbox, no log yet, the admission
+    /// bound of `uncommitted_bytes_max`, and the node's `clock`.
+    pub fn new(uncommitted_bytes_max: u64, clock: TickClock) -> GroupHandle {
+        GroupHandle {
+            inbox: Default::default(),
+            commit: Default::default(),
+            log: RefCell::new(None),
+            admission: Rc::new(crate::rt::sync::Semaphore::new(uncommitted_bytes_max)),
+            clock: Cell::new(clock),
+        }
+    }
+}
+
 pub(crate) struct GroupDriver {
     group: u64,
     cfg: Rc<NodeConfig>,
@@ -1403,13 +1417,10 @@ mod tests {
                 };
                 cfg.validate().unwrap();
                 let election = u64::from(cfg.election_ticks);
-                let handle = Rc::new(GroupHandle {
-                    inbox: Default::default(),
-                    commit: Default::default(),
-                    log: RefCell::new(None),
-                    admission: Rc::new(crate::rt::sync::Semaphore::new(cfg.uncommitted_bytes_max)),
-                    clock: Cell::new(TickClock { start: Instant::now(), tick: TICK }),
-                });
+                let handle = Rc::new(GroupHandle::new(
+                    cfg.uncommitted_bytes_max,
+                    TickClock { start: Instant::now(), tick: TICK },
+                ));
                 set_due(&handle, 0);
                 let peers = Peers::for_test(&[1, 3]);
                 let driver = GroupDriver::open(0, Rc::new(cfg), handle.clone(), peers.clone())

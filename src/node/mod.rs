@@ -323,13 +323,10 @@ async fn run_core(
     let mut drivers = Vec::new();
     let tick = Duration::from_millis(cfg.tick_ms);
     for g in (core as u64..cfg.groups).step_by(cfg.cores) {
-        let handle = Rc::new(GroupHandle {
-            inbox: Default::default(),
-            commit: Default::default(),
-            log: RefCell::new(None),
-            admission: Rc::new(crate::rt::sync::Semaphore::new(cfg.uncommitted_bytes_max)),
-            clock: Cell::new(TickClock { start: Instant::now(), tick }),
-        });
+        let handle = Rc::new(GroupHandle::new(
+            cfg.uncommitted_bytes_max,
+            TickClock { start: Instant::now(), tick },
+        ));
         match GroupDriver::open(g, cfg.clone(), handle.clone(), peers.clone()).await {
             Ok(d) => {
                 ctx.groups.borrow_mut().insert(g, handle);
