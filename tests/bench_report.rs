@@ -132,8 +132,17 @@ fn default_phases_write_every_report_and_the_page_renders() {
                 let x = p["disk_write_per_replicated_byte"].as_f64().expect("disk figures");
                 assert!(x > 0.9, "the disk wrote less than the replicas appended: {x} ({p})");
                 assert!(p["disk_write_mib_per_sec"].as_f64().unwrap() > 0.0);
+                // The device's own side: its write requests (at least a sector each) and the
+                // mean time it took for them, beside the flushes' latency.
+                let d = &p["device"];
+                assert!(d["write_request_kib"].as_f64().expect("requests") >= 0.5, "{d}");
+                assert!(d["write_request_ms"].as_f64().expect("their time") >= 0.0, "{d}");
+                assert!(stdout.contains("  device     writes of "), "{stdout}");
             }
-            None => assert!(p["disk_write_mib_per_sec"].is_null(), "{p}"),
+            None => {
+                assert!(p["disk_write_mib_per_sec"].is_null(), "{p}");
+                assert!(p["device"].is_null(), "{p}");
+            }
         }
     }
     assert!(stdout.contains("  disk       wrote "), "{stdout}");

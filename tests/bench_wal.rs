@@ -58,7 +58,13 @@ fn bench_wal_prints_and_writes_consistent_figures() {
         Some(_) => {
             let d = j["disk_write_mib_per_sec"].as_f64().expect("disk figure");
             assert!(d > 0.9 * j["mib_per_sec"].as_f64().unwrap(), "disk {d} MiB/s: {j}");
+            let dev = &j["device"];
+            assert!(dev["write_request_kib"].as_f64().expect("requests") >= 0.5, "{dev}");
+            assert!(dev["write_request_ms"].as_f64().expect("their time") >= 0.0, "{dev}");
         }
-        None => assert!(j["disk_write_mib_per_sec"].is_null(), "{j}"),
+        None => {
+            assert!(j["disk_write_mib_per_sec"].is_null(), "{j}");
+            assert!(j["device"].is_null(), "{j}");
+        }
     }
 }

@@ -243,6 +243,9 @@ pub struct PhaseReport {
     /// padding to blocks, segment preparation, file-system metadata, other writers).
     pub disk_write_mib_per_sec: Option<f64>,
     pub disk_write_per_replicated_byte: Option<f64>,
+    /// The device's side: its reads, and its own mean time per write and per cache flush
+    /// (beside the flushes' latency, the rest is queueing above the device).
+    pub device: Option<super::DeviceSummary>,
     /// A local cluster: the slowest flush (a write made durable) of any replica in the phase, µs,
     /// and the second it completed in (1-based); the other seconds' are in timeseries.csv.
     pub slowest_flush_us: Option<u64>,
@@ -354,11 +357,12 @@ fn phase_report(p: &PhaseResult, replicas: u64, groups: u64) -> PhaseReport {
         generator_cpu_us_per_append: p.generator_cpu.as_secs_f64() * 1e6 / n,
         send_lag_p50_us: q(&p.send_lag, 0.5),
         send_lag_p99_us: q(&p.send_lag, 0.99),
-        disk_write_mib_per_sec: p.disk_written.map(|b| b as f64 / secs / (1 << 20) as f64),
+        disk_write_mib_per_sec: p.disk.map(|d| d.write_bytes as f64 / secs / (1 << 20) as f64),
         disk_write_per_replicated_byte: p
-            .disk_written
+            .disk
             .filter(|_| replicated > 0.0)
-            .map(|b| b as f64 / replicated),
+            .map(|d| d.write_bytes as f64 / replicated),
+        device: p.disk.map(|d| d.summary(secs)),
         slowest_flush_us: slowest.map(|(us, _)| us),
         slowest_flush_second: slowest.map(|(_, second)| second),
         replica_write_mib_per_sec: p
@@ -463,6 +467,9 @@ fn print_phase(p: &PhaseReport) {
             "  disk       wrote {mib:.1} MiB/s = {x:.2} x the replicas' payload (the rest: headers, \
              padding, segment preparation, metadata, other writers)"
         );
+    }
+    if let Some(line) = p.device.as_ref().and_then(super::DeviceSummary::line) {
+        println!("  device     {line}");
     }
     if let (Some(us), Some(second)) = (p.slowest_flush_us, p.slowest_flush_second) {
         println!(

@@ -169,8 +169,8 @@ pub struct Window {
     /// CPU time of the whole process, and of the generator's threads.
     pub process_cpu: Duration,
     pub generator_cpu: Duration,
-    /// Bytes the data directory's block device wrote (a local cluster on a block device).
-    pub disk_written: Option<u64>,
+    /// What the data directory's block device did (a local cluster on a block device).
+    pub disk: Option<super::DiskCounters>,
     /// What each local replica's logs did in the window (see [`ReplicaProbe`]).
     pub replicas: Option<Vec<ReplicaCounts>>,
 }
@@ -191,8 +191,8 @@ pub struct PhaseResult {
     /// CPU time of the whole process in the window, and of the generator's threads.
     pub process_cpu: Duration,
     pub generator_cpu: Duration,
-    /// Bytes the data directory's block device wrote in the window, when known.
-    pub disk_written: Option<u64>,
+    /// What the data directory's block device did in the window, when known.
+    pub disk: Option<super::DiskCounters>,
     /// What each local replica's logs did in the window, when known.
     pub replicas: Option<Vec<ReplicaCounts>>,
 }
@@ -457,7 +457,7 @@ impl Generator {
             seconds,
             process_cpu: window.process_cpu,
             generator_cpu: window.generator_cpu,
-            disk_written: window.disk_written,
+            disk: window.disk,
             replicas: window.replicas,
         };
         for r in &self.recorders {
@@ -486,7 +486,7 @@ impl Generator {
         let mut prev = (0, 0, 0);
         let mut rows = Vec::new();
         let cpu0 = (super::process_cpu_time(), generator_cpu_time());
-        let disk0 = self.disk.as_ref().and_then(|d| d.bytes());
+        let disk0 = self.disk.as_ref().and_then(|d| d.counters());
         let replicas0 = self.replicas_now();
         if let Some(p) = self.flush_probe.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             let _ = p(); // The baseline: the first second starts now.
@@ -510,7 +510,7 @@ impl Generator {
         let window = Window {
             process_cpu: super::process_cpu_time().saturating_sub(cpu0.0),
             generator_cpu: generator_cpu_time().saturating_sub(cpu0.1),
-            disk_written: self.disk.as_ref().and_then(|d| d.since(disk0)),
+            disk: self.disk.as_ref().and_then(|d| d.since(disk0)),
             replicas: replicas0.zip(self.replicas_now()).and_then(|(before, after)| {
                 (before.len() == after.len())
                     .then(|| after.iter().zip(&before).map(|(a, b)| a.since(*b)).collect())

@@ -115,9 +115,10 @@ pub fn host_header(dir: &std::path::Path) -> Vec<String> {
     ]
 }
 
-/// Bytes written by the block device under a directory (its sysfs `stat`), to set the disk's
-/// traffic beside the appends': segment preparation, padding and file-system metadata show
-/// as the difference.
+/// The block device under a directory (its sysfs `stat`): what it wrote, to set the disk's
+/// traffic beside the appends' (segment preparation, padding and file-system metadata show as
+/// the difference), and how long the device itself took per request, to set beside the
+/// flushes' latency (the rest is queueing above the device).
 pub struct DiskWrites {
     /// `sys/class/block/{device}/stat` of the device (`vda1`, `nvme0n1p2`, `dm-0`).
     stat: PathBuf,
@@ -130,24 +131,114 @@ impl DiskWrites {
         let dev = crate::tools::doctor::block_device_of_dir(&sys, dir).ok()?;
         let stat = sys.path(&format!("sys/class/block/{}/stat", dev.name));
         let w = DiskWrites { stat };
-        w.bytes().map(|_| w)
+        w.counters().map(|_| w)
     }
 
-    /// Bytes written since boot.
-    pub fn bytes(&self) -> Option<u64> {
-        sectors_written(&std::fs::read_to_string(&self.stat).ok()?).map(|s| s * 512)
+    /// The device's counters since boot.
+    pub fn counters(&self) -> Option<DiskCounters> {
+        DiskCounters::parse(&std::fs::read_to_string(&self.stat).ok()?)
     }
 
-    /// Bytes written since [`Self::bytes`] returned `before` (`None` if either read failed).
-    pub fn since(&self, before: Option<u64>) -> Option<u64> {
-        Some(self.bytes()?.saturating_sub(before?))
+    /// Counters since [`Self::counters`] returned `before` (`None` if either read failed).
+    pub fn since(&self, before: Option<DiskCounters>) -> Option<DiskCounters> {
+        Some(self.counters()?.since(&before?))
     }
 }
 
-/// Sectors (512 bytes, whatever the device's block size) written, from a block device's
-/// `stat` line: the seventh field (Documentation/block/stat.rst).
-fn sectors_written(stat: &str) -> Option<u64> {
-    stat.split_whitespace().nth(6)?.parse().ok()
+/// A block device's counters (Documentation/block/stat.rst): requests completed, bytes, and
+/// the milliseconds those requests took, summed (so the mean per request is the device's
+/// own service time plus its queue, below the file system).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DiskCounters {
+    pub reads: u64,
+    pub read_bytes: u64,
+    pub read_ms: u64,
+    pub writes: u64,
+    pub write_bytes: u64,
+    pub write_ms: u64,
+    /// Cache flush requests (fdatasync, a write's FUA emulation); `None` on kernels before 5.5
+    /// (their `stat` has no such fields).
+    pub flushes: Option<u64>,
+    pub flush_ms: Option<u64>,
+}
+
+impl DiskCounters {
+    /// From a `stat` line: fields 1, 3, 4 (reads, sectors, ms), 5, 7, 8 (writes, sectors,
+    /// ms) and, where present, 16-17 (flushes, ms). Sectors are 512 bytes whatever the
+    /// device's block size.
+    fn parse(stat: &str) -> Option<DiskCounters> {
+        let f: Vec<u64> = stat.split_whitespace().map_while(|x| x.parse().ok()).collect();
+        if f.len() < 8 {
+            return None;
+        }
+        Some(DiskCounters {
+            reads: f[0],
+            read_bytes: f[2] * 512,
+            read_ms: f[3],
+            writes: f[4],
+            write_bytes: f[6] * 512,
+            write_ms: f[7],
+            flushes: f.get(15).copied(),
+            flush_ms: f.get(16).copied(),
+        })
+    }
+
+    fn since(&self, b: &DiskCounters) -> DiskCounters {
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        DiskCounters {
+            reads: d(self.reads, b.reads),
+            read_bytes: d(self.read_bytes, b.read_bytes),
+            read_ms: d(self.read_ms, b.read_ms),
+            writes: d(self.writes, b.writes),
+            write_bytes: d(self.write_bytes, b.write_bytes),
+            write_ms: d(self.write_ms, b.write_ms),
+            flushes: self.flushes.zip(b.flushes).map(|(a, b)| d(a, b)),
+            flush_ms: self.flush_ms.zip(b.flush_ms).map(|(a, b)| d(a, b)),
+        }
+    }
+
+    /// What the device did over `secs` seconds, for a report.
+    pub fn summary(&self, secs: f64) -> DeviceSummary {
+        let mean_ms = |ms: u64, n: u64| (n > 0).then(|| ms as f64 / n as f64);
+        let secs = secs.max(1e-9);
+        DeviceSummary {
+            read_mib_per_sec: self.read_bytes as f64 / secs / (1 << 20) as f64,
+            write_request_kib: (self.writes > 0)
+                .then(|| self.write_bytes as f64 / self.writes as f64 / 1024.0),
+            write_request_ms: mean_ms(self.write_ms, self.writes),
+            flushes_per_sec: self.flushes.map(|n| n as f64 / secs),
+            flush_ms: self.flush_ms.zip(self.flushes).and_then(|(ms, n)| mean_ms(ms, n)),
+        }
+    }
+}
+
+/// The block device's side of a measured window (see [`DiskCounters`]).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct DeviceSummary {
+    /// What it read, MiB/s (a leader reading back frames for a follower that fell behind).
+    pub read_mib_per_sec: f64,
+    /// Mean size of its write requests, KiB, and their mean time in the device (with the
+    /// device's own queue), ms.
+    pub write_request_kib: Option<f64>,
+    pub write_request_ms: Option<f64>,
+    /// Its cache flushes per second, and their mean time, ms.
+    pub flushes_per_sec: Option<f64>,
+    pub flush_ms: Option<f64>,
+}
+
+impl DeviceSummary {
+    /// One line for a report, or `None` when the device did nothing measurable.
+    pub fn line(&self) -> Option<String> {
+        let (Some(kib), Some(ms)) = (self.write_request_kib, self.write_request_ms) else {
+            return None;
+        };
+        let mut s = format!("writes of {kib:.0} KiB taking {ms:.2} ms each on average");
+        if let (Some(n), Some(fms)) = (self.flushes_per_sec, self.flush_ms) {
+            s += &format!(", {n:.0} cache flushes/s taking {fms:.2} ms");
+        }
+        s += &format!(", reads {:.1} MiB/s", self.read_mib_per_sec);
+        Some(s)
+    }
 }
 
 #[cfg(test)]
@@ -155,12 +246,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_sectors_written_from_a_stat_line() {
+    fn reads_a_block_device_stat_line() {
         let line = "  123456     7890  9876543   45678   345678    12345 87654321   234567        0  \
                     456789  280245        0        0        0        0     1234     5678";
-        assert_eq!(sectors_written(line), Some(87_654_321));
-        assert_eq!(sectors_written("1 2 3"), None);
-        assert_eq!(sectors_written("1 2 3 4 5 6 x"), None);
+        let c = DiskCounters::parse(line).unwrap();
+        assert_eq!((c.reads, c.read_bytes, c.read_ms), (123_456, 9_876_543 * 512, 45_678));
+        assert_eq!((c.writes, c.write_bytes, c.write_ms), (345_678, 87_654_321 * 512, 234_567));
+        assert_eq!((c.flushes, c.flush_ms), (Some(1234), Some(5678)));
+        // A kernel before 5.5: no flush fields.
+        let old = DiskCounters::parse("1 2 3 4 5 6 7 8 0 9 10").unwrap();
+        assert_eq!((old.writes, old.write_bytes, old.flushes), (5, 7 * 512, None));
+        assert_eq!(DiskCounters::parse("1 2 3"), None);
+        assert_eq!(DiskCounters::parse("1 2 3 4 5 6 x 8"), None);
+    }
+
+    #[test]
+    fn a_device_window_gives_sizes_and_mean_times_per_request() {
+        let a = DiskCounters::parse("10 0 2048 5 100 0 204800 300 0 0 0 0 0 0 0 40 8").unwrap();
+        let b = DiskCounters::parse("30 0 6144 25 300 0 614400 900 0 0 0 0 0 0 0 90 18").unwrap();
+        let d = b.since(&a).summary(2.0);
+        assert_eq!(d.write_request_kib, Some(1024.0), "200 writes of 409600 sectors");
+        assert_eq!(d.write_request_ms, Some(3.0), "600 ms over 200 writes");
+        assert_eq!(d.flushes_per_sec, Some(25.0));
+        assert_eq!(d.flush_ms, Some(0.2));
+        assert_eq!(d.read_mib_per_sec, 1.0, "4096 sectors in 2 s");
+        let line = d.line().unwrap();
+        assert!(line.contains("writes of 1024 KiB taking 3.00 ms"), "{line}");
+        assert!(line.contains("25 cache flushes/s taking 0.20 ms"), "{line}");
+        // Nothing written: no line.
+        assert_eq!(a.since(&a).summary(1.0).line(), None);
     }
 
     #[test]

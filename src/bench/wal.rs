@@ -113,6 +113,9 @@ pub struct WalReport {
     /// What the directory's block device wrote while the appends ran (the logs' flushes,
     /// segment preparation, metadata, other writers), when it is on one.
     pub disk_write_mib_per_sec: Option<f64>,
+    /// The device's side: its reads, and its own mean time per write and per cache flush
+    /// (beside the flush latency, the rest is queueing above the device).
+    pub device: Option<super::DeviceSummary>,
     pub segments_recycled: u64,
     pub peak_rss_mib: f64,
     pub errors: u64,
@@ -203,13 +206,13 @@ pub fn run(args: &WalArgs) -> Result<WalReport, String> {
     );
     let cpu0 = process_cpu_time();
     let disk = super::DiskWrites::of_dir(&dir);
-    let disk0 = disk.as_ref().and_then(|d| d.bytes());
+    let disk0 = disk.as_ref().and_then(|d| d.counters());
     let mut results = Vec::new();
     for h in handles {
         results.push(h.join().map_err(|e| format!("executor failed: {e}"))??);
     }
     let cpu = process_cpu_time().saturating_sub(cpu0);
-    let disk_written = disk.as_ref().and_then(|d| d.since(disk0));
+    let disk_window = disk.as_ref().and_then(|d| d.since(disk0));
     let mut hist = latency_histogram();
     let mut flush_hist = latency_histogram();
     let mut flush_bytes: Option<Histogram<u64>> = None;
@@ -272,7 +275,8 @@ pub fn run(args: &WalArgs) -> Result<WalReport, String> {
         cpu_us_per_append: if appends > 0 { cpu.as_secs_f64() * 1e6 / appends as f64 } else { 0.0 },
         segments_zero_filled: zero_filled,
         segments_recycled: recycled,
-        disk_write_mib_per_sec: disk_written.map(|b| b as f64 / secs / (1 << 20) as f64),
+        disk_write_mib_per_sec: disk_window.map(|d| d.write_bytes as f64 / secs / (1 << 20) as f64),
+        device: disk_window.map(|d| d.summary(secs)),
         peak_rss_mib: peak_rss_bytes() as f64 / (1 << 20) as f64,
         errors,
     };
@@ -315,6 +319,9 @@ fn print_report(r: &WalReport) {
     println!("cpu per append us  {:>12.2}", r.cpu_us_per_append);
     if let Some(d) = r.disk_write_mib_per_sec {
         println!("disk wrote MiB/s   {d:>12.1} (flushes, segment preparation, metadata)");
+    }
+    if let Some(line) = r.device.as_ref().and_then(super::DeviceSummary::line) {
+        println!("device             {line}");
     }
     println!(
         "segments           {} zero-filled, {} recycled; peak RSS {:.0} MiB; errors {}",
