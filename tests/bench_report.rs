@@ -97,6 +97,21 @@ fn default_phases_write_every_report_and_the_page_renders() {
     for k in ["appends_per_sec", "mib_per_sec", "p50_us", "p99_us", "p999_us", "max_us"] {
         assert!(j[k].is_number(), "summary.json lacks {k}: {j}");
     }
+    // Where the open loop's pacers spent their time (what tells the generator's own lag from
+    // the cluster's backpressure): shares of it, for the open loop only.
+    for p in j["phases"].as_array().unwrap() {
+        let keys = ["pacer_sending_share", "pacer_window_full_share", "pacer_late_wake_share"];
+        if p["offered_per_sec"].is_null() {
+            assert!(keys.iter().all(|k| p[k].is_null()), "{p}");
+            continue;
+        }
+        let shares: Vec<f64> = keys.iter().map(|k| p[k].as_f64().expect(k)).collect();
+        assert!(shares.iter().all(|s| (0.0..=1.0).contains(s)), "{p}");
+        // The parts are disjoint stretches of the pacers' time, which also sleep as planned.
+        assert!(shares.iter().sum::<f64>() < 1.0, "{p}");
+        assert!(shares[0] > 0.0, "sending takes some time: {p}");
+    }
+    assert!(stdout.contains("  pacers     "), "{stdout}");
     // The sweep: a short closed loop at 32 in flight, then at 64; the saturation phase runs at
     // 64 only if it gained at least 5% over 32.
     let sweep = j["sweep"].as_array().expect("sweep");

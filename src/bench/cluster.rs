@@ -238,6 +238,12 @@ pub struct PhaseReport {
     /// Open loop: due → sent lag of the generator, µs.
     pub send_lag_p50_us: u64,
     pub send_lag_p99_us: u64,
+    /// Open loop: shares of the pacers' time in send calls (blocked there while the cluster
+    /// does not read: its backpressure), waiting for room in a full window (its backlog), and
+    /// lost to late wake-ups (the generator's own: no CPU for it). See `load::PacerTimes`.
+    pub pacer_sending_share: Option<f64>,
+    pub pacer_window_full_share: Option<f64>,
+    pub pacer_late_wake_share: Option<f64>,
     /// A local cluster on a block device: what the device wrote in the window, MiB/s, and
     /// that as a multiple of the payload all replicas appended (above 1: frame headers,
     /// padding to blocks, segment preparation, file-system metadata, other writers).
@@ -357,6 +363,9 @@ fn phase_report(p: &PhaseResult, replicas: u64, groups: u64) -> PhaseReport {
         generator_cpu_us_per_append: p.generator_cpu.as_secs_f64() * 1e6 / n,
         send_lag_p50_us: q(&p.send_lag, 0.5),
         send_lag_p99_us: q(&p.send_lag, 0.99),
+        pacer_sending_share: p.pacers.map(|t| t.share(t.sending)),
+        pacer_window_full_share: p.pacers.map(|t| t.share(t.window_full)),
+        pacer_late_wake_share: p.pacers.map(|t| t.share(t.late_wakes)),
         disk_write_mib_per_sec: p.disk.map(|d| d.write_bytes as f64 / secs / (1 << 20) as f64),
         disk_write_per_replicated_byte: p
             .disk
@@ -462,6 +471,19 @@ fn print_phase(p: &PhaseReport) {
             String::new()
         }
     );
+    if let (Some(s), Some(w), Some(l)) =
+        (p.pacer_sending_share, p.pacer_window_full_share, p.pacer_late_wake_share)
+    {
+        println!(
+            "  pacers     {:.0}% of their time in sends (blocked there while the cluster does not \
+             read: its backpressure), {:.0}% waiting for room in a full window (its backlog), \
+             {:.0}% lost to late wake-ups (timer slack, or no CPU for them), the rest asleep as \
+             planned",
+            s * 100.0,
+            w * 100.0,
+            l * 100.0
+        );
+    }
     if let (Some(mib), Some(x)) = (p.disk_write_mib_per_sec, p.disk_write_per_replicated_byte) {
         println!(
             "  disk       wrote {mib:.1} MiB/s = {x:.2} x the replicas' payload (the rest: headers, \

@@ -164,11 +164,44 @@ pub struct SecondRow {
     pub flush_max_us: Option<u64>,
 }
 
+/// Where an open loop's pacers spent the measured window, summed over pacers: what tells a
+/// due-to-sent lag caused by the generator (late wake-ups: no CPU for it) from one caused by
+/// the cluster (sends blocked while it does not read: its backpressure; a connection's window
+/// full of appends in flight: its backlog).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PacerTimes {
+    /// The pacers' time in the measured window, summed (pacers x window).
+    pub total: Duration,
+    /// In send calls: encoding appends and writing them to the connection, blocked there
+    /// while the node does not read.
+    pub sending: Duration,
+    /// Waiting for room in a connection's window, appends due.
+    pub window_full: Duration,
+    /// Waking later than asked (the thread waited for a CPU, or its timer slack).
+    pub late_wakes: Duration,
+}
+
+impl PacerTimes {
+    fn add(&mut self, o: &PacerTimes) {
+        self.total += o.total;
+        self.sending += o.sending;
+        self.window_full += o.window_full;
+        self.late_wakes += o.late_wakes;
+    }
+
+    /// A part's share of the pacers' time.
+    pub fn share(&self, part: Duration) -> f64 {
+        part.as_secs_f64() / self.total.as_secs_f64().max(1e-9)
+    }
+}
+
 /// What the machine did during a phase's measured window.
 pub struct Window {
     /// CPU time of the whole process, and of the generator's threads.
     pub process_cpu: Duration,
     pub generator_cpu: Duration,
+    /// Open loop: where the pacers spent it.
+    pub pacers: Option<PacerTimes>,
     /// What the data directory's block device did (a local cluster on a block device).
     pub disk: Option<super::DiskCounters>,
     /// What each local replica's logs did in the window (see [`ReplicaProbe`]).
@@ -191,6 +224,8 @@ pub struct PhaseResult {
     /// CPU time of the whole process in the window, and of the generator's threads.
     pub process_cpu: Duration,
     pub generator_cpu: Duration,
+    /// Open loop: where the pacers spent the window.
+    pub pacers: Option<PacerTimes>,
     /// What the data directory's block device did in the window, when known.
     pub disk: Option<super::DiskCounters>,
     /// What each local replica's logs did in the window, when known.
@@ -457,6 +492,7 @@ impl Generator {
             seconds,
             process_cpu: window.process_cpu,
             generator_cpu: window.generator_cpu,
+            pacers: window.pacers,
             disk: window.disk,
             replicas: window.replicas,
         };
@@ -510,6 +546,7 @@ impl Generator {
         let window = Window {
             process_cpu: super::process_cpu_time().saturating_sub(cpu0.0),
             generator_cpu: generator_cpu_time().saturating_sub(cpu0.1),
+            pacers: None,
             disk: self.disk.as_ref().and_then(|d| d.since(disk0)),
             replicas: replicas0.zip(self.replicas_now()).and_then(|(before, after)| {
                 (before.len() == after.len())
@@ -607,8 +644,10 @@ impl Generator {
                     if interval >= PACER_SLEEP_MAX {
                         precise_sleeps();
                     }
-                    // CPU counted from the end of the warm-up (read when first past it).
+                    // CPU and time counted from the end of the warm-up (read when first past
+                    // it).
                     let mut cpu0 = None;
+                    let mut times = PacerTimes::default();
                     let mut rng = SplitMix64::new(seed);
                     let mut due = first;
                     let mut i: u32 = 0;
@@ -620,8 +659,13 @@ impl Generator {
                         // together, in one write (their lag is measured, and counts in their
                         // latency).
                         let now = Instant::now();
+                        let measuring = now >= measure_from;
                         if due > now {
-                            std::thread::sleep((due - now).max(sleep_min));
+                            let asked = (due - now).max(sleep_min);
+                            std::thread::sleep(asked);
+                            if measuring {
+                                times.late_wakes += now.elapsed().saturating_sub(asked);
+                            }
                         }
                         let now = Instant::now();
                         // Room in the window, taken once per wake (completions meanwhile only
@@ -649,15 +693,25 @@ impl Generator {
                             }
                             true
                         });
+                        if measuring {
+                            times.sending += now.elapsed();
+                        }
                         if !ok {
                             break;
                         }
                         // The window filled with appends still due: wait for completions.
                         if room == 0 && due <= now && due < stop_at {
+                            let t = Instant::now();
                             std::thread::sleep(PACER_SLEEP_MIN);
+                            if measuring {
+                                times.window_full += t.elapsed();
+                            }
                         }
                     }
-                    thread_cpu_time().saturating_sub(cpu0.unwrap_or_else(thread_cpu_time))
+                    // Up to now, not to `stop_at`: the last send may end after it, and the
+                    // parts are stretches of this time.
+                    times.total = Instant::now().saturating_duration_since(measure_from);
+                    (thread_cpu_time().saturating_sub(cpu0.unwrap_or_else(thread_cpu_time)), times)
                 })
                 .expect("spawn a pacer thread");
             pacers.push(h);
@@ -666,9 +720,13 @@ impl Generator {
         std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
         on_measure();
         let (rows, mut window) = self.tick_until(name, measure_from, stop_at, progress);
+        let mut times = PacerTimes::default();
         for p in pacers {
-            window.generator_cpu += p.join().unwrap_or_default();
+            let (cpu, t) = p.join().unwrap_or_default();
+            window.generator_cpu += cpu;
+            times.add(&t);
         }
+        window.pacers = Some(times);
         self.drain();
         progress.end_phase();
         self.collect(name, Some(rate), duration, rows, window)
