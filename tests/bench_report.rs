@@ -434,3 +434,20 @@ fn the_local_cluster_takes_node_settings_from_the_environment() {
     assert!(!o.status.success(), "a bad setting was accepted");
     assert!(stderr.contains("CORELOG_TICK_MS"), "{stderr}");
 }
+
+#[test]
+fn a_rate_beyond_the_cluster_is_reported_as_fallen_behind() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (out, data) = (tmp.path().join("out"), tmp.path().join("data"));
+    // Two million appends a second, at most 4 x 32 in flight per connection: far beyond
+    // what three replicas on this machine sustain, so the window stays full.
+    let stdout =
+        bench(&out, &data, &["--warmup", "200ms", "--rate", "2000000", "--concurrency", "64"]);
+    assert!(stdout.contains("WARNING: the open loop fell behind"), "{stdout}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let p = &j["phases"][0];
+    assert!(p["appends_per_sec"].as_f64().unwrap() < 0.95 * 2e6, "{p}");
+    let full = p["pacer_window_full_share"].as_f64().unwrap();
+    assert!(full > 0.25, "the pacers waited for a full window {full} of their time: {p}");
+}
