@@ -64,7 +64,7 @@ enum BenchMode {
     /// A replicated cluster: a local one by default, or `--addresses` of a running one.
     ///
     /// The local cluster's nodes take the `CORELOG_*` environment variables that `corelog
-    /// serve` reads (e.g. `CORELOG_FLUSH_BYTES_MAX=2097152`); the header lists those in effect.
+    /// serve` reads (e.g. `CORELOG_FLUSHES_IN_FLIGHT_MAX=8`); the header lists those in effect.
     Cluster(corelog::bench::cluster::ClusterArgs),
 }
 

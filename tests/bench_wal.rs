@@ -59,8 +59,9 @@ fn bench_wal_prints_and_writes_consistent_figures() {
             let d = j["disk_write_mib_per_sec"].as_f64().expect("disk figure");
             assert!(d > 0.9 * j["mib_per_sec"].as_f64().unwrap(), "disk {d} MiB/s: {j}");
             let dev = &j["device"];
-            assert!(dev["write_request_kib"].as_f64().expect("requests") >= 0.5, "{dev}");
-            assert!(dev["write_request_ms"].as_f64().expect("their time") >= 0.0, "{dev}");
+            // O_DIRECT writes of whole 4 KiB blocks, journal blocks: 4 KiB at least.
+            assert!(dev["write_request_kib"].as_f64().expect("requests") >= 4.0, "{dev}");
+            assert!(dev["write_request_ms"].is_number(), "their mean time: {dev}");
         }
         None => {
             assert!(j["disk_write_mib_per_sec"].is_null(), "{j}");

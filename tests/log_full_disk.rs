@@ -27,11 +27,37 @@ impl Drop for Mounted {
     }
 }
 
+/// Start of the name of the directory that holds a test's file system, followed by the
+/// test process's id.
+const MOUNT_PREFIX: &str = "corelog-full-disk-";
+
+/// Unmounts the file systems of test runs that were killed (SIGKILL runs no `Drop`): those
+/// whose process is gone. Mounts of live runs (tests of this binary run in parallel) stay.
+fn unmount_left_by_dead_runs() {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else { return };
+    for mountpoint in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
+        let Some(rest) = mountpoint.split(MOUNT_PREFIX).nth(1) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("umount").arg("-l").arg(mountpoint).status();
+            if let Some(dir) = std::path::Path::new(mountpoint).parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+}
+
 fn mount_small_ext4(mib: u64) -> Result<Mounted, String> {
     if unsafe { libc::geteuid() } != 0 {
         return Err("not root: cannot mount a loop file system".into());
     }
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    unmount_left_by_dead_runs();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{MOUNT_PREFIX}{}-", std::process::id()))
+        .tempdir()
+        .map_err(|e| e.to_string())?;
     let image = dir.path().join("fs.img");
     let f = std::fs::File::create(&image).map_err(|e| e.to_string())?;
     f.set_len(mib << 20).map_err(|e| e.to_string())?;

@@ -210,6 +210,13 @@ impl Checkpointer {
 /// Appends in flight allowed in the open loop, as a multiple of `--concurrency`.
 const OPEN_LOOP_WINDOW_FACTOR: usize = 4;
 
+/// Most bytes per log flush on the nodes of a local cluster, whose replicas share one disk:
+/// fewer, larger flushes give the shared disk more bandwidth. On this project's 2-core test VM
+/// against a node's default of 1 MiB: 16 KiB entries +9% appends/s (8 of 9 pairs; the leader
+/// waited for room in its log 30-34% of the time instead of 45-48%), 4 KiB +2-5% (3 of 3),
+/// 1 KiB the same (7 pairs, means within 1%); `docs/measurements/2026-11-28-flush-size-and-rolls.md`.
+const SHARED_DISK_FLUSH_BYTES_MAX: usize = 2 << 20;
+
 /// Share of the open loop's pacer time spent waiting for a full window beyond which the
 /// phase is reported as fallen behind (see `print_phase`).
 const OPEN_LOOP_BEHIND_WINDOW_SHARE: f64 = 0.25;
@@ -446,9 +453,10 @@ fn print_phase(p: &PhaseReport) {
         println!(
             "  WARNING: the open loop fell behind ({:.0}% of the offered rate completed; appends \
              due waited for a full window {:.0}% of the pacers' time): the cluster did not \
-             sustain this rate, and the latency below is that of a growing backlog. A \
-             closed-loop peak can overstate the sustainable rate; try a lower --load-fraction \
-             or --rate.",
+             sustain this rate with the appends in flight allowed (4x --concurrency over the \
+             connections), and the latency below is that of a growing backlog. A closed-loop \
+             peak can overstate the sustainable rate; try a lower --load-fraction or --rate (or, \
+             with few in flight, a higher --concurrency).",
             p.appends_per_sec / r * 100.0,
             window_full * 100.0
         );
@@ -656,9 +664,23 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
         }
         let cores = (args.groups as usize).clamp(1, cores);
         // The nodes' other settings: their defaults, or the `CORELOG_*` environment variables
-        // that `corelog serve` reads (e.g. CORELOG_FLUSH_BYTES_MAX), to try a setting here.
-        let base = NodeConfig::resolve(None, &|k| std::env::var(k).ok(), &[])
+        // that `corelog serve` reads (e.g. CORELOG_FLUSHES_IN_FLIGHT_MAX), to try a setting here.
+        let mut base = NodeConfig::resolve(None, &|k| std::env::var(k).ok(), &[])
             .map_err(|e| format!("the local cluster's settings: {e}"))?;
+        // The replicas share one disk: larger flushes (unless set otherwise).
+        if args.replicas > 1 && std::env::var("CORELOG_FLUSH_BYTES_MAX").is_err() {
+            base.flush_bytes_max = SHARED_DISK_FLUSH_BYTES_MAX
+                .min(base.segment_bytes as usize)
+                .max(base.flush_bytes_max);
+            let line = format!(
+                "nodes     log flushes of up to {} KiB (the replicas share one disk; a node's \
+                 default is {} KiB; CORELOG_FLUSH_BYTES_MAX sets it)",
+                base.flush_bytes_max >> 10,
+                NodeConfig::default().flush_bytes_max >> 10
+            );
+            eprintln!("{line}");
+            header.push(line);
+        }
         let set: Vec<String> = crate::node::config::SETTINGS
             .iter()
             .filter(|s| !["node_id", "data_dir", "members", "groups", "cores"].contains(&s.key))

@@ -173,7 +173,7 @@ pub struct PacerTimes {
     /// The pacers' time in the measured window, summed (pacers x window).
     pub total: Duration,
     /// In send calls: encoding appends and writing them to the connection, blocked there
-    /// while the node does not read.
+    /// while the node does not read (and any wait for a CPU meanwhile).
     pub sending: Duration,
     /// Waiting for room in a connection's window, appends due.
     pub window_full: Duration,
@@ -704,7 +704,10 @@ impl Generator {
                             let t = Instant::now();
                             std::thread::sleep(PACER_SLEEP_MIN);
                             if measuring {
-                                times.window_full += t.elapsed();
+                                // Oversleeping is the generator's, not the window's.
+                                let slept = t.elapsed();
+                                times.window_full += slept.min(PACER_SLEEP_MIN);
+                                times.late_wakes += slept.saturating_sub(PACER_SLEEP_MIN);
                             }
                         }
                     }

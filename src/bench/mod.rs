@@ -122,6 +122,9 @@ pub fn host_header(dir: &std::path::Path) -> Vec<String> {
 pub struct DiskWrites {
     /// `sys/class/block/{device}/stat` of the device (`vda1`, `nvme0n1p2`, `dm-0`).
     stat: PathBuf,
+    /// For a partition, its disk's `stat`: the kernel counts cache flushes on the whole disk
+    /// only (a partition's flush fields stay 0).
+    disk_stat: Option<PathBuf>,
 }
 
 impl DiskWrites {
@@ -129,14 +132,26 @@ impl DiskWrites {
     pub fn of_dir(dir: &Path) -> Option<DiskWrites> {
         let sys = crate::tools::doctor::Sys::host();
         let dev = crate::tools::doctor::block_device_of_dir(&sys, dir).ok()?;
-        let stat = sys.path(&format!("sys/class/block/{}/stat", dev.name));
-        let w = DiskWrites { stat };
+        let dev_dir = sys.path(&format!("sys/class/block/{}", dev.name));
+        let stat = dev_dir.join("stat");
+        // A partition's directory sits in its disk's.
+        let disk_stat = dev_dir
+            .join("partition")
+            .exists()
+            .then(|| std::fs::canonicalize(&dev_dir).ok()?.parent().map(|d| d.join("stat")))
+            .flatten();
+        let w = DiskWrites { stat, disk_stat };
         w.counters().map(|_| w)
     }
 
-    /// The device's counters since boot.
+    /// The device's counters since boot (a partition's, with its disk's cache flushes).
     pub fn counters(&self) -> Option<DiskCounters> {
-        DiskCounters::parse(&std::fs::read_to_string(&self.stat).ok()?)
+        let mut c = DiskCounters::parse(&std::fs::read_to_string(&self.stat).ok()?)?;
+        if let Some(disk) = &self.disk_stat {
+            let d = std::fs::read_to_string(disk).ok().and_then(|t| DiskCounters::parse(&t));
+            (c.flushes, c.flush_ms) = d.map_or((None, None), |d| (d.flushes, d.flush_ms));
+        }
+        Some(c)
     }
 
     /// Counters since [`Self::counters`] returned `before` (`None` if either read failed).
@@ -185,15 +200,17 @@ impl DiskCounters {
 
     fn since(&self, b: &DiskCounters) -> DiskCounters {
         let d = |a: u64, b: u64| a.saturating_sub(b);
+        // The kernel prints the milliseconds as 32-bit values: they wrap (every 49.7 days).
+        let ms = |a: u64, b: u64| a.wrapping_sub(b) & 0xFFFF_FFFF;
         DiskCounters {
             reads: d(self.reads, b.reads),
             read_bytes: d(self.read_bytes, b.read_bytes),
-            read_ms: d(self.read_ms, b.read_ms),
+            read_ms: ms(self.read_ms, b.read_ms),
             writes: d(self.writes, b.writes),
             write_bytes: d(self.write_bytes, b.write_bytes),
-            write_ms: d(self.write_ms, b.write_ms),
+            write_ms: ms(self.write_ms, b.write_ms),
             flushes: self.flushes.zip(b.flushes).map(|(a, b)| d(a, b)),
-            flush_ms: self.flush_ms.zip(b.flush_ms).map(|(a, b)| d(a, b)),
+            flush_ms: self.flush_ms.zip(b.flush_ms).map(|(a, b)| ms(a, b)),
         }
     }
 
@@ -275,6 +292,12 @@ mod tests {
         assert!(line.contains("25 cache flushes/s taking 0.20 ms"), "{line}");
         // Nothing written: no line.
         assert_eq!(a.since(&a).summary(1.0).line(), None);
+        // The milliseconds wrap at 2^32.
+        let c = DiskCounters::parse("0 0 0 4294967290 1 0 8 4294967295 0 0 0 0 0 0 0 1 4294967295")
+            .unwrap();
+        let e = DiskCounters::parse("0 0 0 4 2 0 16 9 0 0 0 0 0 0 0 2 3").unwrap();
+        let w = e.since(&c);
+        assert_eq!((w.read_ms, w.write_ms, w.flush_ms), (10, 10, Some(4)));
     }
 
     #[test]

@@ -63,10 +63,8 @@ pub struct NodeConfig {
     pub segment_bytes: u64,
     /// Trimmed segments each log keeps for reuse (see `LogConfig::spare_segments_max`).
     pub spare_segments_max: usize,
-    /// Most bytes per log flush. A node's default is 2 MiB, not the log's 1 MiB: with 3
-    /// replicas sharing one disk on this project's 2-core test VM, 16 KiB entries reached
-    /// +10% appends/s (5 of 6 pairs; the leader waited for room in its log's buffer 30-34% of
-    /// the time instead of 45-48%), 1 KiB entries the same (7 pairs, means within 1%).
+    /// Most bytes per log flush. Default 1 MiB (one log on its disk does best with it; the
+    /// local cluster of `corelog bench`, whose replicas share one disk, uses 2 MiB).
     pub flush_bytes_max: usize,
     /// Log flushes in flight at once (see `LogConfig::flushes_in_flight_max`).
     pub flushes_in_flight_max: usize,
@@ -158,7 +156,7 @@ impl Default for NodeConfig {
             heartbeat_ticks: 3,
             segment_bytes: 64 << 20,
             spare_segments_max: LogConfig::new(0).spare_segments_max,
-            flush_bytes_max: 2 << 20,
+            flush_bytes_max: 1 << 20,
             flushes_in_flight_max: LogConfig::new(0).flushes_in_flight_max,
             flush_pipeline_bytes: 256 << 10,
             sync: SyncMethod::Adaptive,
