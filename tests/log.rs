@@ -816,3 +816,33 @@ fn an_append_dropped_while_rolling_the_segment_leaves_the_log_usable() {
         log.close().await.unwrap();
     });
 }
+
+/// `space_ready` answers only for room that needs no segment still to prepare (what a
+/// follower asks before it takes an append: a preparation under way may yet fail for lack of
+/// space). With no spare kept ahead, an append beyond the open segment is not ready until one
+/// is prepared, which the question starts, while `space_for` (room not known to be lacking)
+/// says yes at once.
+#[test]
+fn space_ready_waits_for_a_prepared_segment() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let cfg = LogConfig { spare_segments: 0, ..small_config() };
+        let (log, _) = Log::open(&path, cfg).await.unwrap();
+        append_n(&log, 1, 1, 1, 100).await;
+        let beyond = 1 << 20; // more than the open segment has left
+        assert!(log.space_ready(4096), "fits the open segment");
+        assert!(log.space_for(beyond).is_ok(), "no lack of space known");
+        assert!(!log.space_ready(beyond), "no spare kept ahead: a segment is still to prepare");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !log.space_ready(beyond) {
+            assert!(Instant::now() < deadline, "the question started no preparation");
+            corelog::rt::sleep(Duration::from_millis(5)).await;
+        }
+        // Ready: the append that rolls takes the prepared spare.
+        append_n(&log, 1, 20, 1, 60_000).await;
+        assert_eq!(log.stats().segments_activated, 2, "{:?}", log.stats().segments_activated);
+        log.close().await.unwrap();
+    });
+}

@@ -421,6 +421,22 @@ impl State {
         self.spares.iter().filter(|s| s.max_index <= self.last_index).count()
     }
 
+    /// Whether `len` more bytes of frames fit the open segment or the spares ready for the
+    /// next ones (see [`Log::space_ready`]).
+    fn fits_prepared(&self, len: usize) -> bool {
+        let end = self.open.as_ref().map_or(u64::MAX, |o| o.base + o.len as u64);
+        if end.saturating_add(len as u64) <= self.cfg.segment_bytes {
+            return true;
+        }
+        // Spares the next segments can be made of. What does not fit the open segment goes to
+        // the next one, so one spare takes up to a segment; beyond that, a frame never spans
+        // two segments, so each may leave up to a frame's worth unused at its end.
+        let usable = self.usable_spares() as u64;
+        let per_spare = self.cfg.segment_bytes.saturating_sub(self.cfg.frame_bytes_max() as u64);
+        let len = len as u64;
+        usable >= 1 && (len <= self.cfg.segment_bytes || len <= usable * per_spare)
+    }
+
     /// Remembers whether preparing a segment last failed for lack of space.
     fn note_preparation(&mut self, r: &LogResult<()>) {
         match r {
@@ -1758,6 +1774,29 @@ impl Log {
         .await
     }
 
+    /// Whether `len` more bytes of frames fit where they need no segment still to prepare: the
+    /// open segment, or spares ready. A caller that may decline rather than wait (a follower
+    /// drops an append as if it was lost; the leader sends it again) asks this besides
+    /// [`Log::space_for`], which answers `Ok` while a preparation is under way: that
+    /// preparation can still fail for lack of space, and an append that needed its segment
+    /// then fails. Starts preparing spares when it answers `false`.
+    pub fn space_ready(&self, len: usize) -> bool {
+        let prepare = {
+            let st = self.shared.st.borrow();
+            if st.fits_prepared(len) {
+                return true;
+            }
+            // Whatever `spare_segments` says (0 keeps none ahead) and whatever spares there
+            // are (a recycled one may hold higher indexes): one more. Not when the last
+            // attempt found the disk full: `space_for` retries that at its own pace.
+            st.no_space.is_none()
+        };
+        if prepare {
+            self.prepare_spares(true);
+        }
+        false
+    }
+
     /// Whether `len` more bytes of frames can be appended now: `Err(NoSpace)` when they would
     /// need a new segment, none is ready, and the last attempt to prepare one failed for lack
     /// of space; `Ok` otherwise (they fit the open segment, a spare is ready, or no lack of
@@ -1771,17 +1810,7 @@ impl Log {
         st.check_usable()?;
         let Some((tried, e)) = &st.no_space else { return Ok(()) };
         let (tried, e) = (*tried, e.clone());
-        let end = st.open.as_ref().map_or(u64::MAX, |o| o.base + o.len as u64);
-        if end.saturating_add(len as u64) <= st.cfg.segment_bytes {
-            return Ok(());
-        }
-        // Spares the next segments can be made of. What does not fit the open segment goes to
-        // the next one, so one spare takes up to a segment; beyond that, a frame never spans
-        // two segments, so each may leave up to a frame's worth unused at its end.
-        let usable = st.usable_spares() as u64;
-        let per_spare = st.cfg.segment_bytes.saturating_sub(st.cfg.frame_bytes_max() as u64);
-        let len = len as u64;
-        if usable >= 1 && (len <= st.cfg.segment_bytes || len <= usable * per_spare) {
+        if st.fits_prepared(len) {
             return Ok(());
         }
         let retry = !st.preparing_spare && tried.elapsed() >= SPACE_RETRY;

@@ -634,9 +634,13 @@ impl GroupDriver {
                     {
                         // Entries the log has no room for are not taken: the append is dropped
                         // like a lost message (the leader sends it again), rather than
-                        // accepted by the core and then not written.
+                        // accepted by the core and then not written. Nor are entries that
+                        // need a segment still being prepared: that preparation may yet fail
+                        // for lack of space, and a write that then fails stops the group.
                         let need = frame_bytes(entries.iter().map(|e| &e.data[..]));
-                        if self.room_for(need).is_err() {
+                        let ready =
+                            self.log.space_ready(self.unwritten_bytes + need + SPACE_HEADROOM);
+                        if !ready || self.room_for(need).is_err() {
                             self.metrics.error("no_space");
                             return;
                         }
