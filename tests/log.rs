@@ -829,9 +829,9 @@ fn space_ready_waits_for_a_prepared_segment() {
     let path = dir.path().to_path_buf();
     run(move || async move {
         let cfg = LogConfig { spare_segments: 0, ..small_config() };
-        let (log, _) = Log::open(&path, cfg).await.unwrap();
+        let (log, _) = Log::open(&path, cfg.clone()).await.unwrap();
         append_n(&log, 1, 1, 1, 100).await;
-        let beyond = 1 << 20; // more than the open segment has left
+        let beyond = cfg.segment_bytes as usize; // more than the open segment has left
         assert!(log.space_ready(4096), "fits the open segment");
         assert!(log.space_for(beyond).is_ok(), "no lack of space known");
         assert!(!log.space_ready(beyond), "no spare kept ahead: a segment is still to prepare");
@@ -840,9 +840,11 @@ fn space_ready_waits_for_a_prepared_segment() {
             assert!(Instant::now() < deadline, "the question started no preparation");
             corelog::rt::sleep(Duration::from_millis(5)).await;
         }
-        // Ready: the append that rolls takes the prepared spare.
+        // Ready: the append that rolls takes the prepared spare (the first segment and the
+        // spare were zero-filled; a roll without it would have zero-filled a third).
         append_n(&log, 1, 20, 1, 60_000).await;
-        assert_eq!(log.stats().segments_activated, 2, "{:?}", log.stats().segments_activated);
+        let st = log.stats();
+        assert_eq!((st.segments_activated, st.segments_zero_filled), (2, 2), "{st:?}");
         log.close().await.unwrap();
     });
 }

@@ -375,6 +375,9 @@ struct State {
     /// and none has succeeded since: [`Log::space_for`] refuses appends that would need a new
     /// segment while no spare is ready.
     no_space: Option<(Instant, LogError)>,
+    /// The last preparation of a segment failed for another reason than a lack of space (an
+    /// I/O error): [`Log::space_ready`] then lets the write find it out, and the group stop.
+    preparation_failed: bool,
     closed: bool,
     durable_waiters: BinaryHeap<Waiter>,
     /// Tasks waiting for any change (a flush, a roll finishing, a preparation) other than
@@ -439,6 +442,7 @@ impl State {
 
     /// Remembers whether preparing a segment last failed for lack of space.
     fn note_preparation(&mut self, r: &LogResult<()>) {
+        self.preparation_failed = matches!(r, Err(e) if !e.is_no_space());
         match r {
             Ok(()) => self.no_space = None,
             Err(e) if e.is_no_space() => self.no_space = Some((Instant::now(), e.clone())),
@@ -818,6 +822,7 @@ impl Log {
             space_waiters: BTreeMap::new(),
             poisoned: None,
             no_space: None,
+            preparation_failed: false,
             closed: false,
             durable_waiters: BinaryHeap::new(),
             change_waiters: Vec::new(),
@@ -1781,17 +1786,21 @@ impl Log {
     /// preparation can still fail for lack of space, and an append that needed its segment
     /// then fails. Starts preparing spares when it answers `false`.
     pub fn space_ready(&self, len: usize) -> bool {
-        let prepare = {
+        let known_full = {
             let st = self.shared.st.borrow();
-            if st.fits_prepared(len) {
+            // A preparation that failed otherwise than for space: not a reason to decline
+            // forever; the write will meet the error and report it.
+            if st.fits_prepared(len) || st.preparation_failed {
                 return true;
             }
-            // Whatever `spare_segments` says (0 keeps none ahead) and whatever spares there
-            // are (a recycled one may hold higher indexes): one more. Not when the last
-            // attempt found the disk full: `space_for` retries that at its own pace.
-            st.no_space.is_none()
+            st.no_space.is_some()
         };
-        if prepare {
+        if known_full {
+            // The disk was full: `space_for` tries again to prepare a segment, at its pace.
+            let _ = self.space_for(len);
+        } else {
+            // Whatever `spare_segments` says (0 keeps none ahead) and whatever spares there
+            // are (a recycled one may hold higher indexes): one more.
             self.prepare_spares(true);
         }
         false
