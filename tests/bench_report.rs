@@ -451,4 +451,9 @@ fn a_rate_beyond_the_cluster_is_reported_as_fallen_behind() {
     assert!(p["appends_per_sec"].as_f64().unwrap() < 0.95 * 2e6, "{p}");
     let full = p["pacer_window_full_share"].as_f64().unwrap();
     assert!(full > 0.25, "the pacers waited for a full window {full} of their time: {p}");
+    // A second after the phase, the pacers gave up the rest of their backlog (a rate this far
+    // beyond the cluster's would otherwise run on for many seconds), counted as errors.
+    let unsent = p["errors"][corelog::bench::load::UNSENT].as_u64().unwrap_or(0);
+    assert!(unsent > 100_000, "appends given up unsent: {unsent} ({p})");
+    assert!(stdout.contains("unsent (the generator gave up its backlog)"), "{stdout}");
 }

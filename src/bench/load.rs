@@ -148,6 +148,9 @@ pub fn error_kind(e: &ClientError) -> String {
     }
 }
 
+/// The error kind of the appends an open loop's pacer gave up unsent (see `open_loop`).
+pub const UNSENT: &str = "unsent (the generator gave up its backlog)";
+
 /// One row of the per-second series.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SecondRow {
@@ -629,6 +632,10 @@ impl Generator {
         let start = Instant::now() + Duration::from_millis(20);
         let measure_from = start + warmup;
         let stop_at = measure_from + duration;
+        // A pacer far behind gives up its backlog here, so that a rate far beyond the
+        // cluster's does not run on for minutes after the phase (the phase is reported as
+        // fallen behind, and the appends given up as errors).
+        let give_up_at = stop_at + duration.max(Duration::from_secs(1));
         let interval = Duration::from_secs_f64(n as f64 / rate.max(1e-3));
         let sleep_min = (interval * PACER_APPENDS_PER_WAKE).clamp(PACER_SLEEP_MIN, PACER_SLEEP_MAX);
         let mut pacers = Vec::new();
@@ -651,7 +658,7 @@ impl Generator {
                     let mut rng = SplitMix64::new(seed);
                     let mut due = first;
                     let mut i: u32 = 0;
-                    while due < stop_at {
+                    while due < stop_at && Instant::now() < give_up_at {
                         if cpu0.is_none() && Instant::now() >= measure_from {
                             cpu0 = Some(thread_cpu_time());
                         }
@@ -714,6 +721,18 @@ impl Generator {
                     // Up to now, not to `stop_at`: the last send may end after it, and the
                     // parts are stretches of this time.
                     times.total = Instant::now().saturating_duration_since(measure_from);
+                    // Appends due in the measured window and never sent (given up): the
+                    // `k` from `i` on with `first + k * interval` in it.
+                    let index_at = |t: Instant| {
+                        let ns = t.saturating_duration_since(first).as_nanos() as f64;
+                        (ns / interval.as_nanos().max(1) as f64).ceil() as u64
+                    };
+                    let unsent =
+                        index_at(stop_at).saturating_sub(index_at(measure_from).max(u64::from(i)));
+                    if due < stop_at && unsent > 0 {
+                        let mut rec = r.lock().unwrap_or_else(|e| e.into_inner());
+                        *rec.errors.entry(UNSENT.into()).or_default() += unsent;
+                    }
                     (thread_cpu_time().saturating_sub(cpu0.unwrap_or_else(thread_cpu_time)), times)
                 })
                 .expect("spawn a pacer thread");
