@@ -142,7 +142,7 @@ fn default_phases_write_every_report_and_the_page_renders() {
     // (every acknowledged append was written and synced within the window, give or take the
     // flushes in flight at its edges), when the directory is on a block device.
     for p in j["phases"].as_array().unwrap() {
-        match corelog::bench::DiskWrites::of_dir(&data) {
+        match corelog::bench::BlockDevice::of_dir(&data) {
             Some(_) => {
                 let x = p["disk_write_per_replicated_byte"].as_f64().expect("disk figures");
                 assert!(x > 0.9, "the disk wrote less than the replicas appended: {x} ({p})");

@@ -54,7 +54,7 @@ fn bench_wal_prints_and_writes_consistent_figures() {
     assert!(segments > 0, "{j}");
     // On a block device, the disk wrote at least the payload (every append counted was
     // written and synced within the window, give or take the flushes at its edges).
-    match corelog::bench::DiskWrites::of_dir(&data) {
+    match corelog::bench::BlockDevice::of_dir(&data) {
         Some(_) => {
             let d = j["disk_write_mib_per_sec"].as_f64().expect("disk figure");
             assert!(d > 0.9 * j["mib_per_sec"].as_f64().unwrap(), "disk {d} MiB/s: {j}");

@@ -257,7 +257,7 @@ pub struct Generator {
     data: Arc<Vec<u8>>,
     seed: u64,
     /// The local cluster's disk, whose writes each phase reports.
-    disk: Option<super::DiskWrites>,
+    disk: Option<super::BlockDevice>,
     /// Called after each second's row: the slowest flush of that second (see
     /// [`SecondRow::flush_max_us`]).
     flush_probe: Mutex<Option<FlushProbe>>,
@@ -407,7 +407,7 @@ impl Generator {
     /// Reports, for each phase, what the block device under `dir` wrote (the local cluster's
     /// data directory); nothing when `dir` is not on a block device.
     pub fn measure_disk_of(&mut self, dir: &std::path::Path) {
-        self.disk = super::DiskWrites::of_dir(dir);
+        self.disk = super::BlockDevice::of_dir(dir);
     }
 
     /// Reports each second's slowest flush from `probe` (see [`SecondRow::flush_max_us`]).
@@ -658,15 +658,18 @@ impl Generator {
                     let mut rng = SplitMix64::new(seed);
                     let mut due = first;
                     let mut i: u32 = 0;
-                    while due < stop_at && Instant::now() < give_up_at {
-                        if cpu0.is_none() && Instant::now() >= measure_from {
+                    while due < stop_at {
+                        let now = Instant::now();
+                        if now >= give_up_at {
+                            break;
+                        }
+                        let measuring = now >= measure_from;
+                        if cpu0.is_none() && measuring {
                             cpu0 = Some(thread_cpu_time());
                         }
                         // Sleep at least `sleep_min`: the appends due meanwhile go out
                         // together, in one write (their lag is measured, and counts in their
                         // latency).
-                        let now = Instant::now();
-                        let measuring = now >= measure_from;
                         if due > now {
                             let asked = (due - now).max(sleep_min);
                             std::thread::sleep(asked);

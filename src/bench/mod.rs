@@ -119,7 +119,7 @@ pub fn host_header(dir: &std::path::Path) -> Vec<String> {
 /// traffic beside the appends' (segment preparation, padding and file-system metadata show as
 /// the difference), and how long the device itself took per request, to set beside the
 /// flushes' latency (the rest is queueing above the device).
-pub struct DiskWrites {
+pub struct BlockDevice {
     /// `sys/class/block/{device}/stat` of the device (`vda1`, `nvme0n1p2`, `dm-0`).
     stat: PathBuf,
     /// For a partition, its disk's `stat`: the kernel counts cache flushes on the whole disk
@@ -127,9 +127,9 @@ pub struct DiskWrites {
     disk_stat: Option<PathBuf>,
 }
 
-impl DiskWrites {
+impl BlockDevice {
     /// The block device under `dir`, when it is on one (not on tmpfs or overlay without one).
-    pub fn of_dir(dir: &Path) -> Option<DiskWrites> {
+    pub fn of_dir(dir: &Path) -> Option<BlockDevice> {
         let sys = crate::tools::doctor::Sys::host();
         let dev = crate::tools::doctor::block_device_of_dir(&sys, dir).ok()?;
         let dev_dir = sys.path(&format!("sys/class/block/{}", dev.name));
@@ -140,7 +140,7 @@ impl DiskWrites {
             .exists()
             .then(|| std::fs::canonicalize(&dev_dir).ok()?.parent().map(|d| d.join("stat")))
             .flatten();
-        let w = DiskWrites { stat, disk_stat };
+        let w = BlockDevice { stat, disk_stat };
         w.counters().map(|_| w)
     }
 

@@ -205,7 +205,7 @@ pub fn run(args: &WalArgs) -> Result<WalReport, String> {
         (started + args.warmup).saturating_duration_since(std::time::Instant::now()),
     );
     let cpu0 = process_cpu_time();
-    let disk = super::DiskWrites::of_dir(&dir);
+    let disk = super::BlockDevice::of_dir(&dir);
     let disk0 = disk.as_ref().and_then(|d| d.counters());
     let mut results = Vec::new();
     for h in handles {
