@@ -5,6 +5,10 @@
 //! with `--addresses` it loads an existing cluster instead. The load comes from a few
 //! connections with many appends in flight on each ([`super::load`]). Phases:
 //!
+//! 0. settling (a local cluster, trimmed, with a warm-up): load at the largest level, not
+//!    measured, until the logs recycle trimmed segments instead of zero-filling new ones (a
+//!    fresh directory's transient: every new segment written twice; 2-6 s on the 2-core dev
+//!    VM, 10 s at most, [`Generator::settle`]);
 //! 1. the sweep (when `--concurrency` lists several levels, as by default: 512 to 4096): a
 //!    short closed loop at each level, stopping when one gains less than 5% over the best
 //!    before it. A closed loop with too few appends in flight measures the latency of the
@@ -272,6 +276,9 @@ pub struct PhaseReport {
     /// from disk (a leader feeding a follower that fell behind its entry cache).
     pub replica_write_mib_per_sec: Option<Vec<f64>>,
     pub frames_read_back: Option<u64>,
+    /// A local cluster: segments the replicas' logs zero-filled before use in the window
+    /// (each written twice; none where trimmed segments are recycled).
+    pub segments_zero_filled: Option<u64>,
     /// Per replica (node order): the share of the phase its group drivers stood waiting for
     /// room in their logs (their time waiting, summed over groups, over the phase's length and
     /// the group count).
@@ -322,6 +329,8 @@ pub struct ClusterReport {
     pub concurrency: usize,
     /// The concurrency sweep before the saturation phase (empty with one level or `--rate`).
     pub sweep: Vec<SweepStep>,
+    /// The unmeasured load before the sweep and saturation on a local cluster.
+    pub settle: Option<SettleReport>,
     pub connections: usize,
     pub entry_size: String,
     pub phases: Vec<PhaseReport>,
@@ -390,6 +399,7 @@ fn phase_report(p: &PhaseResult, replicas: u64, groups: u64) -> PhaseReport {
             .as_ref()
             .map(|r| r.iter().map(|c| c.written as f64 / secs / (1 << 20) as f64).collect()),
         frames_read_back: p.replicas.as_ref().map(|r| r.iter().map(|c| c.frames_read_back).sum()),
+        segments_zero_filled: p.replicas.as_ref().map(|r| r.iter().map(|c| c.zero_filled).sum()),
         replica_log_wait_share: p.replicas.as_ref().map(|r| {
             r.iter().map(|c| c.space_wait_ns as f64 * 1e-9 / secs / groups as f64).collect()
         }),
@@ -542,6 +552,12 @@ fn print_phase(p: &PhaseReport) {
             }
         );
     }
+    if let Some(n) = p.segments_zero_filled.filter(|&n| n > 0) {
+        println!(
+            "  segments   {n} zero-filled before use (each written twice, zeros then frames: \
+             the logs had no trimmed segment to recycle for them)"
+        );
+    }
     if let (Some(w), Some(f)) = (&p.replica_log_wait_share, &p.replica_flushes_in_flight) {
         let each: Vec<String> = w.iter().map(|x| format!("{:.0}%", x * 100.0)).collect();
         let flights: Vec<String> = f.iter().map(|x| format!("{x:.1}")).collect();
@@ -582,6 +598,8 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
     let mut _tmp = None;
     let mut header = Vec::new();
     let mut limits = None;
+    // The local nodes' largest flush (`--compare` measures the disk at it too).
+    let mut node_flush_max = 1 << 20;
     let local = args.addresses.is_empty();
     if args.trace.is_some() && !local && args.metrics.is_empty() {
         return Err("--trace with --addresses needs --metrics: the samples of a running cluster \
@@ -638,22 +656,6 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
         for w in &warnings {
             eprintln!("{w}");
         }
-        if args.compare {
-            eprintln!("compare: measuring this machine's limits (disk under {})...", dir.display());
-            let mut l =
-                compare::measure(&dir, &[4096, 256 << 10, 1 << 20], Duration::from_secs(1))?;
-            // Each appended byte crosses loopback once per replica: client to leader, leader
-            // to each follower. A probe that fails costs its line, not the run.
-            match compare::loopback_streams_probe(
-                args.replicas as usize,
-                128 << 10,
-                Duration::from_secs(1),
-            ) {
-                Ok(n) => l.loopback_streams = Some(n),
-                Err(e) => eprintln!("warning: the loopback bandwidth probe failed: {e}"),
-            }
-            limits = Some(l);
-        }
         let mut members = Vec::new();
         for id in 1..=args.replicas {
             members.push(PeerConfig {
@@ -680,6 +682,27 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
             );
             eprintln!("{line}");
             header.push(line);
+        }
+        if args.compare {
+            eprintln!("compare: measuring this machine's limits (disk under {})...", dir.display());
+            node_flush_max = base.flush_bytes_max.min(crate::tools::disk_check::BUF_BYTES);
+            // The sizes of the project's own measurements, and the nodes' largest flush.
+            let mut sizes = vec![4096, 256 << 10, 1 << 20];
+            if !sizes.contains(&node_flush_max) {
+                sizes.push(node_flush_max);
+            }
+            let mut l = compare::measure(&dir, &sizes, Duration::from_secs(1))?;
+            // Each appended byte crosses loopback once per replica: client to leader, leader
+            // to each follower. A probe that fails costs its line, not the run.
+            match compare::loopback_streams_probe(
+                args.replicas as usize,
+                128 << 10,
+                Duration::from_secs(1),
+            ) {
+                Ok(n) => l.loopback_streams = Some(n),
+                Err(e) => eprintln!("warning: the loopback bandwidth probe failed: {e}"),
+            }
+            limits = Some(l);
         }
         let set: Vec<String> = crate::node::config::SETTINGS
             .iter()
@@ -751,7 +774,7 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
     for n in nodes {
         n.shutdown()?;
     }
-    let Phases { phases, stages, checkpoints, sweep, concurrency } = result?;
+    let Phases { phases, stages, checkpoints, sweep, concurrency, settle } = result?;
     // The local replicas' flushes and the bytes they wrote in the saturation phase.
     let sat_flushes = phases.iter().find(|p| p.offered_per_sec.is_none()).and_then(|p| {
         let r = p.replicas.as_ref()?;
@@ -763,7 +786,7 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
     if let (Some(l), Some(dir), Some((flushes, bytes))) = (&mut limits, &data_dir, sat_flushes)
         && flushes > 0
     {
-        let size = ((bytes / flushes) as usize).clamp(4096, 1 << 20);
+        let size = ((bytes / flushes) as usize).clamp(4096, node_flush_max);
         eprintln!(
             "compare: measuring the disk under the replicas' pattern ({} x {} KiB writes)...",
             args.replicas,
@@ -785,6 +808,7 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
         replicas,
         concurrency,
         sweep,
+        settle,
         connections: args.connections,
         entry_size: args.entry_size.to_string(),
         appends_per_sec: sat.appends_per_sec,
@@ -817,6 +841,9 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
         r.replicas,
         args.seed
     );
+    if let Some(text) = r.settle.as_ref().map(settle_text) {
+        println!("settle    {text}");
+    }
     if let Some(text) = sweep_text(args, &r) {
         println!("sweep     {text}");
     }
@@ -876,6 +903,27 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
     Ok(r)
 }
 
+/// The settling load in one line.
+fn settle_text(s: &SettleReport) -> String {
+    let what = format!(
+        "{:.0} s of load at {} in flight before measuring, not counted",
+        s.seconds, s.concurrency
+    );
+    match (s.settled, s.segments_zero_filled) {
+        (true, 0) => format!("{what}: the logs zero-filled no segment"),
+        // The cap was not reached: the last second recycled (almost) every segment begun.
+        (true, n) => format!(
+            "{what}: the logs zero-filled {n} new segments (a fresh directory) until the trims \
+             gave them segments to recycle"
+        ),
+        (false, n) => format!(
+            "{what}: the logs still zero-filled segments after {:.0} s ({n} in all); the \
+             figures below include that (each new segment written twice)",
+            s.seconds
+        ),
+    }
+}
+
 /// The sweep in one line: each level's figures, then the level chosen.
 fn sweep_text(args: &ClusterArgs, r: &ClusterReport) -> Option<String> {
     if r.sweep.is_empty() {
@@ -907,6 +955,24 @@ struct Phases {
     sweep: Vec<SweepStep>,
     /// The saturation phase's appends in flight.
     concurrency: usize,
+    settle: Option<SettleReport>,
+}
+
+/// The longest a fresh data directory's transient may keep the first closed loop waiting
+/// (see [`Generator::settle`]). On the 2-core dev VM it ended after 2-4 s of load.
+const SETTLE_MAX: Duration = Duration::from_secs(10);
+
+/// What the load before the first closed loop found (see [`Generator::settle`]).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SettleReport {
+    /// Seconds of load (appends in flight: the closed loop's largest level).
+    pub seconds: f64,
+    pub concurrency: usize,
+    /// Segments the replicas' logs zero-filled meanwhile.
+    pub segments_zero_filled: u64,
+    /// Whether the logs came to recycle the segments they began (a second in which at most a
+    /// tenth were zero-filled; else [`SETTLE_MAX`] ended it).
+    pub settled: bool,
 }
 
 /// Warm-up and measured time of one sweep step: short, since the saturation phase measures
@@ -966,10 +1032,22 @@ fn run_phases(
     let mut phases = Vec::new();
     let mut sweep = Vec::new();
     let mut concurrency = most;
+    let mut settle = None;
     let rate = match args.rate {
         // The open loop warms up at its own rate (below).
         Some(r) => r,
         None => {
+            // A fresh directory's logs zero-fill every new segment until the trims give them
+            // segments to recycle (none without trims: then zero-filling is the steady state).
+            // The closed loops are to find the sustained rate: they start after it.
+            if !args.warmup.is_zero() && !every.is_zero() {
+                settle = gen_.settle(most, SETTLE_MAX, &mut progress).map(|s| SettleReport {
+                    seconds: s.took.as_secs_f64(),
+                    concurrency: most,
+                    segments_zero_filled: s.zero_filled,
+                    settled: s.settled,
+                });
+            }
             // With several levels: find the peak as a closed-loop peak is found for any
             // system (etcd's in docs/measurements was the best of a sweep of client counts):
             // a fixed number in flight that cannot fill the pipeline measures the latency of
@@ -1047,7 +1125,7 @@ fn run_phases(
         stages.push(("cluster: sent → acknowledged".to_string(), open.service.clone()));
     }
     phases.push(open);
-    Ok(Phases { phases, stages, checkpoints, sweep, concurrency })
+    Ok(Phases { phases, stages, checkpoints, sweep, concurrency, settle })
 }
 
 /// For each second of a phase, the slowest flush any local replica's log completed in it, µs
@@ -1093,6 +1171,8 @@ fn replica_probe(
                     c.frames_read_back += log.frames_read_from_disk;
                     c.space_wait_ns += log.space_wait_ns;
                     c.inflight_ns += log.flushes_in_flight_ns;
+                    c.zero_filled += log.segments_zero_filled;
+                    c.activated += log.segments_activated;
                 }
                 Some(c)
             })
@@ -1265,6 +1345,7 @@ fn write_outputs(
         "warnings": warnings,
         "phases": r.phases,
         "sweep": r.sweep,
+        "settle": r.settle,
         "limits": r.limits,
         "checkpoints": r.checkpoints,
     });
@@ -1299,8 +1380,13 @@ fn write_outputs(
         ));
     }
     write("timeseries.csv", &csv)?;
-    let mut summary_rows: Vec<(String, String)> =
-        sweep_text(args, r).map(|t| ("sweep".to_string(), t)).into_iter().collect();
+    let mut summary_rows: Vec<(String, String)> = r
+        .settle
+        .as_ref()
+        .map(|s| ("settle".to_string(), settle_text(s)))
+        .into_iter()
+        .chain(sweep_text(args, r).map(|t| ("sweep".to_string(), t)))
+        .collect();
     for p in &r.phases {
         let label = match p.offered_per_sec {
             Some(o) => format!("{} (offered {o:.0}/s)", p.name),
@@ -1340,7 +1426,27 @@ fn write_outputs(
 
 #[cfg(test)]
 mod tests {
-    use super::{SweepChoice, fell_behind};
+    use super::{SettleReport, SweepChoice, fell_behind, settle_text};
+
+    #[test]
+    fn the_settle_line_tells_a_transient_from_a_run_that_never_settled() {
+        let s = |settled, n| SettleReport {
+            seconds: 4.2,
+            concurrency: 2048,
+            segments_zero_filled: n,
+            settled,
+        };
+        let t = settle_text(&s(true, 41));
+        assert!(
+            t.starts_with("4 s of load at 2048 in flight before measuring, not counted"),
+            "{t}"
+        );
+        assert!(t.contains("zero-filled 41 new segments (a fresh directory)"), "{t}");
+        assert!(settle_text(&s(true, 0)).ends_with("zero-filled no segment"));
+        let t = settle_text(&s(false, 90));
+        assert!(t.contains("still zero-filled segments after 4 s (90 in all)"), "{t}");
+        assert!(t.contains("the figures below include that"), "{t}");
+    }
 
     #[test]
     fn an_open_loop_fell_behind_when_short_of_its_rate_or_waiting_on_a_full_window() {

@@ -282,6 +282,10 @@ pub struct ReplicaCounts {
     pub space_wait_ns: u64,
     /// Its logs' flushes in flight integrated over time (`LogStats::flushes_in_flight_ns`).
     pub inflight_ns: u64,
+    /// Segments its logs prepared by writing zeros (a trimmed segment recycled needs none).
+    pub zero_filled: u64,
+    /// Segments its logs began to write (zero-filled or recycled before).
+    pub activated: u64,
 }
 
 impl ReplicaCounts {
@@ -292,8 +296,21 @@ impl ReplicaCounts {
             frames_read_back: self.frames_read_back.saturating_sub(before.frames_read_back),
             space_wait_ns: self.space_wait_ns.saturating_sub(before.space_wait_ns),
             inflight_ns: self.inflight_ns.saturating_sub(before.inflight_ns),
+            zero_filled: self.zero_filled.saturating_sub(before.zero_filled),
+            activated: self.activated.saturating_sub(before.activated),
         }
     }
+}
+
+/// What [`Generator::settle`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// How long the load ran.
+    pub took: Duration,
+    /// Segments the local replicas' logs zero-filled meanwhile.
+    pub zero_filled: u64,
+    /// Whether the logs came to recycle (else the cap ended it).
+    pub settled: bool,
 }
 
 /// Gives every local replica's counters so far, in node order.
@@ -578,9 +595,25 @@ impl Generator {
         progress: &mut super::progress::Progress,
     ) -> PhaseResult {
         self.reset();
-        let start = Instant::now();
-        let measure_from = start + warmup;
+        let measure_from = Instant::now() + warmup;
         let stop_at = measure_from + duration;
+        let ctxs = self.start_closed(concurrency, measure_from, stop_at);
+        progress.phase(name, warmup, duration);
+        let (rows, window) = self.tick_until(name, measure_from, stop_at, progress);
+        self.stop_closed(&ctxs);
+        progress.end_phase();
+        self.collect(name, None, duration, rows, window)
+    }
+
+    /// Starts `concurrency` appends in flight, each completion sending the next until
+    /// `stop_at` (or [`Generator::stop_closed`]), recording those completed from
+    /// `measure_from`.
+    fn start_closed(
+        &self,
+        concurrency: usize,
+        measure_from: Instant,
+        stop_at: Instant,
+    ) -> Vec<Arc<ClosedCtx>> {
         let n = self.clients.len();
         let mut ctxs = Vec::new();
         for (k, (c, r)) in self.clients.iter().zip(&self.recorders).enumerate() {
@@ -601,14 +634,53 @@ impl Generator {
             }
             ctxs.push(ctx);
         }
-        progress.phase(name, warmup, duration);
-        let (rows, window) = self.tick_until(name, measure_from, stop_at, progress);
-        for c in &ctxs {
+        ctxs
+    }
+
+    /// Stops a closed loop and waits for what it has in flight.
+    fn stop_closed(&self, ctxs: &[Arc<ClosedCtx>]) {
+        for c in ctxs {
             c.stop.store(true, Ordering::Relaxed);
         }
         self.drain();
+    }
+
+    /// Runs a closed loop at `concurrency`, not measured, until the local replicas' logs
+    /// recycle the segments they begin (a second in which at most a tenth of those were
+    /// zero-filled instead), or for `cap` at most. A fresh data directory has no trimmed
+    /// segments to recycle, so its logs first write every new segment twice (zeros, then
+    /// frames): a transient of the directory, not the log's sustained rate, which a
+    /// saturation phase is meant to find. `None` without local replicas to ask.
+    pub fn settle(
+        &self,
+        concurrency: usize,
+        cap: Duration,
+        progress: &mut super::progress::Progress,
+    ) -> Option<Settled> {
+        let sum = |v: Vec<ReplicaCounts>| {
+            v.iter().fold((0, 0), |(z, a), c| (z + c.zero_filled, a + c.activated))
+        };
+        let first = sum(self.replicas_now()?);
+        self.reset();
+        let start = Instant::now();
+        let stop_at = start + cap;
+        let ctxs = self.start_closed(concurrency, start, stop_at);
+        progress.phase("settle", Duration::ZERO, cap);
+        let (mut prev_row, mut prev) = ((0, 0, 0), first);
+        let mut settled = false;
+        let mut second = 0;
+        while !settled && Instant::now() + Duration::from_secs(1) <= stop_at {
+            std::thread::sleep(Duration::from_secs(1));
+            second += 1;
+            progress.second(&self.take_second("settle", second, &mut prev_row));
+            let Some(now) = self.replicas_now().map(sum) else { break };
+            let (zero_filled, activated) = (now.0 - prev.0, now.1 - prev.1);
+            settled = zero_filled * 10 <= activated;
+            prev = now;
+        }
+        self.stop_closed(&ctxs);
         progress.end_phase();
-        self.collect(name, None, duration, rows, window)
+        Some(Settled { took: start.elapsed(), zero_filled: prev.0 - first.0, settled })
     }
 
     /// An open-loop phase at `rate` appends/s for `warmup + duration`, figures from the last

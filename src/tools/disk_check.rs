@@ -276,8 +276,9 @@ pub(crate) struct Probe {
     next: u64,
 }
 
-/// The largest write a probe makes.
-pub(crate) const BUF_BYTES: usize = 1 << 20;
+/// The largest write a probe makes (and the size of the writes that fill its file): a
+/// flush of a local bench cluster's nodes (2 MiB) fits, and a node's largest as set by most.
+pub(crate) const BUF_BYTES: usize = 4 << 20;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Op {
