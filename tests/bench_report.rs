@@ -11,6 +11,8 @@ use std::process::Command;
 
 fn bench(out: &Path, data: &Path, extra: &[&str]) -> String {
     let o = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        // The nodes' settings as the bench chooses them (the 2 MiB flushes of a shared disk).
+        .env_remove("CORELOG_FLUSH_BYTES_MAX")
         .args(["bench", "--quiet", "--duration", "1s", "--connections", "2"])
         .arg("--out")
         .arg(out)
@@ -134,11 +136,14 @@ fn default_phases_write_every_report_and_the_page_renders() {
     // counted.
     let settle = &j["settle"];
     let secs = settle["seconds"].as_f64().expect("settle.seconds");
-    assert!((1.0..11.0).contains(&secs), "{settle}");
+    assert!((1.0..10.5).contains(&secs), "{settle}");
     assert_eq!(settle["concurrency"], 64, "{settle}");
-    assert!(settle["segments_zero_filled"].is_u64() && settle["settled"].is_boolean(), "{settle}");
+    assert!(settle["appends_per_sec"].as_f64().unwrap() > 0.0, "{settle}");
+    let end = settle["end"].as_str().expect("settle.end");
+    assert!(["recycling", "idle", "cap"].contains(&end), "{settle}");
     let line = stdout.lines().find(|l| l.starts_with("settle    ")).expect("a settle line");
-    assert!(line.contains("at 64 in flight before measuring, not counted"), "{line}");
+    assert!(line.contains("s of load at 64 in flight ("), "{line}");
+    assert!(line.contains(") before measuring, not counted: "), "{line}");
     assert_eq!(j["settings"]["replicas"], 3);
     assert_eq!(j["phases"].as_array().unwrap().len(), 2);
     assert_eq!(j["appends_per_sec"].as_f64().unwrap().round(), sat);

@@ -7,7 +7,7 @@
 //!
 //! 0. settling (a local cluster, trimmed, with a warm-up): load at the largest level, not
 //!    measured, until the logs recycle trimmed segments instead of zero-filling new ones (a
-//!    fresh directory's transient: every new segment written twice; 2-6 s on the 2-core dev
+//!    fresh directory's transient: every new segment written twice; 4-6 s on the 2-core dev
 //!    VM, 10 s at most, [`Generator::settle`]);
 //! 1. the sweep (when `--concurrency` lists several levels, as by default: 512 to 4096): a
 //!    short closed loop at each level, stopping when one gains less than 5% over the best
@@ -42,7 +42,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::load::{EntrySize, Generator, PhaseResult};
+use super::load::{EntrySize, Generator, PhaseResult, SettleEnd};
 use super::progress::{Progress, human_us};
 use super::{compare, parse_duration, peak_rss_bytes, report};
 use crate::node::{self, NodeConfig, PeerConfig};
@@ -54,7 +54,8 @@ pub struct ClusterArgs {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Warm-up before each phase is measured (excluded): the closed loop at its concurrency,
-    /// the open loop at its rate.
+    /// the open loop at its rate. A local cluster's first closed loop also waits for its
+    /// logs to recycle segments (up to 10 s; `0s` skips that too).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub warmup: Duration,
     /// Bytes per entry: a size (`1KiB`) or a distribution (`uniform:128..4096`).
@@ -220,6 +221,10 @@ const OPEN_LOOP_WINDOW_FACTOR: usize = 4;
 /// waited for room in its log 30-34% of the time instead of 45-48%), 4 KiB +2-5% (3 of 3),
 /// 1 KiB the same (7 pairs, means within 1%); `docs/measurements/2026-11-28-flush-size-and-rolls.md`.
 const SHARED_DISK_FLUSH_BYTES_MAX: usize = 2 << 20;
+
+/// The write sizes `--compare` measures the disk at (with a local cluster, also at its nodes'
+/// largest flush).
+const COMPARE_WRITE_SIZES: [usize; 3] = [4096, 256 << 10, 1 << 20];
 
 /// Share of the open loop's pacer time spent waiting for a full window beyond which the
 /// phase is reported as fallen behind (see `print_phase`).
@@ -685,9 +690,18 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
         }
         if args.compare {
             eprintln!("compare: measuring this machine's limits (disk under {})...", dir.display());
-            node_flush_max = base.flush_bytes_max.min(crate::tools::disk_check::BUF_BYTES);
-            // The sizes of the project's own measurements, and the nodes' largest flush.
-            let mut sizes = vec![4096, 256 << 10, 1 << 20];
+            // The disk at the usual sizes and at the nodes' largest flush (as far as a probe
+            // writes at once).
+            node_flush_max = base.flush_bytes_max.min(crate::tools::disk_check::WRITE_BYTES_MAX);
+            if node_flush_max < base.flush_bytes_max {
+                eprintln!(
+                    "note: --compare measures the disk with writes of at most {} KiB, not the \
+                     nodes' {} KiB flushes",
+                    node_flush_max >> 10,
+                    base.flush_bytes_max >> 10
+                );
+            }
+            let mut sizes = COMPARE_WRITE_SIZES.to_vec();
             if !sizes.contains(&node_flush_max) {
                 sizes.push(node_flush_max);
             }
@@ -742,11 +756,7 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
             eprintln!("{line}");
         }
         if args.compare {
-            let l = compare::measure(
-                Path::new("."),
-                &[4096, 256 << 10, 1 << 20],
-                Duration::from_secs(1),
-            )?;
+            let l = compare::measure(Path::new("."), &COMPARE_WRITE_SIZES, Duration::from_secs(1))?;
             limits = Some(l);
         }
         args.addresses.clone()
@@ -906,20 +916,25 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
 /// The settling load in one line.
 fn settle_text(s: &SettleReport) -> String {
     let what = format!(
-        "{:.0} s of load at {} in flight before measuring, not counted",
-        s.seconds, s.concurrency
+        "{:.0} s of load at {} in flight ({:.0} appends/s, {:.1} MiB/s) before measuring, not \
+         counted",
+        s.seconds, s.concurrency, s.appends_per_sec, s.mib_per_sec
     );
-    match (s.settled, s.segments_zero_filled) {
-        (true, 0) => format!("{what}: the logs zero-filled no segment"),
-        // The cap was not reached: the last second recycled (almost) every segment begun.
-        (true, n) => format!(
+    let n = s.segments_zero_filled;
+    match s.end {
+        SettleEnd::Recycling if n == 0 => format!("{what}: the logs zero-filled no segment"),
+        SettleEnd::Recycling => format!(
             "{what}: the logs zero-filled {n} new segments (a fresh directory) until the trims \
              gave them segments to recycle"
         ),
-        (false, n) => format!(
-            "{what}: the logs still zero-filled segments after {:.0} s ({n} in all); the \
-             figures below include that (each new segment written twice)",
-            s.seconds
+        SettleEnd::Idle => format!("{what}: no log began a new segment (a light load)"),
+        SettleEnd::Cap => format!(
+            "{what}: the logs still zero-filled new segments at the end ({n} in all); the \
+             figures below include that (each new segment written twice)"
+        ),
+        SettleEnd::ProbeFailed => format!(
+            "{what}: the replicas' counters could not be read ({n} segments zero-filled until \
+             then)"
         ),
     }
 }
@@ -959,7 +974,7 @@ struct Phases {
 }
 
 /// The longest a fresh data directory's transient may keep the first closed loop waiting
-/// (see [`Generator::settle`]). On the 2-core dev VM it ended after 2-4 s of load.
+/// (see [`Generator::settle`]). On the 2-core dev VM it ended after 4-6 s of load.
 const SETTLE_MAX: Duration = Duration::from_secs(10);
 
 /// What the load before the first closed loop found (see [`Generator::settle`]).
@@ -968,11 +983,12 @@ pub struct SettleReport {
     /// Seconds of load (appends in flight: the closed loop's largest level).
     pub seconds: f64,
     pub concurrency: usize,
+    pub appends_per_sec: f64,
+    pub mib_per_sec: f64,
     /// Segments the replicas' logs zero-filled meanwhile.
     pub segments_zero_filled: u64,
-    /// Whether the logs came to recycle the segments they began (a second in which at most a
-    /// tenth were zero-filled; else [`SETTLE_MAX`] ended it).
-    pub settled: bool,
+    /// How it ended ([`super::load::settle_verdict`]; `cap`: [`SETTLE_MAX`] passed first).
+    pub end: SettleEnd,
 }
 
 /// Warm-up and measured time of one sweep step: short, since the saturation phase measures
@@ -1044,9 +1060,16 @@ fn run_phases(
                 settle = gen_.settle(most, SETTLE_MAX, &mut progress).map(|s| SettleReport {
                     seconds: s.took.as_secs_f64(),
                     concurrency: most,
+                    appends_per_sec: s.appends_per_sec,
+                    mib_per_sec: s.mib_per_sec,
                     segments_zero_filled: s.zero_filled,
-                    settled: s.settled,
+                    end: s.end,
                 });
+            } else if data_dir.is_some() && !every.is_zero() {
+                eprintln!(
+                    "note: no settling load (--warmup 0s): a fresh directory's logs zero-fill \
+                     every new segment until the first trims, within the figures below"
+                );
             }
             // With several levels: find the peak as a closed-loop peak is found for any
             // system (etcd's in docs/measurements was the best of a sweep of client counts):
@@ -1173,6 +1196,7 @@ fn replica_probe(
                     c.inflight_ns += log.flushes_in_flight_ns;
                     c.zero_filled += log.segments_zero_filled;
                     c.activated += log.segments_activated;
+                    c.recycled += log.segments_recycled;
                 }
                 Some(c)
             })
@@ -1426,26 +1450,36 @@ fn write_outputs(
 
 #[cfg(test)]
 mod tests {
-    use super::{SettleReport, SweepChoice, fell_behind, settle_text};
+    use super::{SettleEnd, SettleReport, SweepChoice, fell_behind, settle_text};
 
     #[test]
     fn the_settle_line_tells_a_transient_from_a_run_that_never_settled() {
-        let s = |settled, n| SettleReport {
+        let s = |end, n| SettleReport {
             seconds: 4.2,
             concurrency: 2048,
+            appends_per_sec: 30_512.4,
+            mib_per_sec: 476.8,
             segments_zero_filled: n,
-            settled,
+            end,
         };
-        let t = settle_text(&s(true, 41));
+        let t = settle_text(&s(SettleEnd::Recycling, 41));
         assert!(
-            t.starts_with("4 s of load at 2048 in flight before measuring, not counted"),
+            t.starts_with(
+                "4 s of load at 2048 in flight (30512 appends/s, 476.8 MiB/s) before measuring, \
+                 not counted: the logs zero-filled 41 new segments (a fresh directory)"
+            ),
             "{t}"
         );
-        assert!(t.contains("zero-filled 41 new segments (a fresh directory)"), "{t}");
-        assert!(settle_text(&s(true, 0)).ends_with("zero-filled no segment"));
-        let t = settle_text(&s(false, 90));
-        assert!(t.contains("still zero-filled segments after 4 s (90 in all)"), "{t}");
+        assert!(settle_text(&s(SettleEnd::Recycling, 0)).ends_with("zero-filled no segment"));
+        assert!(
+            settle_text(&s(SettleEnd::Idle, 0))
+                .ends_with("no log began a new segment (a light load)")
+        );
+        let t = settle_text(&s(SettleEnd::Cap, 90));
+        assert!(t.contains("still zero-filled new segments at the end (90 in all)"), "{t}");
         assert!(t.contains("the figures below include that"), "{t}");
+        let t = settle_text(&s(SettleEnd::ProbeFailed, 3));
+        assert!(t.contains("counters could not be read (3 segments"), "{t}");
     }
 
     #[test]

@@ -77,7 +77,7 @@ impl Limits {
     }
 }
 
-/// Sequential O_DIRECT writes of `write_bytes` (at most 1 MiB), each followed by an fdatasync,
+/// Sequential O_DIRECT writes of `write_bytes` (at most 4 MiB), each followed by an fdatasync,
 /// for `time`, in a file of about `file_bytes` under `dir` (removed afterwards): the probe of
 /// `corelog disk-check`.
 pub fn disk_probe(

@@ -286,6 +286,8 @@ pub struct ReplicaCounts {
     pub zero_filled: u64,
     /// Segments its logs began to write (zero-filled or recycled before).
     pub activated: u64,
+    /// Trimmed segments its logs kept as spares for reuse.
+    pub recycled: u64,
 }
 
 impl ReplicaCounts {
@@ -298,19 +300,83 @@ impl ReplicaCounts {
             inflight_ns: self.inflight_ns.saturating_sub(before.inflight_ns),
             zero_filled: self.zero_filled.saturating_sub(before.zero_filled),
             activated: self.activated.saturating_sub(before.activated),
+            recycled: self.recycled.saturating_sub(before.recycled),
         }
     }
 }
 
 /// What [`Generator::settle`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Settled {
     /// How long the load ran.
     pub took: Duration,
+    pub appends_per_sec: f64,
+    pub mib_per_sec: f64,
     /// Segments the local replicas' logs zero-filled meanwhile.
     pub zero_filled: u64,
-    /// Whether the logs came to recycle (else the cap ended it).
-    pub settled: bool,
+    pub end: SettleEnd,
+}
+
+/// How a settling load ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SettleEnd {
+    /// The logs recycle the segments they begin.
+    Recycling,
+    /// No log began a segment in the first seconds (a light load): nothing to settle.
+    Idle,
+    /// The cap passed first.
+    Cap,
+    /// A replica's counters could not be read.
+    ProbeFailed,
+}
+
+/// Seconds without a segment begun after which a settling load is found idle.
+const SETTLE_IDLE_SECONDS: u64 = 2;
+
+/// The local replicas' segment counters, summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SegmentCounts {
+    pub zero_filled: u64,
+    pub activated: u64,
+    pub recycled: u64,
+}
+
+impl SegmentCounts {
+    fn of(replicas: &[ReplicaCounts]) -> SegmentCounts {
+        replicas.iter().fold(SegmentCounts::default(), |t, c| SegmentCounts {
+            zero_filled: t.zero_filled + c.zero_filled,
+            activated: t.activated + c.activated,
+            recycled: t.recycled + c.recycled,
+        })
+    }
+
+    fn since(self, before: SegmentCounts) -> SegmentCounts {
+        SegmentCounts {
+            zero_filled: self.zero_filled.saturating_sub(before.zero_filled),
+            activated: self.activated.saturating_sub(before.activated),
+            recycled: self.recycled.saturating_sub(before.recycled),
+        }
+    }
+}
+
+/// Whether a settling load may end after `seconds` whole seconds, from its segment counts in
+/// the last second and since it began: once the trims have given the logs segments to recycle
+/// and at most a tenth of the segments begun in the last second were zero-filled (a log
+/// trimmed once a second may still zero-fill one now and then); or when no log has begun a
+/// segment for [`SETTLE_IDLE_SECONDS`] (too light a load to matter).
+pub fn settle_verdict(
+    last: SegmentCounts,
+    total: SegmentCounts,
+    seconds: u64,
+) -> Option<SettleEnd> {
+    if total.recycled > 0 && last.zero_filled * 10 <= last.activated {
+        Some(SettleEnd::Recycling)
+    } else if seconds >= SETTLE_IDLE_SECONDS && total.activated == 0 && total.zero_filled == 0 {
+        Some(SettleEnd::Idle)
+    } else {
+        None
+    }
 }
 
 /// Gives every local replica's counters so far, in node order.
@@ -646,41 +712,56 @@ impl Generator {
     }
 
     /// Runs a closed loop at `concurrency`, not measured, until the local replicas' logs
-    /// recycle the segments they begin (a second in which at most a tenth of those were
-    /// zero-filled instead), or for `cap` at most. A fresh data directory has no trimmed
-    /// segments to recycle, so its logs first write every new segment twice (zeros, then
-    /// frames): a transient of the directory, not the log's sustained rate, which a
-    /// saturation phase is meant to find. `None` without local replicas to ask.
+    /// recycle the segments they begin (see [`settle_verdict`]), or for `cap` at most. A fresh
+    /// data directory has no trimmed segments to recycle, so its logs first write every new
+    /// segment twice (zeros, then frames): a transient of the directory, not the log's
+    /// sustained rate, which a saturation phase is meant to find. `None` without local
+    /// replicas to ask.
     pub fn settle(
         &self,
         concurrency: usize,
         cap: Duration,
         progress: &mut super::progress::Progress,
     ) -> Option<Settled> {
-        let sum = |v: Vec<ReplicaCounts>| {
-            v.iter().fold((0, 0), |(z, a), c| (z + c.zero_filled, a + c.activated))
-        };
-        let first = sum(self.replicas_now()?);
+        let first = SegmentCounts::of(&self.replicas_now()?);
         self.reset();
         let start = Instant::now();
         let stop_at = start + cap;
         let ctxs = self.start_closed(concurrency, start, stop_at);
-        progress.phase("settle", Duration::ZERO, cap);
+        progress.phase_up_to("settle", cap);
         let (mut prev_row, mut prev) = ((0, 0, 0), first);
-        let mut settled = false;
+        let (mut end, mut appends, mut mib) = (SettleEnd::Cap, 0, 0.0);
+        let mut next = start + Duration::from_secs(1);
         let mut second = 0;
-        while !settled && Instant::now() + Duration::from_secs(1) <= stop_at {
-            std::thread::sleep(Duration::from_secs(1));
+        while next <= stop_at {
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            next += Duration::from_secs(1);
             second += 1;
-            progress.second(&self.take_second("settle", second, &mut prev_row));
-            let Some(now) = self.replicas_now().map(sum) else { break };
-            let (zero_filled, activated) = (now.0 - prev.0, now.1 - prev.1);
-            settled = zero_filled * 10 <= activated;
+            let row = self.take_second("settle", second, &mut prev_row);
+            (appends, mib) = (appends + row.appends, mib + row.mib);
+            progress.second(&row);
+            let Some(now) = self.replicas_now().map(|v| SegmentCounts::of(&v)) else {
+                end = SettleEnd::ProbeFailed;
+                break;
+            };
+            let verdict = settle_verdict(now.since(prev), now.since(first), second);
             prev = now;
+            if let Some(v) = verdict {
+                end = v;
+                break;
+            }
         }
+        let took = start.elapsed();
         self.stop_closed(&ctxs);
         progress.end_phase();
-        Some(Settled { took: start.elapsed(), zero_filled: prev.0 - first.0, settled })
+        let secs = took.as_secs_f64().max(1e-9);
+        Some(Settled {
+            took,
+            appends_per_sec: appends as f64 / secs,
+            mib_per_sec: mib / secs,
+            zero_filled: prev.since(first).zero_filled,
+            end,
+        })
     }
 
     /// An open-loop phase at `rate` appends/s for `warmup + duration`, figures from the last
@@ -900,5 +981,25 @@ mod tests {
         let draws: Vec<usize> = (0..1000).map(|_| u.draw(&mut rng)).collect();
         assert!(draws.iter().all(|d| (10..=20).contains(d)));
         assert!(draws.contains(&10) && draws.contains(&20));
+    }
+
+    #[test]
+    fn a_settling_load_ends_once_the_logs_recycle_or_when_nothing_happens() {
+        let c =
+            |zero_filled, activated, recycled| SegmentCounts { zero_filled, activated, recycled };
+        // A fresh directory: every segment begun was zero-filled, nothing recycled yet.
+        assert_eq!(settle_verdict(c(12, 12, 0), c(12, 13, 0), 1), None);
+        // The first trims recycled some, but this second still zero-filled most it began.
+        assert_eq!(settle_verdict(c(5, 12, 8), c(40, 45, 8), 3), None);
+        // Recycling: one zero-fill among 12 segments begun is within a tenth.
+        let end = Some(SettleEnd::Recycling);
+        assert_eq!(settle_verdict(c(1, 12, 12), c(41, 57, 20), 4), end);
+        assert_eq!(settle_verdict(c(2, 12, 12), c(42, 57, 20), 4), None);
+        // A second without a segment begun settles only once recycling has begun.
+        assert_eq!(settle_verdict(c(0, 0, 0), c(3, 3, 1), 5), end);
+        assert_eq!(settle_verdict(c(0, 0, 0), c(3, 3, 0), 5), None);
+        // A load too light to begin a segment: idle after two seconds, not after one.
+        assert_eq!(settle_verdict(c(0, 0, 0), c(0, 0, 0), 1), None);
+        assert_eq!(settle_verdict(c(0, 0, 0), c(0, 0, 0), 2), Some(SettleEnd::Idle));
     }
 }

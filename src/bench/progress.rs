@@ -38,6 +38,15 @@ impl Progress {
         }
     }
 
+    /// A phase of at most `cap` starts (it may end sooner).
+    pub fn phase_up_to(&mut self, name: &str, cap: Duration) {
+        self.phase = name.to_string();
+        self.total_s = cap.as_secs_f64().round() as u64;
+        if !self.quiet {
+            eprintln!("{name}: up to {:.0}s", cap.as_secs_f64());
+        }
+    }
+
     /// One second of a phase.
     pub fn second(&mut self, row: &SecondRow) {
         if self.quiet {

@@ -276,9 +276,12 @@ pub(crate) struct Probe {
     next: u64,
 }
 
-/// The largest write a probe makes (and the size of the writes that fill its file): a
-/// flush of a local bench cluster's nodes (2 MiB) fits, and a node's largest as set by most.
-pub(crate) const BUF_BYTES: usize = 4 << 20;
+/// The writes that fill a probe's file (whose size is a multiple of it).
+const FILL_BYTES: usize = 1 << 20;
+
+/// The largest write a probe makes: the largest flush of a local bench cluster's nodes (2
+/// MiB) fits, with room for a larger setting.
+pub(crate) const WRITE_BYTES_MAX: usize = 4 << 20;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -292,7 +295,7 @@ impl Probe {
     /// written whole once and synced, so later writes are overwrites, as in the log.
     pub(crate) fn open(dir: &Path, file_bytes: usize) -> Result<Probe, String> {
         use std::os::unix::fs::OpenOptionsExt;
-        let file_bytes = (file_bytes.max(BUF_BYTES) / BUF_BYTES * BUF_BYTES) as u64;
+        let file_bytes = (file_bytes.max(FILL_BYTES) / FILL_BYTES * FILL_BYTES) as u64;
         // Unique per probe: several may run at once in one process.
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -306,10 +309,16 @@ impl Probe {
             .open(&path)
             .map_err(|e| format!("opening {} with O_DIRECT: {e}", path.display()))?;
         let ring = IoUring::new(64).map_err(|e| format!("io_uring_setup: {e}"))?;
-        let mut p =
-            Probe { file, path, ring, buf: AlignedBuf::new(BUF_BYTES, 0xa5), file_bytes, next: 0 };
+        let mut p = Probe {
+            file,
+            path,
+            ring,
+            buf: AlignedBuf::new(WRITE_BYTES_MAX, 0xa5),
+            file_bytes,
+            next: 0,
+        };
         // Written whole once, then synced: later writes are overwrites, as in the log.
-        p.seq_write(BUF_BYTES, 8, None)?;
+        p.seq_write(FILL_BYTES, 8, None)?;
         Ok(p)
     }
 
@@ -398,14 +407,17 @@ impl Probe {
         Ok(bytes as f64 / start.elapsed().as_secs_f64().max(1e-9))
     }
 
-    /// A write of `bs` (at most [`BUF_BYTES`]) at the next offset, then an fdatasync, at queue
+    /// A write of `bs` (at most [`WRITE_BYTES_MAX`], and at most the file's size) at the next offset, then an fdatasync, at queue
     /// depth 1: how long the pair took, and the fdatasync alone.
     pub(crate) fn write_then_fdatasync(
         &mut self,
         bs: usize,
     ) -> Result<(Duration, Duration), String> {
-        if bs > BUF_BYTES {
-            return Err(format!("a probe writes at most {BUF_BYTES} bytes at once, not {bs}"));
+        if bs > WRITE_BYTES_MAX || bs as u64 > self.file_bytes {
+            return Err(format!(
+                "a probe writes at most {} bytes at once, not {bs}",
+                WRITE_BYTES_MAX.min(self.file_bytes as usize)
+            ));
         }
         let t0 = Instant::now();
         self.push(Op::Write, bs, false, 0)?;
