@@ -848,3 +848,82 @@ fn space_ready_waits_for_a_prepared_segment() {
         log.close().await.unwrap();
     });
 }
+
+/// `truncation_ready` answers yes only when the segment a cut starts is ready: a spare that
+/// holds no index above the cut (what a follower asks before it takes an append that would
+/// overwrite its suffix, so that no preparation can fail under the truncation).
+#[test]
+fn truncation_ready_waits_for_a_spare_that_fits_the_cut() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let cfg = LogConfig { spare_segments: 0, ..small_config() };
+        let (log, _) = Log::open(&path, cfg.clone()).await.unwrap();
+        // Three segments of 1 MiB: 60 entries of 40 KB.
+        let last = append_n(&log, 1, 60, 1, 40_000).await;
+        let zero_filled = log.stats().segments_zero_filled;
+        assert!(log.truncation_ready(last), "nothing to cut");
+        assert!(log.truncation_ready(last + 5), "nothing to cut");
+        assert!(!log.truncation_ready(50), "no spare kept ahead: one is still to prepare");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !log.truncation_ready(50) {
+            assert!(Instant::now() < deadline, "the question started no preparation");
+            corelog::rt::sleep(Duration::from_millis(5)).await;
+        }
+        // The cut takes the prepared spare: one zero-fill in all, the one asked for.
+        log.truncate_after(50).await.unwrap();
+        let st = log.stats();
+        assert_eq!(st.segments_zero_filled, zero_filled + 1, "{st:?}");
+        // The segments after the cut that were whole (entries 51..) are spares now, but they
+        // hold indexes above any earlier cut: not ready for one at 10.
+        assert!(!log.truncation_ready(10), "only spares holding higher indexes");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !log.truncation_ready(10) {
+            assert!(Instant::now() < deadline, "the question started no preparation");
+            corelog::rt::sleep(Duration::from_millis(5)).await;
+        }
+        log.truncate_after(10).await.unwrap();
+        assert_eq!(log.stats().segments_zero_filled, zero_filled + 2);
+        append_n(&log, 2, 3, 1, 1000).await;
+        assert_eq!(log.last_index(), 13);
+        log.close().await.unwrap();
+    });
+}
+
+/// A snapshot that restarts the log below its last index (a follower whose suffix the
+/// snapshot supersedes): the old segments holding indexes from the new start on are deleted,
+/// not kept as spares (no activation at the new start could take them, and on a full disk
+/// the new segment needs their space: `log_full_disk.rs`).
+#[test]
+fn a_reset_below_the_last_index_keeps_no_spare_holding_indexes_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        let last = append_n(&log, 1, 60, 1, 40_000).await;
+        assert_eq!(last, 60);
+        log.reset(30).await.unwrap();
+        assert_eq!((log.first_index(), log.last_index()), (30, 29));
+        let spares: Vec<u64> = std::fs::read_dir(&path)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                let hex = name.strip_prefix("spare-")?.split('-').next()?.to_string();
+                Some(u64::from_str_radix(&hex, 16).unwrap())
+            })
+            .collect();
+        assert!(
+            spares.iter().all(|&max| max < 30),
+            "spares holding indexes from 30 on: {spares:?}"
+        );
+        let last = append_n(&log, 2, 3, 1, 1000).await;
+        assert_eq!(last, 32);
+        log.close().await.unwrap();
+        // Reopened: the log starts at 30, and no stale frame continues it.
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        assert_eq!((log.first_index(), log.last_index()), (30, 32));
+        assert_eq!(log.term(31), Some(2));
+        log.close().await.unwrap();
+    });
+}

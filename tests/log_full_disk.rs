@@ -337,3 +337,91 @@ fn raw_append(
     let index = m.frames.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()));
     (status, index)
 }
+
+/// Appends frames of one 3000-byte entry until the disk is full (an append fails for lack
+/// of space); returns the last index acknowledged (durable).
+async fn fill(log: &Log) -> u64 {
+    let mut acked = log.last_index();
+    loop {
+        let i = acked + 1;
+        let data = payload(i, 3000);
+        let e = [EntryRef { kind: EntryKind::Normal, session: 1, seq: i, data: &data }];
+        let r = match log.append_entries(1, &e).await {
+            Ok(r) => log.wait_durable(r.last).await.map(|()| r.last),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(last) => acked = last,
+            Err(e) => {
+                assert!(e.is_no_space(), "expected a no-space error, got {e}");
+                return acked;
+            }
+        }
+    }
+}
+
+/// On a full disk, a cut of the log's suffix (what a follower does when a new leader
+/// overwrites it) would need a segment that cannot be prepared: `truncation_ready` says so
+/// beforehand (a follower then drops the append instead of failing the cut and stopping its
+/// group), the cut itself fails cleanly, and once a trim makes room both work.
+#[test]
+fn on_a_full_disk_a_cut_waits_until_a_trim_makes_room() {
+    let Some(m) = small_ext4_or_skip(12, "full-disk truncation test") else { return };
+    let dir: PathBuf = m.mountpoint.join("log");
+    run(move || async move {
+        let (log, _) = Log::open(&dir, small_config()).await.unwrap();
+        let last = fill(&log).await;
+        assert!(last > 1000, "only {last} appends before the disk was full");
+        let cut = last - 10;
+        assert!(!log.truncation_ready(cut), "no spare can start the cut on a full disk");
+        let e = log.truncate_after(cut).await.expect_err("the cut needs a new segment");
+        assert!(e.is_no_space(), "{e}");
+        // Nothing was lost, and the log is still usable.
+        assert_eq!(log.last_index(), last);
+        check_range(&log, 1, last, 3000).await;
+        assert!(!log.truncation_ready(cut));
+        // A trim recycles the segments it frees into spares, which hold indexes below any cut
+        // above the trim point.
+        log.trim_before(cut / 2).await.unwrap();
+        assert!(log.truncation_ready(cut), "a recycled segment can start the cut");
+        log.truncate_after(cut).await.unwrap();
+        let data = payload(cut + 1, 3000);
+        let e = [EntryRef { kind: EntryKind::Normal, session: 1, seq: cut + 1, data: &data }];
+        let r = log.append_entries(2, &e).await.unwrap();
+        log.wait_durable(r.last).await.unwrap();
+        assert_eq!((r.last, log.term(cut + 1)), (cut + 1, Some(2)));
+        check_range(&log, cut / 2, cut + 1, 3000).await;
+        log.close().await.unwrap();
+    });
+    drop(m);
+}
+
+/// A snapshot installed on a full disk below the log's last index (a follower holding a
+/// stale suffix): the old segments that could not start the new log are deleted rather than
+/// kept as spares, so the new segment gets their space (keeping them left no room, failed the
+/// zero-fill and poisoned the log).
+#[test]
+fn a_reset_on_a_full_disk_gets_the_space_of_the_segments_it_deletes() {
+    let Some(m) = small_ext4_or_skip(12, "full-disk reset test") else { return };
+    let dir: PathBuf = m.mountpoint.join("log");
+    let cfg = corelog::log::LogConfig { segment_bytes: 2 << 20, ..small_config() };
+    let d = dir.clone();
+    let c = cfg.clone();
+    run(move || async move {
+        let (log, _) = Log::open(&d, c).await.unwrap();
+        let last = fill(&log).await;
+        assert!(last > 1000, "only {last} appends before the disk was full");
+        log.reset(2).await.expect("a reset on a full disk");
+        assert_eq!((log.first_index(), log.last_index()), (2, 1));
+        let r = append_n(&log, 3, 20, 1, 3000).await;
+        log.wait_durable(r).await.unwrap();
+        log.close().await.unwrap();
+    });
+    run(move || async move {
+        let (log, _) = Log::open(&dir, cfg).await.expect("reopen after the reset");
+        assert_eq!((log.first_index(), log.last_index()), (2, 21));
+        assert_eq!(log.term(21), Some(3));
+        log.close().await.unwrap();
+    });
+    drop(m);
+}

@@ -1760,8 +1760,12 @@ impl Log {
                 st.segments.drain(..).rev().collect()
             };
             // From here the old segments are gone: failing to start the new one leaves no log to
-            // append to, so the log refuses further work until reopened.
-            let started = match log.retire(old).await {
+            // append to, so the log refuses further work until reopened. Those holding indexes
+            // from `next_index` on cannot be the new segment (a spare must hold only lower
+            // indexes, or its frames could pass for the new ones' continuation): deleted, not
+            // kept as spares, so that the space they free is there for a zero-fill when no
+            // other spare can be the new segment (a full disk).
+            let started = match log.retire_below(old, next_index).await {
                 Ok(()) => log.activate_segment(next_index).await,
                 Err(e) => Err(e),
             };
@@ -1786,24 +1790,63 @@ impl Log {
     /// preparation can still fail for lack of space, and an append that needed its segment
     /// then fails. Starts preparing spares when it answers `false`.
     pub fn space_ready(&self, len: usize) -> bool {
-        let known_full = {
+        {
             let st = self.shared.st.borrow();
             // A preparation that failed otherwise than for space: not a reason to decline
             // forever; the write will meet the error and report it.
             if st.fits_prepared(len) || st.preparation_failed {
                 return true;
             }
-            st.no_space.is_some()
+        }
+        self.prepare_declined();
+        false
+    }
+
+    /// Whether `truncate_after(index)` would find the segment it starts without preparing
+    /// one: nothing to cut, or a spare ready that holds no index above `index` (the entries
+    /// after a cut go to a new segment, and a recycled segment holding higher indexes could
+    /// pass for their continuation). Else starts preparing one and answers `false`, as
+    /// [`Log::space_ready`] does: a follower that must overwrite a conflicting suffix drops
+    /// the append meanwhile (the leader sends it again) rather than fail the truncation for
+    /// lack of space, which would stop its group.
+    pub fn truncation_ready(&self, index: u64) -> bool {
+        {
+            let st = self.shared.st.borrow();
+            // Nothing to cut, or a cut that fails anyway (before the first index), or a
+            // preparation failing otherwise than for space (the truncation reports it).
+            if index >= st.last_index
+                || index + 1 < st.first_index
+                || st.preparation_failed
+                || st.spares.iter().any(|s| s.max_index <= index)
+            {
+                return true;
+            }
+        }
+        self.prepare_declined();
+        false
+    }
+
+    /// After [`Log::space_ready`] or [`Log::truncation_ready`] declined: a spare is prepared,
+    /// at once, or after a lack of space at most every [`SPACE_RETRY`].
+    fn prepare_declined(&self) {
+        let retry = {
+            let mut st = self.shared.st.borrow_mut();
+            match &st.no_space {
+                Some((tried, e)) => {
+                    let retry = !st.preparing_spare && tried.elapsed() >= SPACE_RETRY;
+                    if retry {
+                        st.no_space = Some((Instant::now(), e.clone()));
+                    }
+                    retry
+                }
+                None => true,
+            }
         };
-        if known_full {
-            // The disk was full: `space_for` tries again to prepare a segment, at its pace.
-            let _ = self.space_for(len);
-        } else {
-            // Whatever `spare_segments` says (0 keeps none ahead) and whatever spares there
-            // are (a recycled one may hold higher indexes): one more.
+        // Whatever `spare_segments` says (0 keeps none ahead) and whatever spares there are
+        // (a recycled one may hold higher indexes): one more.
+        if retry {
             self.prepare_spares(true);
         }
-        false
     }
 
     /// Whether `len` more bytes of frames can be appended now: `Err(NoSpace)` when they would
@@ -1815,21 +1858,15 @@ impl Log {
     /// most every [`SPACE_RETRY`], so appends resume by themselves once space is freed (a trim
     /// recycles segments into spares at once).
     pub fn space_for(&self, len: usize) -> LogResult<()> {
-        let mut st = self.shared.st.borrow_mut();
+        let st = self.shared.st.borrow();
         st.check_usable()?;
-        let Some((tried, e)) = &st.no_space else { return Ok(()) };
-        let (tried, e) = (*tried, e.clone());
+        let Some((_, e)) = &st.no_space else { return Ok(()) };
+        let e = e.clone();
         if st.fits_prepared(len) {
             return Ok(());
         }
-        let retry = !st.preparing_spare && tried.elapsed() >= SPACE_RETRY;
-        if retry {
-            st.no_space = Some((Instant::now(), e.clone()));
-        }
         drop(st);
-        if retry {
-            self.prepare_spares(true);
-        }
+        self.prepare_declined();
         Err(e)
     }
 
@@ -1911,6 +1948,11 @@ impl Log {
     /// Recycles (as spares, up to [`State::spares_wanted`]) or deletes retired segments, then
     /// syncs the directory.
     async fn retire(&self, segments: Vec<Segment>) -> LogResult<()> {
+        self.retire_below(segments, u64::MAX).await
+    }
+
+    /// [`Log::retire`], keeping as spares only segments whose indexes are all below `below`.
+    async fn retire_below(&self, segments: Vec<Segment>, below: u64) -> LogResult<()> {
         if segments.is_empty() {
             return Ok(());
         }
@@ -1920,7 +1962,7 @@ impl Log {
                 let mut st = self.shared.st.borrow_mut();
                 // A recycled segment saves a zero-fill later (and the zero-filling preparer only
                 // runs below `spare_segments`).
-                let want = st.spares.len() < st.spares_wanted();
+                let want = st.spares.len() < st.spares_wanted() && seg.max_index < below;
                 let n = st.spare_counter;
                 if want {
                     st.spare_counter += 1;

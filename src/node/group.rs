@@ -8,9 +8,16 @@
 //!
 //! Whatever the core accepts must reach the log, so a lack of disk space is checked before:
 //! the leader answers an append the log has no room for `NoSpace` instead of proposing it, and
-//! a follower drops an append it has no room for, as if it was lost ([`Log::space_for`]). A
-//! write that fails anyway (the space vanished between the check and the write, or another
-//! error) stops the group: the core and the log no longer agree, and reopening runs recovery.
+//! a follower drops an append it has no room for, as if it was lost ([`Log::space_for`]); a
+//! follower also drops one that needs a segment not yet prepared ([`Log::space_ready`]), or
+//! one that overwrites its suffix while no spare can start the cut
+//! ([`Log::truncation_ready`]): a preparation under it could still fail. A write that fails
+//! anyway (the space vanished between the check and the write, or another error) stops the
+//! group: the core and the log no longer agree, and reopening runs recovery. A snapshot's
+//! reset deletes the old segments that could not start the new log, so a zero-fill after it
+//! has their space. The leader's own appends are checked by `space_for` only (a healthy busy
+//! disk prepares spares all the time; refusing meanwhile would fail clients for nothing), so
+//! a leader whose spare fails to be prepared just as its disk fills can still stop its group.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -632,6 +639,21 @@ impl GroupDriver {
                     if let consensus::Body::Append { entries, .. } = &m.body
                         && !entries.is_empty()
                     {
+                        // Entries that conflict with the log's suffix are not taken while
+                        // the segment the cut must start is not ready: its preparation may fail
+                        // for lack of space, and a truncation that fails stops the group.
+                        // (Asked first: `room_for` counts what it lets through.)
+                        let last = self.log.last_index();
+                        if entries[0].index <= last
+                            && let Some(c) = entries
+                                .iter()
+                                .take_while(|e| e.index <= last)
+                                .find(|e| self.log.term(e.index).is_some_and(|t| t != e.term))
+                            && !self.log.truncation_ready(c.index - 1)
+                        {
+                            self.metrics.error("no_space");
+                            return;
+                        }
                         // Entries the log has no room for are not taken: the append is dropped
                         // like a lost message (the leader sends it again), rather than
                         // accepted by the core and then not written. Nor are entries that
