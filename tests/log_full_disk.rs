@@ -93,25 +93,7 @@ fn a_full_disk_fails_appends_clearly_and_keeps_what_was_acknowledged() {
     let d = dir.clone();
     let acked = run(move || async move {
         let (log, _) = Log::open(&d, small_config()).await.unwrap();
-        let mut acked = 0u64;
-        let mut failure = None;
-        for i in 0..100_000u64 {
-            let data = payload(i + 1, 3000);
-            let e = [EntryRef { kind: EntryKind::Normal, session: 1, seq: i + 1, data: &data }];
-            let r = match log.append_entries(1, &e).await {
-                Ok(r) => log.wait_durable(r.last).await.map(|()| r.last),
-                Err(e) => Err(e),
-            };
-            match r {
-                Ok(last) => acked = last,
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
-        }
-        let e = failure.expect("a 12 MiB file system must fill up");
-        assert!(e.is_no_space(), "expected a no-space error, got {e}");
+        let (acked, e) = fill(&log).await;
         assert!(e.to_string().contains("no space"), "{e}");
         assert!(acked > 1000, "only {acked} appends before the disk was full");
         // The log knows: it refuses in advance what would need a new segment.
@@ -338,11 +320,12 @@ fn raw_append(
     (status, index)
 }
 
-/// Appends frames of one 3000-byte entry until the disk is full (an append fails for lack
-/// of space); returns the last index acknowledged (durable).
-async fn fill(log: &Log) -> u64 {
+/// Appends frames of one 3000-byte entry, each waited for until durable, until the disk is
+/// full (an append fails for lack of space; at most 100,000, more than a test's file system
+/// holds); returns the last index acknowledged (durable) and the error.
+async fn fill(log: &Log) -> (u64, corelog::log::LogError) {
     let mut acked = log.last_index();
-    loop {
+    for _ in 0..100_000 {
         let i = acked + 1;
         let data = payload(i, 3000);
         let e = [EntryRef { kind: EntryKind::Normal, session: 1, seq: i, data: &data }];
@@ -354,10 +337,11 @@ async fn fill(log: &Log) -> u64 {
             Ok(last) => acked = last,
             Err(e) => {
                 assert!(e.is_no_space(), "expected a no-space error, got {e}");
-                return acked;
+                return (acked, e);
             }
         }
     }
+    panic!("the file system did not fill up after {acked} appends");
 }
 
 /// On a full disk, a cut of the log's suffix (what a follower does when a new leader
@@ -370,7 +354,7 @@ fn on_a_full_disk_a_cut_waits_until_a_trim_makes_room() {
     let dir: PathBuf = m.mountpoint.join("log");
     run(move || async move {
         let (log, _) = Log::open(&dir, small_config()).await.unwrap();
-        let last = fill(&log).await;
+        let (last, _) = fill(&log).await;
         assert!(last > 1000, "only {last} appends before the disk was full");
         let cut = last - 10;
         assert!(!log.truncation_ready(cut), "no spare can start the cut on a full disk");
@@ -409,7 +393,7 @@ fn a_reset_on_a_full_disk_gets_the_space_of_the_segments_it_deletes() {
     let c = cfg.clone();
     run(move || async move {
         let (log, _) = Log::open(&d, c).await.unwrap();
-        let last = fill(&log).await;
+        let (last, _) = fill(&log).await;
         assert!(last > 1000, "only {last} appends before the disk was full");
         log.reset(2).await.expect("a reset on a full disk");
         assert_eq!((log.first_index(), log.last_index()), (2, 1));
