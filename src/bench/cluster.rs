@@ -42,7 +42,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::load::{EntrySize, Generator, PhaseResult, SettleEnd};
+use super::load::{EntrySize, Generator, PhaseResult, ReplicaCounts, SettleEnd};
 use super::progress::{Progress, human_us};
 use super::{compare, parse_duration, peak_rss_bytes, report};
 use crate::node::{self, NodeConfig, PeerConfig};
@@ -403,8 +403,8 @@ fn phase_report(p: &PhaseResult, replicas: u64, groups: u64) -> PhaseReport {
             .replicas
             .as_ref()
             .map(|r| r.iter().map(|c| c.written as f64 / secs / (1 << 20) as f64).collect()),
-        frames_read_back: p.replicas.as_ref().map(|r| r.iter().map(|c| c.frames_read_back).sum()),
-        segments_zero_filled: p.replicas.as_ref().map(|r| r.iter().map(|c| c.zero_filled).sum()),
+        frames_read_back: p.replicas.as_ref().map(|r| ReplicaCounts::total(r).frames_read_back),
+        segments_zero_filled: p.replicas.as_ref().map(|r| ReplicaCounts::total(r).zero_filled),
         replica_log_wait_share: p.replicas.as_ref().map(|r| {
             r.iter().map(|c| c.space_wait_ns as f64 * 1e-9 / secs / groups as f64).collect()
         }),
@@ -796,7 +796,7 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
     if let (Some(l), Some(dir), Some((flushes, bytes))) = (&mut limits, &data_dir, sat_flushes)
         && flushes > 0
     {
-        let size = ((bytes / flushes) as usize).clamp(4096, node_flush_max);
+        let size = ((bytes / flushes) as usize).clamp(4096, node_flush_max.max(4096));
         eprintln!(
             "compare: measuring the disk under the replicas' pattern ({} x {} KiB writes)...",
             args.replicas,

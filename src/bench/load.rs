@@ -291,6 +291,20 @@ pub struct ReplicaCounts {
 }
 
 impl ReplicaCounts {
+    /// The counts of several replicas summed.
+    pub fn total(replicas: &[ReplicaCounts]) -> ReplicaCounts {
+        replicas.iter().fold(ReplicaCounts::default(), |t, c| ReplicaCounts {
+            flushes: t.flushes + c.flushes,
+            written: t.written + c.written,
+            frames_read_back: t.frames_read_back + c.frames_read_back,
+            space_wait_ns: t.space_wait_ns + c.space_wait_ns,
+            inflight_ns: t.inflight_ns + c.inflight_ns,
+            zero_filled: t.zero_filled + c.zero_filled,
+            activated: t.activated + c.activated,
+            recycled: t.recycled + c.recycled,
+        })
+    }
+
     fn since(self, before: ReplicaCounts) -> ReplicaCounts {
         ReplicaCounts {
             flushes: self.flushes.saturating_sub(before.flushes),
@@ -334,45 +348,20 @@ pub enum SettleEnd {
 /// Seconds without a segment begun after which a settling load is found idle.
 const SETTLE_IDLE_SECONDS: u64 = 2;
 
-/// The local replicas' segment counters, summed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SegmentCounts {
-    pub zero_filled: u64,
-    pub activated: u64,
-    pub recycled: u64,
-}
-
-impl SegmentCounts {
-    fn of(replicas: &[ReplicaCounts]) -> SegmentCounts {
-        replicas.iter().fold(SegmentCounts::default(), |t, c| SegmentCounts {
-            zero_filled: t.zero_filled + c.zero_filled,
-            activated: t.activated + c.activated,
-            recycled: t.recycled + c.recycled,
-        })
-    }
-
-    fn since(self, before: SegmentCounts) -> SegmentCounts {
-        SegmentCounts {
-            zero_filled: self.zero_filled.saturating_sub(before.zero_filled),
-            activated: self.activated.saturating_sub(before.activated),
-            recycled: self.recycled.saturating_sub(before.recycled),
-        }
-    }
-}
-
 /// Whether a settling load may end after `seconds` whole seconds, from its segment counts in
 /// the last second and since it began: once the trims have given the logs segments to recycle
 /// and at most a tenth of the segments begun in the last second were zero-filled (a log
 /// trimmed once a second may still zero-fill one now and then); or when no log has begun a
-/// segment for [`SETTLE_IDLE_SECONDS`] (too light a load to matter).
+/// segment for [`SETTLE_IDLE_SECONDS`] (too light a load to matter; spares the logs zero-fill
+/// ahead of need meanwhile do not count).
 pub fn settle_verdict(
-    last: SegmentCounts,
-    total: SegmentCounts,
+    last: ReplicaCounts,
+    total: ReplicaCounts,
     seconds: u64,
 ) -> Option<SettleEnd> {
     if total.recycled > 0 && last.zero_filled * 10 <= last.activated {
         Some(SettleEnd::Recycling)
-    } else if seconds >= SETTLE_IDLE_SECONDS && total.activated == 0 && total.zero_filled == 0 {
+    } else if seconds >= SETTLE_IDLE_SECONDS && total.activated == 0 {
         Some(SettleEnd::Idle)
     } else {
         None
@@ -596,13 +585,15 @@ impl Generator {
         res
     }
 
-    /// Reports once a second until `stop_at`, measuring from `measure_from`.
+    /// Reports once a second until `stop_at`, measuring from `measure_from`, or until `done`
+    /// (asked after each second) says to stop.
     fn tick_until(
         &self,
         phase: &str,
         measure_from: Instant,
         stop_at: Instant,
         progress: &mut super::progress::Progress,
+        done: &mut dyn FnMut() -> bool,
     ) -> (Vec<SecondRow>, Window) {
         std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
         let mut prev = (0, 0, 0);
@@ -614,7 +605,7 @@ impl Generator {
             let _ = p(); // The baseline: the first second starts now.
         }
         let mut next = measure_from + Duration::from_secs(1);
-        let mut second = 0;
+        let (mut second, mut stopped) = (0, false);
         while next <= stop_at + Duration::from_millis(1) {
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
             second += 1;
@@ -627,8 +618,14 @@ impl Generator {
             progress.second(&row);
             rows.push(row);
             next += Duration::from_secs(1);
+            if done() {
+                stopped = true;
+                break;
+            }
         }
-        std::thread::sleep(stop_at.saturating_duration_since(Instant::now()));
+        if !stopped {
+            std::thread::sleep(stop_at.saturating_duration_since(Instant::now()));
+        }
         let window = Window {
             process_cpu: super::process_cpu_time().saturating_sub(cpu0.0),
             generator_cpu: generator_cpu_time().saturating_sub(cpu0.1),
@@ -665,7 +662,7 @@ impl Generator {
         let stop_at = measure_from + duration;
         let ctxs = self.start_closed(concurrency, measure_from, stop_at);
         progress.phase(name, warmup, duration);
-        let (rows, window) = self.tick_until(name, measure_from, stop_at, progress);
+        let (rows, window) = self.tick_until(name, measure_from, stop_at, progress, &mut || false);
         self.stop_closed(&ctxs);
         progress.end_phase();
         self.collect(name, None, duration, rows, window)
@@ -723,42 +720,32 @@ impl Generator {
         cap: Duration,
         progress: &mut super::progress::Progress,
     ) -> Option<Settled> {
-        let first = SegmentCounts::of(&self.replicas_now()?);
+        let total = |v: Vec<ReplicaCounts>| ReplicaCounts::total(&v);
+        let first = total(self.replicas_now()?);
         self.reset();
         let start = Instant::now();
         let stop_at = start + cap;
         let ctxs = self.start_closed(concurrency, start, stop_at);
         progress.phase_up_to("settle", cap);
-        let (mut prev_row, mut prev) = ((0, 0, 0), first);
-        let (mut end, mut appends, mut mib) = (SettleEnd::Cap, 0, 0.0);
-        let mut next = start + Duration::from_secs(1);
-        let mut second = 0;
-        while next <= stop_at {
-            std::thread::sleep(next.saturating_duration_since(Instant::now()));
-            next += Duration::from_secs(1);
+        let (mut prev, mut end, mut second) = (first, SettleEnd::Cap, 0);
+        let (rows, _) = self.tick_until("settle", start, stop_at, progress, &mut || {
             second += 1;
-            let row = self.take_second("settle", second, &mut prev_row);
-            (appends, mib) = (appends + row.appends, mib + row.mib);
-            progress.second(&row);
-            let Some(now) = self.replicas_now().map(|v| SegmentCounts::of(&v)) else {
+            let Some(now) = self.replicas_now().map(total) else {
                 end = SettleEnd::ProbeFailed;
-                break;
+                return true;
             };
             let verdict = settle_verdict(now.since(prev), now.since(first), second);
             prev = now;
-            if let Some(v) = verdict {
-                end = v;
-                break;
-            }
-        }
+            verdict.inspect(|&v| end = v).is_some()
+        });
         let took = start.elapsed();
         self.stop_closed(&ctxs);
         progress.end_phase();
         let secs = took.as_secs_f64().max(1e-9);
         Some(Settled {
             took,
-            appends_per_sec: appends as f64 / secs,
-            mib_per_sec: mib / secs,
+            appends_per_sec: rows.iter().map(|r| r.appends).sum::<u64>() as f64 / secs,
+            mib_per_sec: rows.iter().map(|r| r.mib).sum::<f64>() / secs,
             zero_filled: prev.since(first).zero_filled,
             end,
         })
@@ -897,7 +884,8 @@ impl Generator {
         progress.phase(name, warmup, duration);
         std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
         on_measure();
-        let (rows, mut window) = self.tick_until(name, measure_from, stop_at, progress);
+        let (rows, mut window) =
+            self.tick_until(name, measure_from, stop_at, progress, &mut || false);
         let mut times = PacerTimes::default();
         for p in pacers {
             let (cpu, t) = p.join().unwrap_or_default();
@@ -985,8 +973,12 @@ mod tests {
 
     #[test]
     fn a_settling_load_ends_once_the_logs_recycle_or_when_nothing_happens() {
-        let c =
-            |zero_filled, activated, recycled| SegmentCounts { zero_filled, activated, recycled };
+        let c = |zero_filled, activated, recycled| ReplicaCounts {
+            zero_filled,
+            activated,
+            recycled,
+            ..ReplicaCounts::default()
+        };
         // A fresh directory: every segment begun was zero-filled, nothing recycled yet.
         assert_eq!(settle_verdict(c(12, 12, 0), c(12, 13, 0), 1), None);
         // The first trims recycled some, but this second still zero-filled most it began.
@@ -1001,5 +993,7 @@ mod tests {
         // A load too light to begin a segment: idle after two seconds, not after one.
         assert_eq!(settle_verdict(c(0, 0, 0), c(0, 0, 0), 1), None);
         assert_eq!(settle_verdict(c(0, 0, 0), c(0, 0, 0), 2), Some(SettleEnd::Idle));
+        // A spare zero-filled ahead of need is not a segment begun.
+        assert_eq!(settle_verdict(c(0, 0, 0), c(1, 0, 0), 2), Some(SettleEnd::Idle));
     }
 }

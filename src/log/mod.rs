@@ -1861,10 +1861,10 @@ impl Log {
         let st = self.shared.st.borrow();
         st.check_usable()?;
         let Some((_, e)) = &st.no_space else { return Ok(()) };
-        let e = e.clone();
         if st.fits_prepared(len) {
             return Ok(());
         }
+        let e = e.clone();
         drop(st);
         self.prepare_declined();
         Err(e)

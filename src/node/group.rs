@@ -636,15 +636,18 @@ impl GroupDriver {
         match input {
             Input::Peer(m, stamp, frames) => {
                 if m.to == self.cfg.node_id {
-                    if let consensus::Body::Append { entries, .. } = &m.body
+                    if let consensus::Body::Append { entries, prev_index, prev_term, .. } = &m.body
                         && !entries.is_empty()
                     {
                         // Entries that conflict with the log's suffix are not taken while
                         // the segment the cut must start is not ready: its preparation may fail
                         // for lack of space, and a truncation that fails stops the group.
-                        // (Asked first: `room_for` counts what it lets through.)
+                        // (Asked first: `room_for` counts what it lets through. An append
+                        // whose previous entry does not match is rejected by the core, with a
+                        // hint for the leader, and writes nothing: not held back.)
                         let last = self.log.last_index();
                         if entries[0].index <= last
+                            && self.log.term(*prev_index).is_none_or(|t| t == *prev_term)
                             && let Some(c) = entries
                                 .iter()
                                 .take_while(|e| e.index <= last)
