@@ -654,7 +654,7 @@ impl GroupDriver {
                                 .find(|e| self.log.term(e.index).is_some_and(|t| t != e.term))
                             && !self.log.truncation_ready(c.index - 1)
                         {
-                            self.metrics.error("no_space");
+                            self.count_not_ready();
                             return;
                         }
                         // Entries the log has no room for are not taken: the append is dropped
@@ -665,7 +665,11 @@ impl GroupDriver {
                         let need = frame_bytes(entries.iter().map(|e| &e.data[..]));
                         let ready =
                             self.log.space_ready(self.unwritten_bytes + need + SPACE_HEADROOM);
-                        if !ready || self.room_for(need).is_err() {
+                        if !ready {
+                            self.count_not_ready();
+                            return;
+                        }
+                        if self.room_for(need).is_err() {
                             self.metrics.error("no_space");
                             return;
                         }
@@ -999,6 +1003,13 @@ impl GroupDriver {
     /// Ticks of the node's clock due but not yet counted by this driver.
     fn ticks_behind(&self) -> u64 {
         self.handle.clock.get().due(Instant::now()).saturating_sub(self.ticks_seen)
+    }
+
+    /// Counts an append a follower dropped because the segment it needs is not ready: for
+    /// lack of space when the disk is known to be full, else a preparation under way.
+    fn count_not_ready(&self) {
+        let full = self.log.no_space().is_some();
+        self.metrics.error(if full { "no_space" } else { "segment_not_ready" });
     }
 
     /// Answers a request the leader's log has no room for (`what`: its entries, in words).

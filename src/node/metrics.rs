@@ -41,11 +41,14 @@ use super::stages::{STAGES, StageRecorder, new_histogram};
 use super::trace::{TraceRing, TraceSample};
 use crate::log::{Log, LogStats};
 
-/// Errors counted by kind (`corelog_errors_total{kind=...}`).
-pub(crate) const ERROR_KINDS: [&str; 14] = [
+/// Errors counted by kind (`corelog_errors_total{kind=...}`). `segment_not_ready`: a
+/// follower dropped an append (the leader sends it again) that needed a log segment still
+/// being prepared, on a disk not known to be full (`no_space` when it is).
+pub(crate) const ERROR_KINDS: [&str; 15] = [
     "not_leader",
     "busy",
     "no_space",
+    "segment_not_ready",
     "trimmed",
     "too_large",
     "stale_sequence",
