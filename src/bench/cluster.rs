@@ -42,7 +42,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::load::{EntrySize, Generator, PhaseResult, ReplicaCounts, SettleEnd};
+use super::load::{EntrySize, Generator, PhaseResult, ReplicaCounts, SettleEnd, Settled};
 use super::progress::{Progress, human_us};
 use super::{compare, parse_duration, peak_rss_bytes, report};
 use crate::node::{self, NodeConfig, PeerConfig};
@@ -335,7 +335,7 @@ pub struct ClusterReport {
     /// The concurrency sweep before the saturation phase (empty with one level or `--rate`).
     pub sweep: Vec<SweepStep>,
     /// The unmeasured load before the sweep and saturation on a local cluster.
-    pub settle: Option<SettleReport>,
+    pub settle: Option<Settled>,
     pub connections: usize,
     pub entry_size: String,
     pub phases: Vec<PhaseReport>,
@@ -914,7 +914,7 @@ pub fn run(args: &ClusterArgs) -> Result<ClusterReport, String> {
 }
 
 /// The settling load in one line.
-fn settle_text(s: &SettleReport) -> String {
+fn settle_text(s: &Settled) -> String {
     let what = format!(
         "{:.0} s of load at {} in flight ({:.0} appends/s, {:.1} MiB/s) before measuring, not \
          counted",
@@ -970,26 +970,12 @@ struct Phases {
     sweep: Vec<SweepStep>,
     /// The saturation phase's appends in flight.
     concurrency: usize,
-    settle: Option<SettleReport>,
+    settle: Option<Settled>,
 }
 
 /// The longest a fresh data directory's transient may keep the first closed loop waiting
 /// (see [`Generator::settle`]). On the 2-core dev VM it ended after 4-6 s of load.
 const SETTLE_MAX: Duration = Duration::from_secs(10);
-
-/// What the load before the first closed loop found (see [`Generator::settle`]).
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct SettleReport {
-    /// Seconds of load (appends in flight: the closed loop's largest level).
-    pub seconds: f64,
-    pub concurrency: usize,
-    pub appends_per_sec: f64,
-    pub mib_per_sec: f64,
-    /// Segments the replicas' logs zero-filled meanwhile.
-    pub segments_zero_filled: u64,
-    /// How it ended ([`super::load::settle_verdict`]; `cap`: [`SETTLE_MAX`] passed first).
-    pub end: SettleEnd,
-}
 
 /// Warm-up and measured time of one sweep step: short, since the saturation phase measures
 /// the chosen level again in full.
@@ -1057,14 +1043,7 @@ fn run_phases(
             // segments to recycle (none without trims: then zero-filling is the steady state).
             // The closed loops are to find the sustained rate: they start after it.
             if !args.warmup.is_zero() && !every.is_zero() {
-                settle = gen_.settle(most, SETTLE_MAX, &mut progress).map(|s| SettleReport {
-                    seconds: s.took.as_secs_f64(),
-                    concurrency: most,
-                    appends_per_sec: s.appends_per_sec,
-                    mib_per_sec: s.mib_per_sec,
-                    segments_zero_filled: s.zero_filled,
-                    end: s.end,
-                });
+                settle = gen_.settle(most, SETTLE_MAX, &mut progress);
             } else if data_dir.is_some() && !every.is_zero() {
                 eprintln!(
                     "note: no settling load (--warmup 0s): a fresh directory's logs zero-fill \
@@ -1450,11 +1429,11 @@ fn write_outputs(
 
 #[cfg(test)]
 mod tests {
-    use super::{SettleEnd, SettleReport, SweepChoice, fell_behind, settle_text};
+    use super::{SettleEnd, Settled, SweepChoice, fell_behind, settle_text};
 
     #[test]
     fn the_settle_line_tells_a_transient_from_a_run_that_never_settled() {
-        let s = |end, n| SettleReport {
+        let s = |end, n| Settled {
             seconds: 4.2,
             concurrency: 2048,
             appends_per_sec: 30_512.4,

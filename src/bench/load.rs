@@ -320,14 +320,17 @@ impl ReplicaCounts {
 }
 
 /// What [`Generator::settle`] found.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Settled {
-    /// How long the load ran.
-    pub took: Duration,
+    /// Seconds of load.
+    pub seconds: f64,
+    /// Appends in flight.
+    pub concurrency: usize,
     pub appends_per_sec: f64,
     pub mib_per_sec: f64,
     /// Segments the local replicas' logs zero-filled meanwhile.
-    pub zero_filled: u64,
+    pub segments_zero_filled: u64,
+    /// How it ended ([`settle_verdict`]; `cap`: the cap passed first).
     pub end: SettleEnd,
 }
 
@@ -586,14 +589,14 @@ impl Generator {
     }
 
     /// Reports once a second until `stop_at`, measuring from `measure_from`, or until `done`
-    /// (asked after each second) says to stop.
+    /// (given each second's row) says to stop.
     fn tick_until(
         &self,
         phase: &str,
         measure_from: Instant,
         stop_at: Instant,
         progress: &mut super::progress::Progress,
-        done: &mut dyn FnMut() -> bool,
+        done: &mut dyn FnMut(&SecondRow) -> bool,
     ) -> (Vec<SecondRow>, Window) {
         std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
         let mut prev = (0, 0, 0);
@@ -616,9 +619,10 @@ impl Generator {
                 row.flush_max_us = p();
             }
             progress.second(&row);
-            rows.push(row);
             next += Duration::from_secs(1);
-            if done() {
+            let stop = done(&row);
+            rows.push(row);
+            if stop {
                 stopped = true;
                 break;
             }
@@ -662,7 +666,7 @@ impl Generator {
         let stop_at = measure_from + duration;
         let ctxs = self.start_closed(concurrency, measure_from, stop_at);
         progress.phase(name, warmup, duration);
-        let (rows, window) = self.tick_until(name, measure_from, stop_at, progress, &mut || false);
+        let (rows, window) = self.tick_until(name, measure_from, stop_at, progress, &mut |_| false);
         self.stop_closed(&ctxs);
         progress.end_phase();
         self.collect(name, None, duration, rows, window)
@@ -727,14 +731,13 @@ impl Generator {
         let stop_at = start + cap;
         let ctxs = self.start_closed(concurrency, start, stop_at);
         progress.phase_up_to("settle", cap);
-        let (mut prev, mut end, mut second) = (first, SettleEnd::Cap, 0);
-        let (rows, _) = self.tick_until("settle", start, stop_at, progress, &mut || {
-            second += 1;
+        let (mut prev, mut end) = (first, SettleEnd::Cap);
+        let (rows, _) = self.tick_until("settle", start, stop_at, progress, &mut |row| {
             let Some(now) = self.replicas_now().map(total) else {
                 end = SettleEnd::ProbeFailed;
                 return true;
             };
-            let verdict = settle_verdict(now.since(prev), now.since(first), second);
+            let verdict = settle_verdict(now.since(prev), now.since(first), row.second);
             prev = now;
             verdict.inspect(|&v| end = v).is_some()
         });
@@ -743,10 +746,11 @@ impl Generator {
         progress.end_phase();
         let secs = took.as_secs_f64().max(1e-9);
         Some(Settled {
-            took,
+            seconds: took.as_secs_f64(),
+            concurrency,
             appends_per_sec: rows.iter().map(|r| r.appends).sum::<u64>() as f64 / secs,
             mib_per_sec: rows.iter().map(|r| r.mib).sum::<f64>() / secs,
-            zero_filled: prev.since(first).zero_filled,
+            segments_zero_filled: prev.since(first).zero_filled,
             end,
         })
     }
@@ -885,7 +889,7 @@ impl Generator {
         std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
         on_measure();
         let (rows, mut window) =
-            self.tick_until(name, measure_from, stop_at, progress, &mut || false);
+            self.tick_until(name, measure_from, stop_at, progress, &mut |_| false);
         let mut times = PacerTimes::default();
         for p in pacers {
             let (cpu, t) = p.join().unwrap_or_default();
