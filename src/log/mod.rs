@@ -397,6 +397,10 @@ struct State {
     flush_times: VecDeque<(u64, FlushTimes)>,
 }
 
+/// Free space, in segments, below which [`Log::space_tight`] says a preparation may fail
+/// (room for the one under way and a few more, as other logs may share the file system).
+const SPACE_TIGHT_SEGMENTS: u64 = 4;
+
 impl State {
     /// Spares worth keeping: as many segments as the log put in use between its last two
     /// trims that freed segments (the larger), plus the `spare_segments` kept ready ahead of
@@ -1824,6 +1828,46 @@ impl Log {
         }
         self.prepare_declined();
         false
+    }
+
+    /// Whether the last preparation of a segment failed for lack of space (and no other has
+    /// succeeded since).
+    pub fn lacks_space(&self) -> bool {
+        self.shared.st.borrow().no_space.is_some()
+    }
+
+    /// Whether the file system under the log has room for fewer than
+    /// [`SPACE_TIGHT_SEGMENTS`] more segments (or cannot say): a preparation under way may
+    /// then fail for lack of space. Asks the file system (`statvfs`): for a caller near a
+    /// roll, not per append.
+    pub fn space_tight(&self) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        let (dir, segment) = {
+            let st = self.shared.st.borrow();
+            (st.dir.clone(), st.cfg.segment_bytes)
+        };
+        let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return true };
+        let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a NUL-terminated path and a struct of the right type, written by the call.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut vfs) } != 0 {
+            return true;
+        }
+        let free = (vfs.f_bavail as u64).saturating_mul(vfs.f_frsize as u64);
+        free < segment.saturating_mul(SPACE_TIGHT_SEGMENTS)
+    }
+
+    /// Resolves once no segment is being prepared (at once if none is).
+    pub async fn preparation_ended(&self) {
+        loop {
+            let epoch = {
+                let st = self.shared.st.borrow();
+                if !st.preparing_spare || st.closed {
+                    return;
+                }
+                st.epoch
+            };
+            self.changed_since(epoch).await;
+        }
     }
 
     /// After [`Log::space_ready`] or [`Log::truncation_ready`] declined: a spare is prepared,

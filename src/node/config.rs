@@ -63,6 +63,8 @@ pub struct NodeConfig {
     pub segment_bytes: u64,
     /// Trimmed segments each log keeps for reuse (see `LogConfig::spare_segments_max`).
     pub spare_segments_max: usize,
+    /// Segments each log keeps prepared ahead of need (see `LogConfig::spare_segments`).
+    pub spare_segments: usize,
     /// Most bytes per log flush. Default 1 MiB (one log on its disk does best with it; the
     /// local cluster of `corelog bench`, whose replicas share one disk, uses 2 MiB).
     pub flush_bytes_max: usize,
@@ -156,6 +158,7 @@ impl Default for NodeConfig {
             heartbeat_ticks: 3,
             segment_bytes: 64 << 20,
             spare_segments_max: LogConfig::new(0).spare_segments_max,
+            spare_segments: LogConfig::new(0).spare_segments,
             flush_bytes_max: 1 << 20,
             flushes_in_flight_max: LogConfig::new(0).flushes_in_flight_max,
             flush_pipeline_bytes: 256 << 10,
@@ -243,6 +246,7 @@ impl NodeConfig {
         LogConfig {
             segment_bytes: self.segment_bytes,
             spare_segments_max: self.spare_segments_max,
+            spare_segments: self.spare_segments,
             flush_bytes_max: self.flush_bytes_max,
             flushes_in_flight_max: self.flushes_in_flight_max,
             sync: self.sync,
@@ -443,6 +447,13 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Trimmed segments each log keeps for reuse instead of deleting them, at most (a \
               reused segment needs no zero-fill before use); a log keeps as many as it filled \
               between its recent trims.",
+    },
+    Setting {
+        key: "spare_segments",
+        flag: "spare-segments",
+        doc: "Segments each log keeps prepared (zero-filled or recycled) ahead of need, so that \
+              a segment roll does not wait for one to be written with zeros (default 1; 0 \
+              prepares each when a roll needs it).",
     },
     Setting { key: "flush_bytes_max", flag: "flush-bytes-max", doc: "Most bytes per log flush." },
     Setting {

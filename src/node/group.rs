@@ -274,6 +274,11 @@ pub(crate) struct GroupDriver {
     /// When a refusal for lack of space was last logged (one warning per
     /// [`NO_SPACE_WARN_EVERY`]).
     no_space_warned: Option<Instant>,
+    /// Client appends (`Input::Append`) a leader holds, in arrival order, while the log
+    /// segment their entries need is being prepared (see [`GroupDriver::must_hold`]).
+    held: VecDeque<Input>,
+    /// A task waits for the log's preparation to end and then wakes the driver.
+    hold_wake: Rc<Cell<bool>>,
 }
 
 /// How often a group whose disk is full says so in the log.
@@ -532,6 +537,8 @@ impl GroupDriver {
             stopped: None,
             unwritten_bytes: 0,
             no_space_warned: None,
+            held: VecDeque::new(),
+            hold_wake: Rc::new(Cell::new(false)),
         })
     }
 
@@ -550,6 +557,9 @@ impl GroupDriver {
                     Some(why) => refuse(self.group, input, why),
                     None => self.handle_input(input).await,
                 }
+            }
+            if self.stopped.is_none() {
+                self.release_held();
             }
             while self.stopped.is_none() {
                 let ready = self.node.take_ready();
@@ -574,6 +584,9 @@ impl GroupDriver {
 
     /// Stops the group after a log failure: every pending append fails, the log closes.
     async fn stop(&mut self, why: String) {
+        for input in self.held.drain(..) {
+            refuse(self.group, input, &why);
+        }
         self.fail_all(&why);
         self.stopped = Some(why);
         let _ = self.log.clone().close().await;
@@ -747,7 +760,19 @@ impl GroupDriver {
                 reply.send(self.group, meta, status.1.as_bytes());
             }
             Input::Append { entries, reply, received, admitted } => {
-                self.propose(entries, reply, received, admitted)
+                // Behind appends held, in order (a session's sequence numbers must reach the
+                // core in the order they were sent).
+                if !self.held.is_empty() {
+                    self.held.push_back(Input::Append { entries, reply, received, admitted });
+                    return;
+                }
+                let all = frame_bytes(entries.iter().map(|(_, _, d)| &d[..]));
+                if self.must_hold(all) {
+                    self.held.push_back(Input::Append { entries, reply, received, admitted });
+                    self.wake_when_prepared();
+                    return;
+                }
+                self.propose(entries, all, reply, received, admitted)
             }
             Input::Status { reply } => {
                 let text = self.status_json();
@@ -865,9 +890,11 @@ impl GroupDriver {
         }))
     }
 
+    /// Proposes a client append of `entries` (`all`: their frames' bytes, [`frame_bytes`]).
     fn propose(
         &mut self,
         entries: Vec<(u64, u64, Bytes)>,
+        all: usize,
         reply: ReplyTo,
         received: Instant,
         admitted: crate::rt::sync::StaticPermit,
@@ -880,7 +907,6 @@ impl GroupDriver {
         // for their commit, or committed) must not be refused as if nothing was accepted.
         // Which are new is asked only when the room for all of them is short (not per entry
         // on every append).
-        let all = frame_bytes(entries.iter().map(|(_, _, d)| &d[..]));
         let room = self.room_for(all).or_else(|e| {
             let new = frame_bytes(
                 entries
@@ -1003,6 +1029,54 @@ impl GroupDriver {
     /// Ticks of the node's clock due but not yet counted by this driver.
     fn ticks_behind(&self) -> u64 {
         self.handle.clock.get().due(Instant::now()).saturating_sub(self.ticks_seen)
+    }
+
+    /// Whether a leader holds a client append (`need`: its frames' bytes) instead of
+    /// proposing it now: its frames need a log segment not prepared yet, on a disk not known
+    /// to be full but with little room left ([`Log::space_tight`]). Proposed, they would make
+    /// the write wait for that preparation, and a preparation that then fails for lack of
+    /// space would fail the write and stop the group; held, they wait for it without the
+    /// driver (acknowledgements and commits go on), and are proposed, or refused `NoSpace`,
+    /// when it ends. With room to spare nothing is held: the write waits for the preparation
+    /// as it always did (holding cost 9-11% of the appends/s at 1 KiB on the dev VM, where
+    /// every roll of a fresh directory waits for a zero-fill).
+    fn must_hold(&self, need: usize) -> bool {
+        self.node.role() == Role::Leader
+            && !self.log.space_ready(self.unwritten_bytes + need + SPACE_HEADROOM)
+            && !self.log.lacks_space()
+            && self.log.space_tight()
+    }
+
+    /// Proposes the appends held, in order, as far as the log is ready for them (or refuses
+    /// them, or answers that this node no longer leads).
+    fn release_held(&mut self) {
+        while let Some(Input::Append { entries, .. }) = self.held.front() {
+            let all = frame_bytes(entries.iter().map(|(_, _, d)| &d[..]));
+            if self.must_hold(all) {
+                self.wake_when_prepared();
+                return;
+            }
+            let Some(Input::Append { entries, reply, received, admitted }) = self.held.pop_front()
+            else {
+                unreachable!("only appends are held")
+            };
+            self.propose(entries, all, reply, received, admitted);
+        }
+    }
+
+    /// Wakes the driver (an empty input) when the log's segment preparation ends, once.
+    fn wake_when_prepared(&self) {
+        if self.hold_wake.replace(true) {
+            return;
+        }
+        let (log, handle, pending) =
+            (self.log.clone(), self.handle.clone(), self.hold_wake.clone());
+        crate::rt::spawn(async move {
+            log.preparation_ended().await;
+            pending.set(false);
+            handle.inbox.push(Input::Tick);
+        })
+        .detach();
     }
 
     /// Counts an append a follower dropped because the segment it needs is not ready: for
