@@ -15,9 +15,11 @@
 //! anyway (the space vanished between the check and the write, or another error) stops the
 //! group: the core and the log no longer agree, and reopening runs recovery. A snapshot's
 //! reset deletes the old segments that could not start the new log, so a zero-fill after it
-//! has their space. The leader's own appends are checked by `space_for` only (a healthy busy
-//! disk prepares spares all the time; refusing meanwhile would fail clients for nothing), so
-//! a leader whose spare fails to be prepared just as its disk fills can still stop its group.
+//! has their space. A leader with little room left on its disk holds client appends that
+//! need a segment still being prepared until the preparation ends (then proposes them, or
+//! refuses them `NoSpace`); with room to spare it proposes them at once (a healthy busy disk
+//! prepares spares all the time). A membership change is not held: on a disk that fills
+//! just then it can still meet a failing preparation and stop the group.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
