@@ -1794,16 +1794,19 @@ impl Log {
     /// preparation can still fail for lack of space, and an append that needed its segment
     /// then fails. Starts preparing spares when it answers `false`.
     pub fn space_ready(&self, len: usize) -> bool {
-        {
-            let st = self.shared.st.borrow();
-            // A preparation that failed otherwise than for space: not a reason to decline
-            // forever; the write will meet the error and report it.
-            if st.fits_prepared(len) || st.preparation_failed {
-                return true;
-            }
+        if self.is_space_ready(len) {
+            return true;
         }
         self.prepare_declined();
         false
+    }
+
+    /// [`Log::space_ready`]'s answer, without starting a preparation when it is `false`.
+    pub fn is_space_ready(&self, len: usize) -> bool {
+        let st = self.shared.st.borrow();
+        // A preparation that failed otherwise than for space: not a reason to decline
+        // forever; the write will meet the error and report it.
+        st.fits_prepared(len) || st.preparation_failed
     }
 
     /// Whether `truncate_after(index)` would find the segment it starts without preparing
