@@ -290,14 +290,26 @@ pub fn direct_io_effective(dir: &Path) -> bool {
     filesystem_type(dir).map(|t| t != libc::TMPFS_MAGIC).unwrap_or(false)
 }
 
-/// The file-system magic of `dir` (statfs `f_type`).
-pub fn filesystem_type(dir: &Path) -> Option<i64> {
+/// `statfs` of the file system under `dir`.
+fn statfs(dir: &Path) -> Option<libc::statfs> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    (rc == 0).then_some(st.f_type as i64)
+    (rc == 0).then_some(st)
+}
+
+/// The file-system magic of `dir` (statfs `f_type`).
+#[allow(clippy::unnecessary_cast)] // the field's type differs between targets
+pub fn filesystem_type(dir: &Path) -> Option<i64> {
+    statfs(dir).map(|st| st.f_type as i64)
+}
+
+/// Bytes an unprivileged writer may still use on the file system under `dir`.
+#[allow(clippy::unnecessary_cast)] // the fields' types differ between targets
+pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
+    statfs(dir).map(|st| (st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// Names in a directory (blocking; used once at open).

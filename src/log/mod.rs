@@ -1841,22 +1841,14 @@ impl Log {
 
     /// Whether the file system under the log has room for fewer than
     /// [`SPACE_TIGHT_SEGMENTS`] more segments (or cannot say): a preparation under way may
-    /// then fail for lack of space. Asks the file system (`statvfs`): for a caller near a
+    /// then fail for lack of space. Asks the file system (`statfs`): for a caller near a
     /// roll, not per append.
     pub fn space_tight(&self) -> bool {
-        use std::os::unix::ffi::OsStrExt;
         let (dir, segment) = {
             let st = self.shared.st.borrow();
             (st.dir.clone(), st.cfg.segment_bytes)
         };
-        let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return true };
-        let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: a NUL-terminated path and a struct of the right type, written by the call.
-        if unsafe { libc::statvfs(path.as_ptr(), &mut vfs) } != 0 {
-            return true;
-        }
-        let free = (vfs.f_bavail as u64).saturating_mul(vfs.f_frsize as u64);
-        free < segment.saturating_mul(SPACE_TIGHT_SEGMENTS)
+        io::free_bytes(&dir).is_none_or(|free| free < segment.saturating_mul(SPACE_TIGHT_SEGMENTS))
     }
 
     /// Resolves once no segment is being prepared (at once if none is).
